@@ -1,0 +1,1 @@
+"""What a person starts: the `modelyard` command line (and, later, the Gradio demo)."""

@@ -1,0 +1,210 @@
+"""The `modelyard` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="modelyard: train, evaluate, export and serve models.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+data_app = typer.Typer(help="Data utilities.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def train(
+    task: Annotated[str, typer.Argument(help="task name: turbofan")],
+    out: Annotated[Path, typer.Option(help="checkpoint directory to write")],
+    data_dir: Annotated[Path | None, typer.Option(help="dataset folder (default: $MODELYARD_DATA/<task data>)")] = None,
+    subset: Annotated[str, typer.Option(help="C-MAPSS subset FD001..FD004")] = "FD001",
+    synthetic: Annotated[bool, typer.Option(help="train on generated data in the real file format")] = False,
+    model: Annotated[str | None, typer.Option(help="turbofan: lstm, transformer, lstm_autoencoder")] = None,
+    objective: Annotated[str | None, typer.Option(help="turbofan: rul (default) or reconstruction")] = None,
+    backend: Annotated[str, typer.Option(help="torch | colossalai | fairscale")] = "torch",
+    strategy: Annotated[str | None, typer.Option(help="torch: ddp fsdp; colossalai: ddp zero1 zero2 gemini hybrid "
+                                                      "fsdp; fairscale: oss pipe fsdp")] = None,
+    tp: Annotated[int, typer.Option(help="tensor-parallel size (colossalai hybrid)")] = 1,
+    pp: Annotated[int, typer.Option(help="pipeline-parallel size (colossalai hybrid)")] = 1,
+    offload: Annotated[bool, typer.Option(help="keep optimizer state in CPU memory (colossalai zero2/gemini)")] = False,
+    nproc: Annotated[int, typer.Option(help="processes on this machine")] = 1,
+    nnodes: Annotated[int, typer.Option(help="machines taking part")] = 1,
+    node_rank: Annotated[int | None, typer.Option(help="this machine's rank (static rendezvous)")] = None,
+    rdzv_endpoint: Annotated[str | None, typer.Option(help="HOST:PORT every machine can reach")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    precision: Annotated[str, typer.Option(help="fp32 | bf16 | fp16")] = "fp32",
+    grad_accum: Annotated[int, typer.Option(help="micro-batches per optimizer step")] = 1,
+    epochs: Annotated[int | None, typer.Option(help="epochs (task default otherwise)")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="stop after this many optimizer steps")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="micro-batch per process")] = None,
+    lr: Annotated[float | None, typer.Option(help="peak learning rate")] = None,
+    checkpointing: Annotated[bool, typer.Option(help="activation checkpointing on each model block")] = False,
+    early_stop_patience: Annotated[int | None, typer.Option(help="epochs without validation gain")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    resume: Annotated[bool, typer.Option(help="continue from OUT/state")] = False,
+    evaluate_after: Annotated[bool, typer.Option("--evaluate/--no-evaluate", help="write the report")] = True,
+) -> None:
+    """Train TASK and write a verified checkpoint (and, by default, its evaluation report) to OUT."""
+    from training.config import TrainConfig
+    from training.engine.backends import DEFAULT_STRATEGY, StrategyUnavailable
+    from training.launch import TrainingFailed, run_training
+
+    if precision not in ("fp32", "bf16", "fp16"):
+        fail(f"--precision must be fp32, bf16 or fp16, not {precision!r}")
+    for name, value in (("--nproc", nproc), ("--nnodes", nnodes), ("--grad-accum", grad_accum), ("--tp", tp),
+                        ("--pp", pp)):
+        if value < 1:
+            fail(f"{name} must be at least 1")
+    cfg = TrainConfig(task=task, out=str(out), data_dir=str(data_dir) if data_dir else None, subset=subset,
+                      synthetic=synthetic, model=model, objective=objective, backend=backend,
+                      strategy=strategy or DEFAULT_STRATEGY.get(backend, "ddp"), tp=tp, pp=pp, offload=offload,
+                      nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, device=device,
+                      precision=precision, grad_accum=grad_accum, epochs=epochs, max_steps=max_steps,
+                      batch_size=batch_size, lr=lr, checkpointing=checkpointing,
+                      early_stop_patience=early_stop_patience, seed=seed, resume=resume, evaluate=evaluate_after)
+    if synthetic:
+        console.print(f"data: generated {task} data (synthetic, real file format)")
+    try:
+        run_training(cfg)
+    except (StrategyUnavailable, TrainingFailed, FileNotFoundError, ValueError, RuntimeError) as exc:
+        fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    console.print(f"checkpoint: {out}")
+    _print_train_summary(out)
+    if evaluate_after:
+        evaluate(out, None)
+
+
+@app.command()
+def evaluate(
+    ckpt: Annotated[Path, typer.Argument(help="checkpoint directory")],
+    data_dir: Annotated[Path | None, typer.Option(help="dataset folder (default: the one used for training)")] = None,
+) -> None:
+    """Evaluate a checkpoint on its task's test data: writes CKPT/report.json and plots, prints a summary."""
+    from training.checkpoint import CheckpointError, read_manifest
+    from training.data.errors import DataFormatError
+    from training.tasks import get_task
+
+    try:
+        task = get_task(read_manifest(ckpt).task)
+        with console.status("evaluating"):
+            report = task.evaluate(ckpt, data_dir)
+    except (CheckpointError, DataFormatError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    table = Table(title=f"{report['task']} evaluation ({report.get('subset', '')})")
+    table.add_column("metric")
+    table.add_column("model", justify="right")
+    table.add_column("baseline", justify="right")
+    baseline = report.get("baseline", {})
+    for key, value in report.items():
+        if isinstance(value, float) or value is None and key in ("rmse", "nasa_score"):
+            table.add_row(key, _fmt(value), _fmt(baseline.get(key)))
+    console.print(table)
+    console.print(f"report: {ckpt / 'report.json'}")
+    for plot in report.get("plots", []):
+        console.print(f"plot:   {ckpt / plot}")
+
+
+@app.command()
+def export(
+    ckpt: Annotated[Path, typer.Argument(help="checkpoint directory")],
+    format: Annotated[str, typer.Option(help="onnx")] = "onnx",
+) -> None:
+    """Export the checkpoint's model (CKPT/model.onnx) and print the ONNX-vs-torch max abs difference."""
+    from training.checkpoint import CheckpointError
+    from training.export import export_onnx
+
+    if format != "onnx":
+        fail(f"unsupported export format {format!r}; only onnx")
+    try:
+        diff = export_onnx(ckpt)
+    except (CheckpointError, ValueError) as exc:
+        fail(str(exc))
+    console.print(f"wrote {ckpt / 'model.onnx'}")
+    console.print(f"max abs difference ONNX Runtime vs torch: {diff:.3e}")
+
+
+@data_app.command("synth")
+def data_synth(
+    task: Annotated[str, typer.Argument(help="task name: turbofan")],
+    out: Annotated[Path, typer.Option(help="folder to write the generated files into")],
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Write generated data in the task's real file format."""
+    from training.tasks import get_task
+
+    try:
+        files = get_task(task).synthesize(out, seed=seed)
+    except ValueError as exc:
+        fail(str(exc))
+    for path in files:
+        console.print(f"wrote {path}")
+
+
+@app.command()
+def demo(out: Annotated[Path, typer.Option(help="where the demo writes its checkpoint")] = Path("runs/demo")) -> None:
+    """Train the turbofan model (real C-MAPSS FD001 when available, generated otherwise), evaluate and export it."""
+    root = os.environ.get("MODELYARD_DATA")
+    real = bool(root) and any((Path(root) / "cmapss").glob("train_FD001.txt*"))
+    console.rule("modelyard demo: turbofan remaining-useful-life model")
+    console.print("data: real NASA C-MAPSS FD001 from " + str(Path(root) / "cmapss") if real else
+                  "data: generated C-MAPSS-format data (set MODELYARD_DATA to a folder with cmapss/ for real data)")
+    train(task="turbofan", out=out, data_dir=Path(root) / "cmapss" if real else None, synthetic=not real,
+          **_train_defaults())
+    export(out)
+
+
+def _train_defaults() -> dict:
+    """train()'s defaults, so demo() can call it as a function rather than through typer."""
+    import inspect
+
+    skip = {"task", "out", "data_dir", "synthetic"}
+    return {name: p.default for name, p in inspect.signature(train).parameters.items() if name not in skip}
+
+
+def _print_train_summary(out: Path) -> None:
+    from training.checkpoint import read_manifest
+
+    manifest = read_manifest(out)
+    t = manifest.training
+    table = Table(title="training summary")
+    table.add_column("item")
+    table.add_column("value", justify="right")
+    rows = [("backend / strategy", f"{t['backend']} / {t['strategy']}"), ("processes", str(t["nproc"] * t["nnodes"])),
+            ("precision", t["precision"]), ("epochs run", str(t["epochs_run"])), ("optimizer steps", str(t["steps"])),
+            ("train time (s)", f"{t['train_seconds']:.1f}"), ("samples/s", f"{t['samples_per_second']:.0f}"),
+            ("stopped early", str(t["stopped_early"]))]
+    rows += [(key, _fmt(value)) for key, value in manifest.metrics.items()]
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else json.dumps(value)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

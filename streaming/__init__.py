@@ -1,0 +1,1 @@
+"""Kafka: embedded broker lifecycle, replay producer, and the turbofan monitor."""

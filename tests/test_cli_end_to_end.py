@@ -1,0 +1,75 @@
+"""The public workflow: data synth -> train -> evaluate -> export, plus the model/objective/feature switches."""
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+from training.checkpoint import verify_checkpoint
+
+REPORT_KEYS = {"rmse", "nasa_score", "alert_precision", "alert_recall", "alert_f1", "baseline"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    data = root / "data"
+    synth = run_cli("data", "synth", "turbofan", "--out", data)
+    assert synth.returncode == 0 and "train_FD004.txt" in synth.stdout
+    out = root / "ckpt"
+    result = run_cli("train", "turbofan", "--out", out, "--data-dir", data, "--epochs", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_train_prints_summary_and_writes_report_with_plots(trained):
+    out, result = trained
+    assert "training summary" in result.stdout and "turbofan evaluation" in result.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert REPORT_KEYS <= set(report)
+    assert {"alert_precision", "alert_recall", "alert_f1"} <= set(report["baseline"])
+    for plot in ("rul_predictions.png", "sensor_traces.png"):
+        assert (out / plot).read_bytes()[:4] == b"\x89PNG"
+    manifest = verify_checkpoint(out)  # report and plots are hashed into the manifest
+    assert {"report.json", "rul_predictions.png"} <= set(manifest.files)
+    assert manifest.metrics["alert_f1"] == report["alert_f1"]
+    lines = (out / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_export_onnx_matches_torch(trained):
+    out, _ = trained
+    result = run_cli("export", out)
+    assert result.returncode == 0, result.stderr
+    diff = float(result.stdout.split("max abs difference ONNX Runtime vs torch:")[1].split()[0])
+    assert diff < 1e-3  # RUL in cycles (0..125): 1e-3 cycles
+    assert "model.onnx" in verify_checkpoint(out).files
+
+
+def test_evaluate_command_rewrites_report(trained):
+    out, _ = trained
+    (out / "report.json").unlink()
+    (out / "rul_predictions.png").unlink()
+    result = run_cli("evaluate", out)
+    assert result.returncode == 0, result.stderr
+    assert (out / "report.json").is_file() and "alert_f1" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--model", "transformer"], ["--objective", "reconstruction"], ["--checkpointing"],
+     ["--precision", "bf16"], ["--backend", "fairscale", "--checkpointing"], ["--backend", "torch", "--strategy",
+                                                                             "fsdp", "--checkpointing"]],
+    ids=["transformer", "reconstruction", "checkpointing", "bf16", "fairscale-checkpoint-wrapper",
+         "fsdp-checkpointing"],
+)
+def test_training_variants(tmp_path, synthetic_cmapss, extra):
+    out = tmp_path / "ckpt"
+    result = run_cli("train", "turbofan", "--out", out, "--data-dir", synthetic_cmapss, "--max-steps", "8",
+                     "--batch-size", "64", *extra)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert 0.0 <= report["alert_f1"] <= 1.0
+    manifest = verify_checkpoint(out)
+    if "reconstruction" in extra:
+        assert report["rmse"] is None and manifest.preprocessing["detector"]["kind"] == "reconstruction"

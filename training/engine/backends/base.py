@@ -1,0 +1,119 @@
+"""The one interface every distributed backend implements; the training loop only talks to this."""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from training.config import TrainConfig
+from training.engine.distributed import DistContext
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """Optimizer class and arguments; sharding optimizers (FairScale OSS) construct it per parameter shard."""
+
+    cls: type[torch.optim.Optimizer]
+    kwargs: dict[str, Any]
+
+    def build(self, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+        return self.cls(params, **self.kwargs)
+
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class StrategyUnavailable(RuntimeError):
+    """This backend/strategy cannot run here (device, model or configuration); the message says why in one line."""
+
+
+class Backend(ABC):
+    name: ClassVar[str]
+    strategies: ClassVar[tuple[str, ...]]
+
+    def __init__(self, strategy: str, ctx: DistContext, cfg: TrainConfig) -> None:
+        self.strategy, self.ctx, self.cfg = strategy, ctx, cfg
+        self.dtype = PRECISION_DTYPES[cfg.precision]
+        self.model: nn.Module | None = None
+        self.optimizer: Any = None
+
+    @classmethod
+    def check(cls, strategy: str, cfg: TrainConfig, device: str) -> None:
+        """Raise StrategyUnavailable before any process starts, when this combination cannot run."""
+        if strategy not in cls.strategies:
+            raise StrategyUnavailable(f"backend {cls.name} has no strategy {strategy!r}; "
+                                      f"choose one of: {', '.join(cls.strategies)}")
+        if cfg.precision == "fp16" and device != "cuda":
+            raise StrategyUnavailable("fp16 needs loss scaling on a GPU; use --precision bf16 (or fp32) on the CPU")
+        if (cfg.tp > 1 or cfg.pp > 1) and not (cls.name == "colossalai" and strategy == "hybrid"):
+            raise StrategyUnavailable("--tp/--pp apply only to --backend colossalai --strategy hybrid")
+
+    # --- set-up ---
+    @abstractmethod
+    def wrap(self, model: nn.Module, optimizer: OptimizerSpec) -> nn.Module:
+        """Place, shard and wrap `model`, build its optimizer; returns the module to call for forward passes."""
+
+    def checkpoint_block(self, block: nn.Module) -> nn.Module:
+        """Activation checkpointing for one block (torch.utils.checkpoint; fairscale overrides)."""
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+        return checkpoint_wrapper(block)
+
+    def apply_checkpointing(self, model: nn.Module) -> None:
+        blocks = getattr(model, "blocks", None)
+        if blocks is None:
+            raise StrategyUnavailable(f"{type(model).__name__} has no `blocks` to checkpoint")
+        for i, block in enumerate(blocks):
+            blocks[i] = self.checkpoint_block(block)
+
+    # --- one optimisation step ---
+    def autocast(self) -> contextlib.AbstractContextManager:
+        enabled = self.dtype != torch.float32
+        return torch.autocast(self.ctx.device.type, dtype=self.dtype, enabled=enabled)
+
+    def no_sync(self) -> contextlib.AbstractContextManager:
+        """Skip gradient synchronisation on accumulation micro-steps (where the strategy allows it)."""
+        return contextlib.nullcontext()
+
+    @abstractmethod
+    def backward(self, loss: torch.Tensor) -> None: ...
+
+    @abstractmethod
+    def step(self) -> float | None:
+        """Clip gradients to cfg.max_grad_norm, step, zero gradients; returns the gradient norm when known."""
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.optimizer.param_groups
+
+    # --- state (full, consolidated) ---
+    @abstractmethod
+    def model_state_dict(self) -> dict[str, torch.Tensor]:
+        """Full model weights on the CPU; collective, call on every rank (rank 0's copy is the one to save)."""
+
+    @abstractmethod
+    def optimizer_state_dict(self) -> dict[str, Any]:
+        """Full optimizer state; collective. Meaningful on rank 0; other ranks may get a partial or empty dict."""
+
+    @abstractmethod
+    def load_optimizer_state_dict(self, state: dict[str, Any]) -> None:
+        """Load a full optimizer state saved by `optimizer_state_dict`; every rank passes the full dict."""
+
+
+def unwrap_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict without wrapper prefixes (DDP's `module.`, checkpoint_wrapper's `_checkpoint_wrapped_module.`)."""
+    state = model.state_dict()
+    cleaned = {}
+    for key, value in state.items():
+        key = key.replace("_checkpoint_wrapped_module.", "").replace("_fpw_module.", "")
+        cleaned[key] = value.detach().to("cpu", torch.float32) if value.is_floating_point() else value.cpu()
+    return cleaned
+
+
+def iter_params(model: nn.Module) -> Iterator[nn.Parameter]:
+    return (p for p in model.parameters() if p.requires_grad)

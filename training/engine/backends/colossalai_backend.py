@@ -1,0 +1,95 @@
+"""Colossal-AI through its Booster: torch DDP, ZeRO-1/2 (LowLevelZero, optional CPU offload), Gemini, TorchFSDP."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from training.config import TrainConfig
+from training.engine.backends.base import Backend, OptimizerSpec, StrategyUnavailable, iter_params, unwrap_state_dict
+
+
+class ColossalAIBackend(Backend):
+    name: ClassVar[str] = "colossalai"
+    strategies: ClassVar[tuple[str, ...]] = ("ddp", "zero1", "zero2", "gemini", "hybrid", "fsdp")
+    # Plugins that own mixed precision (they cast the model); the rest run under autocast.
+    _PLUGIN_PRECISION = ("zero1", "zero2", "gemini")
+
+    @classmethod
+    def check(cls, strategy: str, cfg: TrainConfig, device: str) -> None:
+        super().check(strategy, cfg, device)
+        if strategy == "gemini" and device != "cuda":
+            raise StrategyUnavailable("colossalai gemini keeps parameters in CUDA memory chunks and needs a GPU; "
+                                      "on the CPU use --strategy zero2 (add --offload to keep optimizer state in RAM)")
+        if strategy == "hybrid":
+            raise StrategyUnavailable(f"colossalai hybrid (tensor/pipeline parallel) needs a model with a shardformer "
+                                      f"policy (Hugging Face transformers); the {cfg.task} model has none. "
+                                      f"Use zero1/zero2 or ddp for it")
+        if strategy == "fsdp":
+            raise StrategyUnavailable("colossalai fsdp (TorchFSDPPlugin) fails with torch>=2.6 optimizers in "
+                                      "colossalai 0.5.0; use --backend torch --strategy fsdp (FSDP2) instead")
+        if cfg.offload and strategy not in ("zero2", "gemini"):
+            raise StrategyUnavailable("--offload applies to colossalai zero2 and gemini only")
+
+    def wrap(self, model: nn.Module, optimizer: OptimizerSpec) -> nn.Module:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # import-time notices about optional CUDA kernels (apex, tensornvme)
+            from colossalai.booster import Booster
+            from colossalai.booster.plugin import GeminiPlugin, LowLevelZeroPlugin, TorchDDPPlugin
+        on_cpu = self.ctx.device.type == "cpu"
+        if on_cpu:
+            from training.engine import colossalai_cpu_compat
+
+            colossalai_cpu_compat.apply()
+        model.to(self.ctx.device)
+        if self.cfg.checkpointing:
+            self.apply_checkpointing(model)
+        precision = self.cfg.precision
+        if self.strategy == "ddp":
+            plugin = TorchDDPPlugin()
+        elif self.strategy in ("zero1", "zero2"):
+            # Overlapping gradient reduction with backward needs device streams; the CPU has none.
+            plugin = LowLevelZeroPlugin(stage=1 if self.strategy == "zero1" else 2, precision=precision,
+                                        max_norm=self.cfg.max_grad_norm, cpu_offload=self.cfg.offload,
+                                        overlap_communication=not on_cpu)
+        else:
+            plugin = GeminiPlugin(precision=precision, max_norm=self.cfg.max_grad_norm,
+                                  placement_policy="static", offload_optim_frac=1.0 if self.cfg.offload else 0.0)
+        self.booster = Booster(plugin=plugin)
+        self.model, self.optimizer, *_ = self.booster.boost(model, optimizer.build(iter_params(model)))
+        return self.model
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.strategy in self._PLUGIN_PRECISION:
+            return contextlib.nullcontext()
+        return super().autocast()
+
+    def no_sync(self) -> contextlib.AbstractContextManager:
+        if self.booster.plugin.support_no_sync():
+            return self.booster.no_sync(self.model, self.optimizer)
+        return contextlib.nullcontext()  # ZeRO-2 keeps reducing into its gradient shards; results are the same
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.booster.backward(loss, self.optimizer)
+
+    def step(self) -> float | None:
+        norm = None
+        if self.strategy not in self._PLUGIN_PRECISION:  # the ZeRO/Gemini optimizers clip inside step()
+            norm = float(self.optimizer.clip_grad_by_norm(self.cfg.max_grad_norm))
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        return norm
+
+    def model_state_dict(self) -> dict[str, torch.Tensor]:
+        # ZeRO-1/2 shard optimizer state and gradients only: every rank holds full working weights.
+        return unwrap_state_dict(self.model.unwrap())
+
+    def optimizer_state_dict(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()  # LowLevelZero gathers the shards (collective)
+
+    def load_optimizer_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state)

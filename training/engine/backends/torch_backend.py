@@ -1,0 +1,88 @@
+"""Plain PyTorch: DistributedDataParallel, or FSDP2 (`fully_shard`) sharding each block and then the root."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.nn.parallel import DistributedDataParallel
+
+from training.engine.backends.base import Backend, OptimizerSpec, iter_params, unwrap_state_dict
+
+
+class TorchBackend(Backend):
+    name: ClassVar[str] = "torch"
+    strategies: ClassVar[tuple[str, ...]] = ("ddp", "fsdp")
+
+    def wrap(self, model: nn.Module, optimizer: OptimizerSpec) -> nn.Module:
+        model.to(self.ctx.device)
+        if self.cfg.checkpointing:
+            self.apply_checkpointing(model)
+        if self.strategy == "ddp":
+            device_ids = [self.ctx.local_rank] if self.ctx.device.type == "cuda" else None
+            self.model = DistributedDataParallel(model, device_ids=device_ids)
+        else:
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+            policy = MixedPrecisionPolicy(param_dtype=self.dtype, reduce_dtype=torch.float32)
+            for block in getattr(model, "blocks", []):
+                fully_shard(block, mp_policy=policy)
+            self.model = fully_shard(model, mp_policy=policy)
+        self.optimizer = optimizer.build(iter_params(self.model))
+        enabled = self.cfg.precision == "fp16"
+        self.scaler = torch.amp.GradScaler(self.ctx.device.type, enabled=enabled)
+        return self.model
+
+    def no_sync(self) -> contextlib.AbstractContextManager:
+        if self.strategy == "ddp":
+            return self.model.no_sync()
+        return _fsdp_no_sync(self.model)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+
+    def step(self) -> float | None:
+        self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        return float(norm)
+
+    _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+    def model_state_dict(self) -> dict[str, torch.Tensor]:
+        if self.strategy == "ddp":
+            return unwrap_state_dict(self.model.module)
+        return {k.replace("_checkpoint_wrapped_module.", ""): v.float() if v.is_floating_point() else v
+                for k, v in get_model_state_dict(self.model, options=self._FULL).items()}
+
+    def optimizer_state_dict(self) -> dict[str, Any]:
+        if self.strategy == "ddp":
+            return self.optimizer.state_dict()
+        return get_optimizer_state_dict(self.model, self.optimizer, options=self._FULL)
+
+    def load_optimizer_state_dict(self, state: dict[str, Any]) -> None:
+        if self.strategy == "ddp":
+            self.optimizer.load_state_dict(state)
+        else:
+            set_optimizer_state_dict(self.model, self.optimizer, state,
+                                     options=StateDictOptions(full_state_dict=True))
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(model: nn.Module):
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)

@@ -1,0 +1,72 @@
+"""Make Colossal-AI 0.5.0 run its ZeRO and hybrid-parallel paths on the CPU (gloo).
+
+Colossal-AI ships a CPU accelerator, but 0.5.0 leaves most of it unimplemented and several code paths assert a
+CUDA/NPU device. Every patch below covers exactly one upstream defect; `apply()` is idempotent and is only called
+when a Colossal-AI run has no GPU. Nothing here changes behaviour on CUDA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+_APPLIED = False
+
+
+class _HostStream:
+    """Stand-in for a device stream: on the CPU every op is already ordered, so waiting is a no-op."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def wait_stream(self, other: Any) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+    def record_event(self, event: Any = None) -> Any:
+        return event
+
+    def wait_event(self, event: Any) -> None:
+        pass
+
+
+def apply() -> None:
+    global _APPLIED
+    if _APPLIED:
+        return
+    from colossalai.accelerator.cpu_accelerator import CpuAccelerator
+    from colossalai.zero.low_level import low_level_optim
+
+    host_stream = _HostStream()
+
+    # CpuAccelerator.synchronize/Stream/current_stream/stream raise "not supported" (cpu_accelerator.py), yet
+    # LowLevelZeroOptimizer and its BucketStore call them unconditionally to overlap communication with compute.
+    CpuAccelerator.synchronize = lambda self, device=None: None
+    CpuAccelerator.Stream = lambda self, device=None, priority=0, **kw: _HostStream()
+    CpuAccelerator.current_stream = lambda self, device=None: host_stream
+    CpuAccelerator.default_stream = lambda self, device=None: host_stream
+    CpuAccelerator.stream = lambda self, stream_: contextlib.nullcontext()
+    CpuAccelerator.set_stream = lambda self, stream_: None
+
+    # CpuAccelerator seeding methods raise, but plugins seed the accelerator during configure(); the host RNG is it.
+    CpuAccelerator.manual_seed = lambda self, seed: torch.manual_seed(seed)
+    CpuAccelerator.manual_seed_all = lambda self, seed: torch.manual_seed(seed)
+    CpuAccelerator.device_count = lambda self: 1
+    CpuAccelerator.current_device = lambda self: 0
+    CpuAccelerator.set_device = lambda self, device=None: None
+    CpuAccelerator.empty_cache = lambda self: None
+
+    # LowLevelZeroOptimizer._sanity_checks asserts the accelerator is cuda/npu, although the sharding logic is
+    # device-agnostic; keep its other check (uniform parameter dtype).
+    def _sanity_checks(self: Any) -> None:
+        for group in self.optim.param_groups:
+            for param in group["params"]:
+                if not getattr(param, "skip_zero_check", False) and param.dtype != self._dtype:
+                    raise TypeError(f"ZeRO expects all parameters in {self._dtype}, got {param.dtype}")
+
+    low_level_optim.LowLevelZeroOptimizer._sanity_checks = _sanity_checks
+    _APPLIED = True

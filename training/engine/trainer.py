@@ -1,0 +1,185 @@
+"""The training loop, the same for every backend and task.
+
+A recipe hands over a `TrainingJob` (model, datasets, loss, validation); the loop owns accumulation, clipping, the
+warmup + cosine schedule, mixed precision (through the backend), early stopping, logging, and resumable state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
+
+from training.config import TrainConfig
+from training.engine.backends import Backend
+from training.engine.backends.base import OptimizerSpec
+from training.engine.distributed import DistContext
+from training.engine.resume import ResumeState, load_resume_state, save_resume_state
+
+
+@dataclass
+class TrainingJob:
+    model: nn.Module
+    train_set: Dataset
+    loss: Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor]
+    validate: Callable[[nn.Module], dict[str, float]]  # runs on every rank over the whole validation set
+    monitor: str  # key of validate()'s result used for early stopping and best-model selection
+    mode: str = "min"
+    batch_size: int = 256
+    lr: float = 1e-3
+    epochs: int = 30
+    warmup_steps: int = 50
+
+
+@dataclass
+class FitResult:
+    best_state: dict[str, torch.Tensor] | None  # rank 0 only
+    best_metrics: dict[str, float]
+    epochs_run: int
+    steps: int
+    train_seconds: float
+    samples_per_second: float
+    stopped_early: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warmup then cosine decay to 10% of the peak; a pure function of the step, so resuming needs no state."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _better(value: float, best: float | None, mode: str) -> bool:
+    return best is None or (value < best if mode == "min" else value > best)
+
+
+def _to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, ...]:
+    return tuple(t.to(device, non_blocking=True) for t in batch)
+
+
+def fit(job: TrainingJob, cfg: TrainConfig, ctx: DistContext, backend: Backend) -> FitResult:
+    out = Path(cfg.out)
+    resume = load_resume_state(out, cfg, ctx) if cfg.resume else None
+    if resume is not None:
+        job.model.load_state_dict(resume.model)
+    batch_size = cfg.batch_size or job.batch_size
+    lr = cfg.lr if cfg.lr is not None else job.lr
+
+    optimizer = OptimizerSpec(torch.optim.AdamW, {"lr": lr, "weight_decay": cfg.weight_decay})
+    model = backend.wrap(job.model, optimizer)
+    if resume is not None:
+        backend.load_optimizer_state_dict(resume.optimizer)
+
+    sampler = DistributedSampler(job.train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                 seed=cfg.seed, drop_last=True)
+    # drop_last keeps every rank at the same number of steps, which sharded strategies require.
+    loader = DataLoader(job.train_set, batch_size=batch_size, sampler=sampler, drop_last=True)
+    steps_per_epoch = max(1, len(loader) // cfg.grad_accum)
+    epochs = cfg.epochs or job.epochs
+    total_steps = cfg.max_steps or epochs * steps_per_epoch
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(job.warmup_steps, total_steps // 10)
+
+    state = resume.trainer if resume is not None else {"epoch": 0, "step": 0, "best": None, "bad_epochs": 0,
+                                                          "best_metrics": {}, "history": [], "train_seconds": 0.0}
+    if resume is not None:
+        torch.set_rng_state(resume.rng)
+        if ctx.is_main:  # the log restarts from what the saved state had seen; later epochs are re-run
+            log_text = "".join(json.dumps(record) + "\n" for record in state["history"])
+            (out / "train_log.jsonl").write_text(log_text)
+    best_state = resume.best_model if resume is not None and ctx.is_main else None
+    log_path = out / "train_log.jsonl"
+    progress = tqdm(total=total_steps, initial=state["step"], desc=f"train {cfg.task}", unit="step",
+                    disable=not ctx.is_main, dynamic_ncols=True,
+                    mininterval=0.5 if sys.stderr.isatty() else 15.0)  # logs get a line every 15 s, not every step
+    samples_this_run, loop_seconds_this_run = 0, 0.0
+    stopped_early = False
+
+    for epoch in range(state["epoch"], epochs):
+        if state["step"] >= total_steps:
+            break
+        model.train()
+        sampler.set_epoch(epoch)
+        epoch_start = time.perf_counter()
+        loss_sum, loss_count = torch.zeros((), dtype=torch.float64), 0
+        micro, grad_norm = 0, None
+        for batch in loader:
+            if state["step"] >= total_steps:
+                break
+            batch = _to_device(batch, ctx.device)
+            micro += 1
+            boundary = micro % cfg.grad_accum == 0
+            with (backend.no_sync() if not boundary else contextlib.nullcontext()), backend.autocast():
+                loss = job.loss(model, batch)
+            backend.backward(loss / cfg.grad_accum)
+            loss_sum += loss.detach().double().cpu()
+            loss_count += 1
+            samples_this_run += len(batch[0]) * ctx.world_size
+            if not boundary:
+                continue
+            for group in backend.param_groups:
+                group["lr"] = lr * lr_factor(state["step"], warmup, total_steps)
+            grad_norm = backend.step()
+            state["step"] += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{backend.param_groups[0]['lr']:.2e}")
+        loop_seconds = time.perf_counter() - epoch_start
+        state["train_seconds"] += loop_seconds
+        loop_seconds_this_run += loop_seconds
+
+        train_loss = _mean_across_ranks(loss_sum, loss_count)
+        model.eval()
+        with torch.no_grad(), backend.autocast():
+            metrics = job.validate(model)
+        record = {"epoch": epoch + 1, "step": state["step"], "train_loss": train_loss,
+                  "lr": backend.param_groups[0]["lr"], "grad_norm": grad_norm, **metrics,
+                  "epoch_seconds": round(time.perf_counter() - epoch_start, 3)}
+        state["history"].append(record)
+        weights = backend.model_state_dict()  # collective: every rank calls it
+        if _better(metrics[job.monitor], state["best"], job.mode):
+            state.update(best=metrics[job.monitor], bad_epochs=0, best_metrics=metrics)
+            if ctx.is_main:  # a snapshot: on the CPU a state dict may alias the live parameters
+                best_state = {name: tensor.clone() for name, tensor in weights.items()}
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        patience = cfg.early_stop_patience
+        stopped_early = patience is not None and state["bad_epochs"] >= patience
+        if ctx.is_main:
+            with open(log_path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            progress.write(f"epoch {epoch + 1}/{epochs}  train_loss {train_loss:.4f}  " +
+                           "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        save_resume_state(out, cfg, ctx, ResumeState(model=weights, best_model=best_state,
+                                                     optimizer=backend.optimizer_state_dict(),
+                                                     rng=torch.get_rng_state(), trainer=state))
+        if stopped_early:
+            if ctx.is_main:
+                progress.write(f"early stop: {job.monitor} did not improve for {patience} epochs")
+            break
+    progress.close()
+    return FitResult(best_state=best_state, best_metrics=state["best_metrics"], epochs_run=state["epoch"],
+                     steps=state["step"], train_seconds=state["train_seconds"],
+                     samples_per_second=samples_this_run / max(loop_seconds_this_run, 1e-9),
+                     stopped_early=stopped_early, history=state["history"])
+
+
+def _mean_across_ranks(total: torch.Tensor, count: int) -> float:
+    pair = torch.tensor([float(total), float(count)], dtype=torch.float64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(pair)
+    return float(pair[0] / max(pair[1], 1.0))

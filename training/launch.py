@@ -1,0 +1,111 @@
+"""Start a training run: checks, data, then 1 process in-process or N through torch's elastic launcher.
+
+`--nproc N` runs `python -m training.launch OUT/train_config.json` in N processes with the same launcher torchrun
+uses; several machines join through its rendezvous (--nnodes, --node-rank, --rdzv-endpoint).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import uuid
+from pathlib import Path
+
+import torch
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
+
+from training.config import TrainConfig
+from training.engine.backends import backend_class
+from training.engine.distributed import DistContext, free_port, resolve_device
+from training.tasks import get_task
+
+
+class TrainingFailed(RuntimeError):
+    pass
+
+
+def resolve_data_dir(cfg: TrainConfig) -> Path:
+    task = get_task(cfg.task)
+    if cfg.synthetic:
+        target = Path(cfg.out) / "synthetic-data"
+        if not any(target.glob("*")):
+            target.mkdir(parents=True, exist_ok=True)
+            task.synthesize(target, seed=cfg.seed)
+        return target
+    if cfg.data_dir:
+        return Path(cfg.data_dir)
+    root = os.environ.get("MODELYARD_DATA")
+    if root and (Path(root) / task.DATA_SUBDIR).is_dir():
+        return Path(root) / task.DATA_SUBDIR
+    raise FileNotFoundError(f"no {cfg.task} data: pass --data-dir DIR, set MODELYARD_DATA to a folder holding "
+                            f"{task.DATA_SUBDIR}/, or use --synthetic for generated data")
+
+
+def run_training(cfg: TrainConfig) -> Path:
+    """Train and save a checkpoint in cfg.out; raises StrategyUnavailable/TrainingFailed with a one-line reason."""
+    device = resolve_device(cfg.device)
+    backend_class(cfg, device)  # refuse impossible combinations before any process starts
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.data_dir = str(resolve_data_dir(cfg).resolve())
+    if not cfg.resume:  # a fresh run must not inherit an older run's log or resume state
+        shutil.rmtree(out / "state", ignore_errors=True)
+        (out / "train_log.jsonl").unlink(missing_ok=True)
+    config_path = out / "train_config.json"
+    cfg.save(config_path)
+    if cfg.nproc == 1 and cfg.nnodes == 1:
+        worker(config_path)
+    else:
+        _elastic_launch(cfg, config_path)
+    return out
+
+
+def _elastic_launch(cfg: TrainConfig, config_path: Path) -> None:
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    if cfg.nnodes > 1 and not cfg.rdzv_endpoint:
+        raise TrainingFailed("--nnodes > 1 needs --rdzv-endpoint HOST:PORT reachable from every machine")
+    static = cfg.node_rank is not None
+    launch = LaunchConfig(
+        min_nodes=cfg.nnodes, max_nodes=cfg.nnodes, nproc_per_node=cfg.nproc,
+        run_id=f"modelyard-{uuid.uuid4().hex[:8]}" if cfg.nnodes == 1 else "modelyard",
+        rdzv_backend="static" if static else "c10d",
+        rdzv_endpoint=cfg.rdzv_endpoint or f"127.0.0.1:{free_port()}",
+        rdzv_configs={"rank": cfg.node_rank} if static else {},
+        max_restarts=0, monitor_interval=0.2, start_method="spawn",
+    )
+    # Share the cores between local ranks instead of oversubscribing them (what torchrun does too).
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.nproc)))
+    try:
+        elastic_launch(launch, entrypoint=sys.executable)("-m", "training.launch", str(config_path))
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        message = failure.message if isinstance(failure.message, str) else failure.message.get("message", "")
+        reason = message.strip().splitlines()[-1] if message and message.strip() else f"exit code {failure.exitcode}"
+        raise TrainingFailed(f"training failed on rank {rank}: {reason}") from None
+
+
+@record
+def worker(config_path: Path) -> None:
+    """One training process: join the group, build the recipe's job, fit, and (rank 0) save the checkpoint."""
+    from training.engine.trainer import fit
+
+    cfg = TrainConfig.load(config_path)
+    device = resolve_device(cfg.device)
+    ctx = DistContext.init(device)
+    try:
+        backend = backend_class(cfg, device)(cfg.strategy, ctx, cfg)
+        task = get_task(cfg.task)
+        torch.manual_seed(cfg.seed)  # before the recipe builds the model: identical weights on every rank and run
+        job, data, model_config = task.build_job(cfg)
+        result = fit(job, cfg, ctx, backend)
+        if ctx.is_main:
+            task.save(cfg, data, model_config, result)
+        ctx.barrier()
+    finally:
+        ctx.close()
+
+
+if __name__ == "__main__":
+    worker(Path(sys.argv[1]))

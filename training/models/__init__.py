@@ -1,0 +1,19 @@
+"""Model definitions, each rebuilt from the plain `model` config stored in a checkpoint manifest."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+
+def build_model(config: dict[str, Any]) -> nn.Module:
+    from training.models import turbofan
+
+    builders = {"lstm": turbofan.TurbofanLSTM, "transformer": turbofan.TurbofanTransformer,
+                "lstm_autoencoder": turbofan.TurbofanAutoencoder}
+    arch = config.get("arch")
+    if arch not in builders:
+        raise ValueError(f"unknown model architecture {arch!r}; known: {', '.join(sorted(builders))}")
+    kwargs = {k: v for k, v in config.items() if k != "arch"}
+    return builders[arch](**kwargs)

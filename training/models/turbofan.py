@@ -1,0 +1,93 @@
+"""Turbofan models over a window of normalised sensor readings (batch, window, features).
+
+RUL models return remaining useful life in cycles; the autoencoder returns its reconstruction, and its anomaly score
+is the per-window reconstruction error. Each model keeps its repeated layers in `blocks`, the unit the engine wraps
+for activation checkpointing and sharding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class LSTMBlock(nn.Module):
+    """One LSTM layer that returns only its output sequence, so blocks chain and checkpoint cleanly."""
+
+    def __init__(self, n_in: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(n_in, hidden, batch_first=True)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # oneDNN has no bf16 LSTM primitive on CPUs without AMX/AVX512-BF16; keep the recurrence in fp32 there.
+            with torch.autocast("cpu", enabled=False):
+                return self.dropout(self.lstm(x.float())[0])
+        return self.dropout(self.lstm(x)[0])
+
+
+class TurbofanLSTM(nn.Module):
+    def __init__(self, n_features: int, hidden: int = 64, layers: int = 2, dropout: float = 0.1,
+                 rul_cap: float = 125.0, window: int = 30) -> None:
+        super().__init__()
+        self.rul_cap, self.window = rul_cap, window
+        self.blocks = nn.ModuleList(LSTMBlock(n_features if i == 0 else hidden, hidden, dropout) for i in range(layers))
+        self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        # The head predicts RUL as a fraction of the cap; scaling here keeps exported models in cycles.
+        return self.head(x[:, -1]).squeeze(-1) * self.rul_cap
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, d_model: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(d_model, heads, 4 * d_model, dropout, batch_first=True,
+                                                norm_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+class TurbofanTransformer(nn.Module):
+    def __init__(self, n_features: int, d_model: int = 64, heads: int = 4, layers: int = 2, dropout: float = 0.1,
+                 rul_cap: float = 125.0, window: int = 30) -> None:
+        super().__init__()
+        self.rul_cap, self.window = rul_cap, window
+        self.embed = nn.Linear(n_features, d_model)
+        position = torch.arange(window).unsqueeze(1)
+        freq = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
+        encoding = torch.zeros(window, d_model)
+        encoding[:, 0::2], encoding[:, 1::2] = torch.sin(position * freq), torch.cos(position * freq)
+        self.register_buffer("position", encoding, persistent=False)
+        self.blocks = nn.ModuleList(EncoderBlock(d_model, heads, dropout) for _ in range(layers))
+        self.head = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x) + self.position[: x.shape[1]]
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x.mean(dim=1)).squeeze(-1) * self.rul_cap
+
+
+class TurbofanAutoencoder(nn.Module):
+    """LSTM encoder-decoder trained on healthy windows; worn engines reconstruct poorly."""
+
+    def __init__(self, n_features: int, hidden: int = 32, dropout: float = 0.0, window: int = 30) -> None:
+        super().__init__()
+        self.window = window
+        self.blocks = nn.ModuleList([LSTMBlock(n_features, hidden, dropout), LSTMBlock(hidden, hidden, dropout)])
+        self.out = nn.Linear(hidden, n_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        code = self.blocks[0](x)[:, -1:]
+        return self.out(self.blocks[1](code.expand(-1, x.shape[1], -1)))
+
+    @staticmethod
+    def anomaly_score(x: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+        return ((x - reconstruction) ** 2).mean(dim=(1, 2))

@@ -1,0 +1,227 @@
+"""Turbofan recipe (NASA C-MAPSS): predict remaining useful life, or score anomalies by reconstruction.
+
+Reads top to bottom: data -> model -> loss -> validation -> train (engine) -> checkpoint -> evaluation report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from training.baselines.health_index import HealthIndexBaseline
+from training.checkpoint import CheckpointManifest, load_checkpoint, record_files, save_checkpoint, write_json_atomic
+from training.config import TrainConfig
+from training.data.cmapss import CmapssSubset, TurbofanPreprocessor, load_subset, rul_targets, windows_per_cycle
+from training.engine.trainer import FitResult, TrainingJob
+from training.metrics.rul import alert_metrics, best_threshold, nasa_score, rmse
+from training.models import build_model
+
+NAME = "turbofan"
+DATA_SUBDIR = "cmapss"
+WINDOW, RUL_CAP, ALERT_RUL, VAL_FRACTION = 30, 125.0, 30.0, 0.2
+MODELS = {"rul": ("lstm", "transformer"), "reconstruction": ("lstm_autoencoder",)}
+DEFAULTS = {"batch_size": 256, "lr": 2e-3, "epochs": 40}
+
+
+# --- data ---------------------------------------------------------------------------------------------------------
+
+@dataclass
+class TurbofanData:
+    subset: CmapssSubset
+    preprocessor: TurbofanPreprocessor
+    train_units: np.ndarray
+    val_units: np.ndarray
+
+
+def load_data(data_dir: Path, subset: str, seed: int) -> TurbofanData:
+    """Split training engines into train/validation by unit, then fit preprocessing on the train units only."""
+    data = load_subset(data_dir, subset)
+    units = np.sort(data.train["unit"].unique())
+    rng = np.random.default_rng(seed)
+    val_units = np.sort(rng.choice(units, size=max(1, int(round(VAL_FRACTION * len(units)))), replace=False))
+    train_units = np.setdiff1d(units, val_units)
+    preprocessor = TurbofanPreprocessor.fit(data.train[data.train["unit"].isin(train_units)])
+    return TurbofanData(data, preprocessor, train_units, val_units)
+
+
+def cycle_windows(frame, preprocessor: TurbofanPreprocessor, window: int = WINDOW) -> np.ndarray:
+    return windows_per_cycle(preprocessor.transform(frame), frame["unit"].to_numpy(), window)
+
+
+def split_arrays(data: TurbofanData, units: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    frame = data.subset.train[data.subset.train["unit"].isin(units)]
+    return cycle_windows(frame, data.preprocessor), rul_targets(frame, RUL_CAP), frame["unit"].to_numpy()
+
+
+# --- model --------------------------------------------------------------------------------------------------------
+
+def model_config(cfg: TrainConfig, n_features: int) -> dict[str, Any]:
+    objective = cfg.objective or "rul"
+    if objective not in MODELS:
+        raise ValueError(f"unknown turbofan objective {objective!r}; expected rul or reconstruction")
+    arch = cfg.model or MODELS[objective][0]
+    if arch not in MODELS[objective]:
+        raise ValueError(f"--model {arch} does not fit objective {objective}; choose {', '.join(MODELS[objective])}")
+    config: dict[str, Any] = {"arch": arch, "n_features": n_features, "window": WINDOW}
+    if objective == "rul":
+        config["rul_cap"] = RUL_CAP
+    return config
+
+
+# --- loss and validation ------------------------------------------------------------------------------------------
+
+def rul_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    windows, target = batch
+    return nn.functional.mse_loss(model(windows).float() / RUL_CAP, target / RUL_CAP)
+
+
+def reconstruction_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    windows = batch[0]
+    return nn.functional.mse_loss(model(windows).float(), windows)
+
+
+def predict(model: nn.Module, windows: np.ndarray, objective: str, batch: int = 1024) -> np.ndarray:
+    """RUL in cycles (rul) or reconstruction error (reconstruction) per window; the caller sets eval/no_grad."""
+    outputs = []
+    for start in range(0, len(windows), batch):
+        x = torch.from_numpy(windows[start:start + batch]).to(next(model.parameters()).device)
+        y = model(x).float()
+        outputs.append((y if objective == "rul" else ((y - x.float()) ** 2).mean(dim=(1, 2))).cpu().numpy())
+    return np.concatenate(outputs)
+
+
+def make_validation(windows: np.ndarray, rul: np.ndarray, objective: str):
+    def validate(model: nn.Module) -> dict[str, float]:
+        output = predict(model, windows, objective)
+        if objective == "rul":
+            return {"val_rmse": rmse(output, rul)}
+        return {"val_reconstruction": float(output[rul >= RUL_CAP].mean())}  # healthy windows only
+    return validate
+
+
+# --- train --------------------------------------------------------------------------------------------------------
+
+def build_job(cfg: TrainConfig) -> tuple[TrainingJob, TurbofanData, dict[str, Any]]:
+    data = load_data(Path(cfg.data_dir), cfg.subset, cfg.seed)
+    config = model_config(cfg, data.preprocessor.n_features)
+    objective = cfg.objective or "rul"
+    train_x, train_y, _ = split_arrays(data, data.train_units)
+    val_x, val_y, _ = split_arrays(data, data.val_units)
+    if objective == "reconstruction":  # the autoencoder learns what a healthy engine looks like
+        train_x, train_y = train_x[train_y >= RUL_CAP], train_y[train_y >= RUL_CAP]
+    job = TrainingJob(
+        model=build_model(config),
+        train_set=TensorDataset(torch.from_numpy(train_x), torch.from_numpy(train_y)),
+        loss=rul_loss if objective == "rul" else reconstruction_loss,
+        validate=make_validation(val_x, val_y, objective),
+        monitor="val_rmse" if objective == "rul" else "val_reconstruction",
+        **DEFAULTS,
+    )
+    return job, data, config
+
+
+def detector_for(model: nn.Module, data: TurbofanData, objective: str) -> dict[str, Any]:
+    """The alert rule stored with the model: RUL <= 30 cycles, or a reconstruction-error threshold chosen on
+    validation engines to maximise alert F1 against the same truth (true RUL <= 30)."""
+    if objective == "rul":
+        return {"kind": "rul", "alert_rul": ALERT_RUL}
+    val_x, val_y, _ = split_arrays(data, data.val_units)
+    model.eval()
+    with torch.no_grad():
+        score = predict(model, val_x, objective)
+    return {"kind": "reconstruction", "alert_rul": ALERT_RUL,
+            "threshold": best_threshold(score, val_y <= ALERT_RUL, alarm_when_high=True)}
+
+
+def save(cfg: TrainConfig, data: TurbofanData, config: dict[str, Any], result: FitResult) -> Path:
+    objective = cfg.objective or "rul"
+    model = build_model(config)
+    model.load_state_dict(result.best_state)
+    manifest = CheckpointManifest(
+        task=NAME,
+        model=config,
+        preprocessing={"objective": objective, "window": WINDOW, "rul_cap": RUL_CAP,
+                       "normalizer": data.preprocessor.to_dict(), "detector": detector_for(model, data, objective)},
+        training={**{k: v for k, v in cfg.to_dict().items() if k not in ("out", "resume")},
+                  "data_fingerprint": data.subset.fingerprint, "train_units": data.train_units.tolist(),
+                  "val_units": data.val_units.tolist(), "epochs_run": result.epochs_run, "steps": result.steps,
+                  "train_seconds": round(result.train_seconds, 2), "stopped_early": result.stopped_early,
+                  "samples_per_second": round(result.samples_per_second, 1)},
+        metrics=result.best_metrics,
+    )
+    return save_checkpoint(Path(cfg.out), manifest, result.best_state)
+
+
+# --- evaluation report --------------------------------------------------------------------------------------------
+
+def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
+    """Score every test cycle, compare with the truth and the statistical baseline, write report.json and plots."""
+    from training.reports.turbofan_plots import plot_predictions, plot_sensor_traces
+
+    manifest, weights = load_checkpoint(ckpt)
+    pre = manifest.preprocessing
+    data_dir = Path(data_dir or manifest.training["data_dir"])
+    subset = load_subset(data_dir, manifest.training["subset"])
+    normalizer = TurbofanPreprocessor.from_dict(pre["normalizer"])
+    model = build_model(manifest.model)
+    model.load_state_dict(weights)
+    model.eval()
+
+    test = subset.test
+    true_rul = rul_targets(test, np.inf, subset.test_rul)  # uncapped truth
+    with torch.no_grad():
+        output = predict(model, cycle_windows(test, normalizer, pre["window"]), pre["objective"])
+    detector = pre["detector"]
+    alarm = output <= detector["alert_rul"] if detector["kind"] == "rul" else output >= detector["threshold"]
+    truth = true_rul <= detector["alert_rul"]
+    last = test.groupby("unit").cumcount(ascending=False).to_numpy() == 0
+
+    report: dict[str, Any] = {"task": NAME, "subset": subset.name, "objective": pre["objective"],
+                              "test_engines": int(last.sum()), "test_cycles": int(len(test))}
+    if pre["objective"] == "rul":
+        report["rmse"] = rmse(output[last], np.minimum(true_rul[last], pre["rul_cap"]))
+        report["nasa_score"] = nasa_score(output[last], np.minimum(true_rul[last], pre["rul_cap"]))
+    else:
+        report["rmse"] = report["nasa_score"] = None  # an autoencoder does not predict RUL
+    report.update(alert_metrics(alarm, truth))
+    report["baseline"] = {"method": "linear health index + causal exponential smoothing (statsmodels)",
+                          **baseline_alerts(subset, normalizer, manifest, test, truth)}
+
+    plots = [plot_predictions(ckpt / "rul_predictions.png", test, output, true_rul, last, pre),
+             plot_sensor_traces(ckpt / "sensor_traces.png", test, alarm, truth, normalizer.sensors[:4])]
+    report["plots"] = [p.name for p in plots]
+    write_json_atomic(ckpt / "report.json", report)
+    manifest.metrics.update({k: report[k] for k in ("rmse", "nasa_score", "alert_precision", "alert_recall",
+                                                    "alert_f1")})
+    record_files(ckpt, manifest, ["report.json", *report["plots"]])
+    return report
+
+
+def baseline_alerts(subset: CmapssSubset, normalizer: TurbofanPreprocessor, manifest: CheckpointManifest,
+                    test, truth: np.ndarray) -> dict[str, float]:
+    train = subset.train
+    fit_rows = train["unit"].isin(manifest.training["train_units"]).to_numpy()
+    val_rows = train["unit"].isin(manifest.training["val_units"]).to_numpy()
+    features = normalizer.transform(train)
+    health = rul_targets(train, RUL_CAP) / RUL_CAP
+    baseline = HealthIndexBaseline.fit(features[fit_rows], health[fit_rows])
+    baseline.calibrate(features[val_rows], train["unit"].to_numpy()[val_rows],
+                       rul_targets(train, np.inf)[val_rows] <= ALERT_RUL)
+    return alert_metrics(baseline.alarms(normalizer.transform(test), test["unit"].to_numpy()), truth)
+
+
+# --- generated data -----------------------------------------------------------------------------------------------
+
+def synthesize(out: Path, seed: int = 0) -> list[Path]:
+    """Write all four subsets in the real file format (see training.data.cmapss.synthesize_subset)."""
+    from training.data.cmapss import SUBSETS, synthesize_subset
+
+    for i, subset in enumerate(SUBSETS):
+        synthesize_subset(out, subset, seed=seed + i)
+    return sorted(out.glob("*_FD00*.txt"))
