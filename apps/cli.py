@@ -81,6 +81,9 @@ def train(
         run_training(cfg)
     except (StrategyUnavailable, TrainingFailed, FileNotFoundError, ValueError, RuntimeError) as exc:
         fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    if node_rank:  # another machine's launcher: node 0 owns the checkpoint and its report
+        console.print(f"node {node_rank}: training finished; node 0 wrote {out}")
+        return
     console.print(f"checkpoint: {out}")
     _print_train_summary(out)
     if evaluate_after:

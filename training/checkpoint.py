@@ -75,6 +75,7 @@ def save_weights(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
     tensors = {name: t.detach().to("cpu").clone().contiguous() for name, t in state_dict.items()}
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(tmp))
+    os.chmod(tmp, 0o644)  # safetensors creates 0600 files; a serving account must be able to read them
     os.replace(tmp, path)
 
 

@@ -39,6 +39,7 @@ def apply() -> None:
     if _APPLIED:
         return
     from colossalai.accelerator.cpu_accelerator import CpuAccelerator
+    from colossalai.pipeline import p2p
     from colossalai.zero.low_level import low_level_optim
 
     host_stream = _HostStream()
@@ -53,6 +54,9 @@ def apply() -> None:
     CpuAccelerator.set_stream = lambda self, stream_: None
 
     # CpuAccelerator seeding methods raise, but plugins seed the accelerator during configure(); the host RNG is it.
+    # CpuAccelerator.get_rng_state passes `device` to torch.get_rng_state(), which takes no argument; shardformer's
+    # tensor-parallel layers read it to build their seeded randomizers.
+    CpuAccelerator.get_rng_state = lambda self, device=None: torch.get_rng_state()
     CpuAccelerator.manual_seed = lambda self, seed: torch.manual_seed(seed)
     CpuAccelerator.manual_seed_all = lambda self, seed: torch.manual_seed(seed)
     CpuAccelerator.device_count = lambda self: 1
@@ -69,4 +73,16 @@ def apply() -> None:
                     raise TypeError(f"ZeRO expects all parameters in {self._dtype}, got {param.dtype}")
 
     low_level_optim.LowLevelZeroOptimizer._sanity_checks = _sanity_checks
+
+    # pipeline/p2p._check_for_nccl_hccl_backend compares the group name with c10d.Backend.HCCL, which this torch
+    # does not define; on a gloo group that comparison is reached and raises AttributeError on the first send.
+    def _is_nccl_or_hccl(group: Any) -> bool:
+        import torch.distributed.distributed_c10d as c10d
+
+        pg = group or c10d._get_default_group()
+        while isinstance(pg, getattr(c10d, "_ProcessGroupWrapper", ())):
+            pg = pg.wrapped_pg
+        return pg.name() in ("nccl", "hccl")
+
+    p2p._check_for_nccl_hccl_backend = _is_nccl_or_hccl
     _APPLIED = True

@@ -50,6 +50,7 @@ def save_resume_state(out: Path, cfg: TrainConfig, ctx: DistContext, state: Resu
         shutil.rmtree(epoch_dir, ignore_errors=True)
         epoch_dir.mkdir(parents=True)
     _barrier()
+    epoch_dir.mkdir(parents=True, exist_ok=True)  # other machines see it only through a shared filesystem
     save_file({"rng": state.rng}, str(epoch_dir / f"rng-rank{ctx.rank}.safetensors"))
     if ctx.is_main:
         save_weights(epoch_dir / "model.safetensors", state.model)

@@ -44,8 +44,10 @@ def plot_predictions(path: Path, test: pd.DataFrame, output: np.ndarray, true_ru
 
 def plot_sensor_traces(path: Path, test: pd.DataFrame, alarm: np.ndarray, truth: np.ndarray, sensors: list[str],
                        engines: int = 4) -> Path:
-    """Sensor traces of the longest-running test engines, alarm periods shaded red, true failure horizon grey."""
-    units = test.groupby("unit").size().sort_values(ascending=False).index[:engines]
+    """Sensor traces of the engines that come closest to failure (most cycles inside the true horizon), alarm
+    periods shaded red, the true failure horizon grey."""
+    inside = pd.Series(truth, index=test.index).groupby(test["unit"]).sum()
+    units = inside.sort_values(ascending=False, kind="stable").index[:engines]
     fig, axes = plt.subplots(len(units), 1, figsize=(11, 2.4 * len(units)), sharex=False, squeeze=False)
     for ax, unit in zip(axes[:, 0], units, strict=True):
         rows = (test["unit"] == unit).to_numpy()
