@@ -25,8 +25,11 @@ from training.models import build_model
 NAME = "turbofan"
 DATA_SUBDIR = "cmapss"
 WINDOW, RUL_CAP, ALERT_RUL, VAL_FRACTION = 30, 125.0, 30.0, 0.2
+# Regularisation measured on FD001 validation engines (see the foundation issue note): with 80 training engines the
+# LSTM overfits after ~12 epochs; dropout 0.2 plus Gaussian noise on the normalised sensors lowers validation RMSE.
+DROPOUT, INPUT_NOISE = 0.2, 0.1
 MODELS = {"rul": ("lstm", "transformer"), "reconstruction": ("lstm_autoencoder",)}
-DEFAULTS = {"batch_size": 256, "lr": 2e-3, "epochs": 40}
+DEFAULTS = {"batch_size": 256, "lr": 2e-3, "epochs": 30}
 
 
 # --- data ---------------------------------------------------------------------------------------------------------
@@ -68,7 +71,7 @@ def model_config(cfg: TrainConfig, n_features: int) -> dict[str, Any]:
     arch = cfg.model or MODELS[objective][0]
     if arch not in MODELS[objective]:
         raise ValueError(f"--model {arch} does not fit objective {objective}; choose {', '.join(MODELS[objective])}")
-    config: dict[str, Any] = {"arch": arch, "n_features": n_features, "window": WINDOW}
+    config: dict[str, Any] = {"arch": arch, "n_features": n_features, "window": WINDOW, "dropout": DROPOUT}
     if objective == "rul":
         config["rul_cap"] = RUL_CAP
     return config
@@ -78,6 +81,7 @@ def model_config(cfg: TrainConfig, n_features: int) -> dict[str, Any]:
 
 def rul_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
     windows, target = batch
+    windows = windows + INPUT_NOISE * torch.randn_like(windows)  # training only: the loss is not used to predict
     return nn.functional.mse_loss(model(windows).float() / RUL_CAP, target / RUL_CAP)
 
 
