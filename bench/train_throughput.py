@@ -24,7 +24,8 @@ sys.path.insert(0, str(REPO))
 from training.checkpoint import read_manifest  # noqa: E402
 
 CPU = [("torch", "ddp", []), ("torch", "fsdp", []), ("colossalai", "ddp", []), ("colossalai", "zero1", []),
-       ("colossalai", "zero2", []), ("colossalai", "zero2", ["--offload"]), ("fairscale", "oss", [])]
+       ("colossalai", "zero2", []), ("colossalai", "zero2", ["--offload"]), ("fairscale", "oss", []),
+       ("fairscale", "pipe", [])]
 GPU_ONLY = [("colossalai", "gemini", []), ("fairscale", "fsdp", [])]
 
 

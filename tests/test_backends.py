@@ -53,6 +53,18 @@ def test_two_ranks_train_save_reload(tmp_path, cmapss_dir, backend, strategy, ex
     assert reloaded_val_rmse(out) == pytest.approx(manifest.metrics["val_rmse"], rel=1e-5)
 
 
+@pytest.mark.parametrize("extra", [[], ["--checkpointing"], ["--model", "transformer"]],
+                         ids=["lstm", "lstm-checkpointing", "transformer"])
+def test_fairscale_pipe_splits_stages_and_saves_original_names(tmp_path, cmapss_dir, extra):
+    out = tmp_path / "ckpt"
+    result = run_cli("train", "turbofan", "--out", out, "--data-dir", cmapss_dir, "--backend", "fairscale",
+                     "--strategy", "pipe", "--max-steps", "6", "--batch-size", "64", "--no-evaluate", *extra)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest, weights = load_checkpoint(out)
+    assert "head.mlp.0.bias" in weights  # the model's own names, not Pipe's partition indices
+    assert reloaded_val_rmse(out) == pytest.approx(manifest.metrics["val_rmse"], rel=1e-5)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -60,6 +72,7 @@ def test_two_ranks_train_save_reload(tmp_path, cmapss_dir, backend, strategy, ex
         (["--backend", "fairscale", "--strategy", "fsdp"], "fairscale fsdp allocates CUDA streams"),
         (["--backend", "colossalai", "--strategy", "hybrid", "--tp", "2"], "needs a model with a shardformer policy"),
         (["--backend", "torch", "--strategy", "zero2"], "backend torch has no strategy 'zero2'"),
+        (["--backend", "fairscale", "--strategy", "pipe", "--nproc", "2"], "run it with --nproc 1"),
         (["--backend", "nope"], "unknown backend 'nope'"),
         (["--precision", "fp16"], "fp16 needs loss scaling on a GPU"),
         (["--backend", "torch", "--tp", "2"], "--tp/--pp apply only to"),

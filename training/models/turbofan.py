@@ -29,19 +29,43 @@ class LSTMBlock(nn.Module):
         return self.dropout(self.lstm(x)[0])
 
 
-class TurbofanLSTM(nn.Module):
+class RULHead(nn.Module):
+    """Sequence features -> RUL in cycles. The MLP predicts a fraction of the cap; scaling here keeps exported
+    models in cycles."""
+
+    def __init__(self, width: int, rul_cap: float, pool: str) -> None:
+        super().__init__()
+        self.rul_cap, self.pool = rul_cap, pool
+        layers = [nn.LayerNorm(width)] if pool == "mean" else [nn.Linear(width, width), nn.ReLU()]
+        self.mlp = nn.Sequential(*layers, nn.Linear(width, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        summary = x.mean(dim=1) if self.pool == "mean" else x[:, -1]
+        return self.mlp(summary).squeeze(-1) * self.rul_cap
+
+
+class SequentialModel(nn.Module):
+    """A model that is a chain of single-tensor stages, so pipeline parallelism can cut it anywhere."""
+
+    def pipeline_stages(self) -> nn.Sequential:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.pipeline_stages():
+            x = stage(x)
+        return x
+
+
+class TurbofanLSTM(SequentialModel):
     def __init__(self, n_features: int, hidden: int = 64, layers: int = 2, dropout: float = 0.1,
                  rul_cap: float = 125.0, window: int = 30) -> None:
         super().__init__()
         self.rul_cap, self.window = rul_cap, window
         self.blocks = nn.ModuleList(LSTMBlock(n_features if i == 0 else hidden, hidden, dropout) for i in range(layers))
-        self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.head = RULHead(hidden, rul_cap, pool="last")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x)
-        # The head predicts RUL as a fraction of the cap; scaling here keeps exported models in cycles.
-        return self.head(x[:, -1]).squeeze(-1) * self.rul_cap
+    def pipeline_stages(self) -> nn.Sequential:
+        return nn.Sequential(*self.blocks, self.head)
 
 
 class EncoderBlock(nn.Module):
@@ -54,25 +78,33 @@ class EncoderBlock(nn.Module):
         return self.layer(x)
 
 
-class TurbofanTransformer(nn.Module):
-    def __init__(self, n_features: int, d_model: int = 64, heads: int = 4, layers: int = 2, dropout: float = 0.1,
-                 rul_cap: float = 125.0, window: int = 30) -> None:
+class SensorEmbedding(nn.Module):
+    """Linear projection of each cycle's sensors plus a fixed sinusoidal position code."""
+
+    def __init__(self, n_features: int, d_model: int, window: int) -> None:
         super().__init__()
-        self.rul_cap, self.window = rul_cap, window
-        self.embed = nn.Linear(n_features, d_model)
+        self.proj = nn.Linear(n_features, d_model)
         position = torch.arange(window).unsqueeze(1)
         freq = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
         encoding = torch.zeros(window, d_model)
         encoding[:, 0::2], encoding[:, 1::2] = torch.sin(position * freq), torch.cos(position * freq)
         self.register_buffer("position", encoding, persistent=False)
-        self.blocks = nn.ModuleList(EncoderBlock(d_model, heads, dropout) for _ in range(layers))
-        self.head = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.embed(x) + self.position[: x.shape[1]]
-        for block in self.blocks:
-            x = block(x)
-        return self.head(x.mean(dim=1)).squeeze(-1) * self.rul_cap
+        return self.proj(x) + self.position[: x.shape[1]]
+
+
+class TurbofanTransformer(SequentialModel):
+    def __init__(self, n_features: int, d_model: int = 64, heads: int = 4, layers: int = 2, dropout: float = 0.1,
+                 rul_cap: float = 125.0, window: int = 30) -> None:
+        super().__init__()
+        self.rul_cap, self.window = rul_cap, window
+        self.embed = SensorEmbedding(n_features, d_model, window)
+        self.blocks = nn.ModuleList(EncoderBlock(d_model, heads, dropout) for _ in range(layers))
+        self.head = RULHead(d_model, rul_cap, pool="mean")
+
+    def pipeline_stages(self) -> nn.Sequential:
+        return nn.Sequential(self.embed, *self.blocks, self.head)
 
 
 class TurbofanAutoencoder(nn.Module):

@@ -23,8 +23,12 @@ class FairScaleBackend(Backend):
             raise StrategyUnavailable("fairscale fsdp allocates CUDA streams and needs a GPU; on the CPU use "
                                       "--backend fairscale --strategy oss or --backend torch --strategy fsdp")
         if strategy == "pipe":
-            raise StrategyUnavailable(f"fairscale pipe needs the model as an nn.Sequential of stages; the {cfg.task} "
-                                      f"recipe does not provide one yet. Use --strategy oss")
+            if cfg.nproc * cfg.nnodes > 1:
+                raise StrategyUnavailable("fairscale pipe is single-process pipeline parallelism across this "
+                                          "machine's GPUs (or two CPU stages); run it with --nproc 1")
+            if cfg.precision != "fp32":
+                raise StrategyUnavailable("fairscale pipe runs its stages in worker threads, where autocast does not "
+                                          "reach; use --precision fp32 with it")
 
     def checkpoint_block(self, block: nn.Module) -> nn.Module:
         from fairscale.nn import checkpoint_wrapper
@@ -35,7 +39,7 @@ class FairScaleBackend(Backend):
         from fairscale.optim import OSS
 
         model.to(self.ctx.device)
-        if self.cfg.checkpointing:
+        if self.cfg.checkpointing and self.strategy != "pipe":  # Pipe checkpoints its own micro-batches
             self.apply_checkpointing(model)
         if self.strategy == "oss":
             from fairscale.nn.data_parallel import ShardedDataParallel
@@ -45,6 +49,11 @@ class FairScaleBackend(Backend):
             self.optimizer = OSS(model.parameters(), optim=optimizer.cls, **optimizer.kwargs)
             self.model = ShardedDataParallel(model, self.optimizer)
             self.scaler = ShardedGradScaler(enabled=self.cfg.precision == "fp16")
+        elif self.strategy == "pipe":
+            self.module = model  # keeps the original parameter names for checkpoints
+            self.model = _PipelinedModel(model, self.ctx.device, self.cfg.checkpointing)
+            self.optimizer = optimizer.build(self.model.parameters())
+            self.scaler = torch.amp.GradScaler(self.ctx.device.type, enabled=False)
         else:
             from fairscale.nn.data_parallel import FullyShardedDataParallel
 
@@ -54,33 +63,80 @@ class FairScaleBackend(Backend):
         return self.model
 
     def no_sync(self) -> contextlib.AbstractContextManager:
-        return self.model.no_sync()
+        return contextlib.nullcontext() if self.strategy == "pipe" else self.model.no_sync()
 
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
 
     def step(self) -> float | None:
         self.scaler.unscale_(self.optimizer)
-        norm = (self.optimizer.clip_grad_norm(self.cfg.max_grad_norm) if self.strategy == "oss"
-                else self.model.clip_grad_norm_(self.cfg.max_grad_norm))
+        if self.strategy == "oss":
+            norm = self.optimizer.clip_grad_norm(self.cfg.max_grad_norm)
+        elif self.strategy == "pipe":
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        else:
+            norm = self.model.clip_grad_norm_(self.cfg.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad()
         return float(norm)
 
     def model_state_dict(self) -> dict[str, torch.Tensor]:
+        if self.strategy == "pipe":
+            return unwrap_state_dict(self.module)
         if self.strategy == "oss":
             return unwrap_state_dict(self.model.module)
         return {k: v.float().cpu() for k, v in self.model.state_dict().items()}  # FSDP gathers full params
 
     def optimizer_state_dict(self) -> dict[str, Any]:
+        if self.strategy == "pipe":
+            return self.optimizer.state_dict()
         if self.strategy == "oss":
             self.optimizer.consolidate_state_dict(recipient_rank=0)
             return self.optimizer.state_dict() if self.ctx.is_main else {}
         return self.model.gather_full_optim_state_dict(self.optimizer) or {}
 
     def load_optimizer_state_dict(self, state: dict[str, Any]) -> None:
-        if self.strategy == "oss":
+        if self.strategy in ("oss", "pipe"):
             self.optimizer.load_state_dict(state)
         else:
             self.optimizer.load_state_dict(self.model.get_shard_from_optim_state_dict(state))
+
+
+class _PipelinedModel(nn.Module):
+    """fairscale Pipe over the model's `pipeline_stages()`: one stage group per GPU, or two CPU stages.
+
+    Inputs arrive on the first stage's device and outputs return to the caller's device, so recipes stay unaware
+    of the split. Micro-batches (chunks) keep every stage busy; `--checkpointing` recomputes their activations.
+    """
+
+    CHUNKS = 4
+
+    def __init__(self, model: nn.Module, device: torch.device, checkpointing: bool) -> None:
+        from fairscale.nn import Pipe
+
+        if not hasattr(model, "pipeline_stages"):
+            raise StrategyUnavailable(f"{type(model).__name__} is not a chain of stages; fairscale pipe needs one")
+        super().__init__()
+        stages = model.pipeline_stages()
+        if device.type == "cuda":
+            devices = [torch.device("cuda", i) for i in range(min(torch.cuda.device_count(), len(stages)))]
+        else:
+            devices = [torch.device("cpu")] * min(2, len(stages))
+        balance = [len(part) for part in _split(list(range(len(stages))), len(devices))]
+        self.first = devices[0]
+        self.pipe = Pipe(stages, balance=balance, devices=devices, chunks=self.CHUNKS,
+                         checkpoint="except_last" if checkpointing else "never")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pipe(x.to(self.first)).to(x.device)
+
+
+def _split(items: list, parts: int) -> list[list]:
+    size, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for i in range(parts):
+        end = start + size + (1 if i < extra else 0)
+        out.append(items[start:end])
+        start = end
+    return out
