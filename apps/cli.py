@@ -34,6 +34,7 @@ def train(
     synthetic: Annotated[bool, typer.Option(help="train on generated data in the real file format")] = False,
     model: Annotated[str | None, typer.Option(help="turbofan: lstm, transformer, lstm_autoencoder")] = None,
     objective: Annotated[str | None, typer.Option(help="turbofan: rul (default) or reconstruction")] = None,
+    alert_rul: Annotated[float, typer.Option(help="turbofan: alarm horizon in cycles (truth: true RUL <= it)")] = 30.0,
     backend: Annotated[str, typer.Option(help="torch | colossalai | fairscale")] = "torch",
     strategy: Annotated[str | None, typer.Option(help="torch: ddp fsdp; colossalai: ddp zero1 zero2 gemini hybrid "
                                                       "fsdp; fairscale: oss pipe fsdp")] = None,
@@ -74,7 +75,8 @@ def train(
                       nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, device=device,
                       precision=precision, grad_accum=grad_accum, epochs=epochs, max_steps=max_steps,
                       batch_size=batch_size, lr=lr, checkpointing=checkpointing,
-                      early_stop_patience=early_stop_patience, seed=seed, resume=resume, evaluate=evaluate_after)
+                      early_stop_patience=early_stop_patience, seed=seed, resume=resume, evaluate=evaluate_after,
+                      task_options={"alert_rul": alert_rul})
     if synthetic:
         console.print(f"data: generated {task} data (synthetic, real file format)")
     try:

@@ -57,7 +57,7 @@ def test_evaluate_command_rewrites_report(trained):
 
 @pytest.mark.parametrize(
     "extra",
-    [["--model", "transformer"], ["--objective", "reconstruction"], ["--checkpointing"],
+    [["--model", "transformer", "--alert-rul", "40"], ["--objective", "reconstruction"], ["--checkpointing"],
      ["--precision", "bf16"], ["--backend", "fairscale", "--checkpointing"], ["--backend", "torch", "--strategy",
                                                                              "fsdp", "--checkpointing"]],
     ids=["transformer", "reconstruction", "checkpointing", "bf16", "fairscale-checkpoint-wrapper",
@@ -71,5 +71,9 @@ def test_training_variants(tmp_path, synthetic_cmapss, extra):
     report = json.loads((out / "report.json").read_text())
     assert 0.0 <= report["alert_f1"] <= 1.0
     manifest = verify_checkpoint(out)
+    detector = manifest.preprocessing["detector"]
+    assert detector["alert_rul"] == (40.0 if "--alert-rul" in extra else 30.0)
     if "reconstruction" in extra:
-        assert report["rmse"] is None and manifest.preprocessing["detector"]["kind"] == "reconstruction"
+        assert report["rmse"] is None and detector["kind"] == "reconstruction" and detector["alarm_when_high"]
+    else:  # alarm threshold on predicted RUL, calibrated on validation engines
+        assert not detector["alarm_when_high"] and 0 < detector["threshold"] < 125

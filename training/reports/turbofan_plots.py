@@ -26,7 +26,7 @@ def plot_predictions(path: Path, test: pd.DataFrame, output: np.ndarray, true_ru
                     ylabel="RUL (cycles)")
         axes[1].scatter(np.minimum(true_rul, cap), output, s=2, alpha=0.3)
         axes[1].plot([0, cap], [0, cap], "k--", lw=1)
-        axes[1].axhline(pre["detector"]["alert_rul"], color="red", lw=1, label="alarm threshold")
+        axes[1].axhline(pre["detector"]["threshold"], color="red", lw=1, label="alarm threshold")
         axes[1].set(title="Every test cycle", xlabel="true RUL (capped)", ylabel="predicted RUL")
     else:
         axes[0].scatter(true_rul, output, s=2, alpha=0.3)

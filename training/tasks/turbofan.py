@@ -130,17 +130,24 @@ def build_job(cfg: TrainConfig) -> tuple[TrainingJob, TurbofanData, dict[str, An
     return job, data, config
 
 
-def detector_for(model: nn.Module, data: TurbofanData, objective: str) -> dict[str, Any]:
-    """The alert rule stored with the model: RUL <= 30 cycles, or a reconstruction-error threshold chosen on
-    validation engines to maximise alert F1 against the same truth (true RUL <= 30)."""
-    if objective == "rul":
-        return {"kind": "rul", "alert_rul": ALERT_RUL}
+def detector_for(model: nn.Module, data: TurbofanData, objective: str, alert_rul: float) -> dict[str, Any]:
+    """The alert rule stored with the model. Truth: true RUL <= alert_rul cycles. The alarm compares the model's
+    score (predicted RUL, or reconstruction error) with a threshold chosen on the validation engines to maximise
+    alert F1. For RUL models this corrects their lateness near failure: an MSE fit pulls low RULs towards the mean,
+    so on FD001 the calibrated threshold sits about 5 predicted cycles above the horizon."""
     val_x, val_y, _ = split_arrays(data, data.val_units)
     model.eval()
     with torch.no_grad():
         score = predict(model, val_x, objective)
-    return {"kind": "reconstruction", "alert_rul": ALERT_RUL,
-            "threshold": best_threshold(score, val_y <= ALERT_RUL, alarm_when_high=True)}
+    high = objective == "reconstruction"
+    return {"kind": objective, "alert_rul": alert_rul, "alarm_when_high": high,
+            "threshold": best_threshold(score, val_y <= alert_rul, alarm_when_high=high)}
+
+
+def alarms(detector: dict[str, Any], score: np.ndarray) -> np.ndarray:
+    if detector["alarm_when_high"]:
+        return score >= detector["threshold"]
+    return score <= detector["threshold"]
 
 
 def save(cfg: TrainConfig, data: TurbofanData, config: dict[str, Any], result: FitResult) -> Path:
@@ -151,7 +158,9 @@ def save(cfg: TrainConfig, data: TurbofanData, config: dict[str, Any], result: F
         task=NAME,
         model=config,
         preprocessing={"objective": objective, "window": WINDOW, "rul_cap": RUL_CAP,
-                       "normalizer": data.preprocessor.to_dict(), "detector": detector_for(model, data, objective)},
+                       "normalizer": data.preprocessor.to_dict(),
+                       "detector": detector_for(model, data, objective,
+                                                float(cfg.task_options.get("alert_rul", ALERT_RUL)))},
         training={**{k: v for k, v in cfg.to_dict().items() if k not in ("out", "resume")},
                   "data_fingerprint": data.subset.fingerprint, "train_units": data.train_units.tolist(),
                   "val_units": data.val_units.tolist(), "epochs_run": result.epochs_run, "steps": result.steps,
@@ -182,7 +191,7 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
     with torch.no_grad():
         output = predict(model, cycle_windows(test, normalizer, pre["window"]), pre["objective"])
     detector = pre["detector"]
-    alarm = output <= detector["alert_rul"] if detector["kind"] == "rul" else output >= detector["threshold"]
+    alarm = alarms(detector, output)
     truth = true_rul <= detector["alert_rul"]
     last = test.groupby("unit").cumcount(ascending=False).to_numpy() == 0
 
@@ -216,7 +225,7 @@ def baseline_alerts(subset: CmapssSubset, normalizer: TurbofanPreprocessor, mani
     health = rul_targets(train, RUL_CAP) / RUL_CAP
     baseline = HealthIndexBaseline.fit(features[fit_rows], health[fit_rows])
     baseline.calibrate(features[val_rows], train["unit"].to_numpy()[val_rows],
-                       rul_targets(train, np.inf)[val_rows] <= ALERT_RUL)
+                       rul_targets(train, np.inf)[val_rows] <= manifest.preprocessing["detector"]["alert_rul"])
     return alert_metrics(baseline.alarms(normalizer.transform(test), test["unit"].to_numpy()), truth)
 
 
