@@ -159,15 +159,18 @@ def data_synth(
 
 
 @app.command()
-def demo(out: Annotated[Path, typer.Option(help="where the demo writes its checkpoint")] = Path("runs/demo")) -> None:
+def demo(
+    out: Annotated[Path, typer.Option(help="where the demo writes its checkpoint")] = Path("runs/demo"),
+    epochs: Annotated[int | None, typer.Option(help="training epochs (the recipe's default otherwise)")] = None,
+) -> None:
     """Train the turbofan model (real C-MAPSS FD001 when available, generated otherwise), evaluate and export it."""
     root = os.environ.get("MODELYARD_DATA")
     real = bool(root) and any((Path(root) / "cmapss").glob("train_FD001.txt*"))
     console.rule("modelyard demo: turbofan remaining-useful-life model")
     console.print("data: real NASA C-MAPSS FD001 from " + str(Path(root) / "cmapss") if real else
                   "data: generated C-MAPSS-format data (set MODELYARD_DATA to a folder with cmapss/ for real data)")
-    train(task="turbofan", out=out, data_dir=Path(root) / "cmapss" if real else None, synthetic=not real,
-          **_train_defaults())
+    options = {**_train_defaults(), "epochs": epochs}
+    train(task="turbofan", out=out, data_dir=Path(root) / "cmapss" if real else None, synthetic=not real, **options)
     export(out)
 
 
