@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,19 @@ from training.checkpoint import load_checkpoint, verify_checkpoint
 from training.engine.distributed import free_port
 
 TRAIN = ["--nproc", "2", "--epochs", "3", "--batch-size", "128", "--no-evaluate"]
+
+
+def processes_running(fragment: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if fragment in command:
+                pids.append(int(entry.name))
+    return pids
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path, cmapss_dir):
@@ -31,8 +45,13 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, cmapss_dir):
     while not (latest.is_file() and json.loads(latest.read_text())["dir"] == "epoch-1"):
         assert proc.poll() is None and time.time() < deadline, "training ended before its first epoch was saved"
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks die mid-epoch 2, as in a machine crash
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher dies mid-epoch 2; its ranks must die with it
     proc.wait()
+    ranks = str(crashed / "train_config.json")
+    deadline = time.time() + 15
+    while processes_running(ranks) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not processes_running(ranks), "ranks outlived their killed launcher"
     assert not (crashed / "model.safetensors").exists()
 
     resumed = run_cli("train", "turbofan", "--out", crashed, "--data-dir", cmapss_dir, *TRAIN, "--resume")

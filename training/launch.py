@@ -86,11 +86,26 @@ def _elastic_launch(cfg: TrainConfig, config_path: Path) -> None:
         raise TrainingFailed(f"training failed on rank {rank}: {reason}") from None
 
 
+def _die_with_launcher() -> None:
+    """torch's elastic agent starts each rank in a new session, so a launcher killed with SIGKILL leaves its ranks
+    training on and writing state under a resumed run. On Linux, have the kernel kill this rank with its launcher."""
+    if sys.platform != "linux" or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # the launcher died before the request took effect
+        os._exit(1)
+
+
 @record
 def worker(config_path: Path) -> None:
     """One training process: join the group, build the recipe's job, fit, and (rank 0) save the checkpoint."""
     from training.engine.trainer import fit
 
+    _die_with_launcher()
     cfg = TrainConfig.load(config_path)
     device = resolve_device(cfg.device)
     ctx = DistContext.init(device)

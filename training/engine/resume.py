@@ -31,7 +31,7 @@ class ResumeState:
     model: dict[str, torch.Tensor]
     best_model: dict[str, torch.Tensor] | None
     optimizer: dict[str, Any]
-    rng: torch.Tensor
+    rng: dict[str, torch.Tensor]  # "cpu", and "cuda" where dropout draws from the GPU generator
     trainer: dict[str, Any]
 
 
@@ -51,7 +51,7 @@ def save_resume_state(out: Path, cfg: TrainConfig, ctx: DistContext, state: Resu
         epoch_dir.mkdir(parents=True)
     _barrier()
     epoch_dir.mkdir(parents=True, exist_ok=True)  # other machines see it only through a shared filesystem
-    save_file({"rng": state.rng}, str(epoch_dir / f"rng-rank{ctx.rank}.safetensors"))
+    save_file(state.rng, str(epoch_dir / f"rng-rank{ctx.rank}.safetensors"))
     if ctx.is_main:
         save_weights(epoch_dir / "model.safetensors", state.model)
         if state.best_model is not None:
@@ -88,9 +88,22 @@ def load_resume_state(out: Path, cfg: TrainConfig, ctx: DistContext) -> ResumeSt
         model=load_file(str(epoch_dir / "model.safetensors")),
         best_model=load_file(str(best)) if best.is_file() else None,
         optimizer=torch.load(epoch_dir / "optimizer.pt", weights_only=True),
-        rng=load_file(str(epoch_dir / f"rng-rank{ctx.rank}.safetensors"))["rng"],
+        rng=load_file(str(epoch_dir / f"rng-rank{ctx.rank}.safetensors")),
         trainer=json.loads((epoch_dir / "trainer.json").read_text()),
     )
+
+
+def rng_state(ctx: DistContext) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if ctx.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(ctx.device).cpu()
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def _barrier() -> None:

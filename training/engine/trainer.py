@@ -26,7 +26,7 @@ from training.config import TrainConfig
 from training.engine.backends import Backend
 from training.engine.backends.base import OptimizerSpec
 from training.engine.distributed import DistContext
-from training.engine.resume import ResumeState, load_resume_state, save_resume_state
+from training.engine.resume import ResumeState, load_resume_state, rng_state, save_resume_state, set_rng_state
 
 
 @dataclass
@@ -97,7 +97,7 @@ def fit(job: TrainingJob, cfg: TrainConfig, ctx: DistContext, backend: Backend) 
     state = resume.trainer if resume is not None else {"epoch": 0, "step": 0, "best": None, "bad_epochs": 0,
                                                           "best_metrics": {}, "history": [], "train_seconds": 0.0}
     if resume is not None:
-        torch.set_rng_state(resume.rng)
+        set_rng_state(resume.rng)
         if ctx.is_main:  # the log restarts from what the saved state had seen; later epochs are re-run
             log_text = "".join(json.dumps(record) + "\n" for record in state["history"])
             (out / "train_log.jsonl").write_text(log_text)
@@ -115,7 +115,8 @@ def fit(job: TrainingJob, cfg: TrainConfig, ctx: DistContext, backend: Backend) 
         model.train()
         sampler.set_epoch(epoch)
         epoch_start = time.perf_counter()
-        loss_sum, loss_count = torch.zeros((), dtype=torch.float64), 0
+        # Summed on the device: reading a loss back every step would stall a GPU on each micro-batch.
+        loss_sum, loss_count = torch.zeros((), dtype=torch.float64, device=ctx.device), 0
         micro, grad_norm = 0, None
         for batch in loader:
             if state["step"] >= total_steps:
@@ -126,7 +127,7 @@ def fit(job: TrainingJob, cfg: TrainConfig, ctx: DistContext, backend: Backend) 
             with (backend.no_sync() if not boundary else contextlib.nullcontext()), backend.autocast():
                 loss = job.loss(model, batch)
             backend.backward(loss / cfg.grad_accum)
-            loss_sum += loss.detach().double().cpu()
+            loss_sum += loss.detach().double()
             loss_count += 1
             samples_this_run += len(batch[0]) * ctx.world_size
             if not boundary:
@@ -136,7 +137,8 @@ def fit(job: TrainingJob, cfg: TrainConfig, ctx: DistContext, backend: Backend) 
             grad_norm = backend.step()
             state["step"] += 1
             progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{backend.param_groups[0]['lr']:.2e}")
+            if ctx.is_main and state["step"] % 25 == 0:
+                progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{backend.param_groups[0]['lr']:.2e}")
         loop_seconds = time.perf_counter() - epoch_start
         state["train_seconds"] += loop_seconds
         loop_seconds_this_run += loop_seconds
@@ -166,7 +168,7 @@ def fit(job: TrainingJob, cfg: TrainConfig, ctx: DistContext, backend: Backend) 
                            "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         save_resume_state(out, cfg, ctx, ResumeState(model=weights, best_model=best_state,
                                                      optimizer=backend.optimizer_state_dict(),
-                                                     rng=torch.get_rng_state(), trainer=state))
+                                                     rng=rng_state(ctx), trainer=state))
         if stopped_early:
             if ctx.is_main:
                 progress.write(f"early stop: {job.monitor} did not improve for {patience} epochs")
@@ -179,7 +181,7 @@ def fit(job: TrainingJob, cfg: TrainConfig, ctx: DistContext, backend: Backend) 
 
 
 def _mean_across_ranks(total: torch.Tensor, count: int) -> float:
-    pair = torch.tensor([float(total), float(count)], dtype=torch.float64)
+    pair = torch.stack([total, torch.tensor(float(count), dtype=torch.float64, device=total.device)])
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(pair)
     return float(pair[0] / max(pair[1], 1.0))
