@@ -13,7 +13,7 @@ import numpy as np
 from sklearn.linear_model import LinearRegression
 from statsmodels.tsa.holtwinters import SimpleExpSmoothing
 
-from training.metrics.rul import best_threshold
+from training.metrics.rul import best_threshold, threshold_alarms
 
 SMOOTHING = 0.3
 
@@ -47,4 +47,4 @@ class HealthIndexBaseline:
         self.threshold = best_threshold(self.score(features, units), truth, alarm_when_high=False)
 
     def alarms(self, features: np.ndarray, units: np.ndarray) -> np.ndarray:
-        return self.score(features, units) <= self.threshold
+        return threshold_alarms(self.score(features, units), self.threshold, alarm_when_high=False)

@@ -22,13 +22,17 @@ def alert_metrics(alarm: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {"alert_precision": float(precision), "alert_recall": float(recall), "alert_f1": float(f1)}
 
 
+def threshold_alarms(score: np.ndarray, threshold: float, alarm_when_high: bool) -> np.ndarray:
+    """Alarm where the score crosses the threshold: above it (an anomaly score) or below it (a predicted RUL)."""
+    return score >= threshold if alarm_when_high else score <= threshold
+
+
 def best_threshold(score: np.ndarray, truth: np.ndarray, alarm_when_high: bool) -> float:
     """The score threshold that maximises alert F1 on (validation) data; candidates are score quantiles."""
     candidates = np.unique(np.quantile(score, np.linspace(0.01, 0.99, 197)))
     best, best_f1 = float(candidates[0]), -1.0
     for threshold in candidates:
-        alarm = score >= threshold if alarm_when_high else score <= threshold
-        f1 = alert_metrics(alarm, truth)["alert_f1"]
+        f1 = alert_metrics(threshold_alarms(score, threshold, alarm_when_high), truth)["alert_f1"]
         if f1 > best_f1:
             best, best_f1 = float(threshold), f1
     return best

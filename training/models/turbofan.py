@@ -47,11 +47,14 @@ class RULHead(nn.Module):
 class SequentialModel(nn.Module):
     """A model that is a chain of single-tensor stages, so pipeline parallelism can cut it anywhere."""
 
-    def pipeline_stages(self) -> nn.Sequential:
+    def stages(self) -> list[nn.Module]:
         raise NotImplementedError
 
+    def pipeline_stages(self) -> nn.Sequential:
+        return nn.Sequential(*self.stages())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for stage in self.pipeline_stages():
+        for stage in self.stages():
             x = stage(x)
         return x
 
@@ -64,8 +67,8 @@ class TurbofanLSTM(SequentialModel):
         self.blocks = nn.ModuleList(LSTMBlock(n_features if i == 0 else hidden, hidden, dropout) for i in range(layers))
         self.head = RULHead(hidden, rul_cap, pool="last")
 
-    def pipeline_stages(self) -> nn.Sequential:
-        return nn.Sequential(*self.blocks, self.head)
+    def stages(self) -> list[nn.Module]:
+        return [*self.blocks, self.head]
 
 
 class EncoderBlock(nn.Module):
@@ -103,8 +106,8 @@ class TurbofanTransformer(SequentialModel):
         self.blocks = nn.ModuleList(EncoderBlock(d_model, heads, dropout) for _ in range(layers))
         self.head = RULHead(d_model, rul_cap, pool="mean")
 
-    def pipeline_stages(self) -> nn.Sequential:
-        return nn.Sequential(self.embed, *self.blocks, self.head)
+    def stages(self) -> list[nn.Module]:
+        return [self.embed, *self.blocks, self.head]
 
 
 class TurbofanAutoencoder(nn.Module):

@@ -19,7 +19,7 @@ from training.checkpoint import CheckpointManifest, load_checkpoint, record_file
 from training.config import TrainConfig
 from training.data.cmapss import CmapssSubset, TurbofanPreprocessor, load_subset, rul_targets, windows_per_cycle
 from training.engine.trainer import FitResult, TrainingJob
-from training.metrics.rul import alert_metrics, best_threshold, nasa_score, rmse
+from training.metrics.rul import alert_metrics, best_threshold, nasa_score, rmse, threshold_alarms
 from training.models import build_model
 
 NAME = "turbofan"
@@ -144,12 +144,6 @@ def detector_for(model: nn.Module, data: TurbofanData, objective: str, alert_rul
             "threshold": best_threshold(score, val_y <= alert_rul, alarm_when_high=high)}
 
 
-def alarms(detector: dict[str, Any], score: np.ndarray) -> np.ndarray:
-    if detector["alarm_when_high"]:
-        return score >= detector["threshold"]
-    return score <= detector["threshold"]
-
-
 def save(cfg: TrainConfig, data: TurbofanData, config: dict[str, Any], result: FitResult) -> Path:
     objective = cfg.objective or "rul"
     model = build_model(config)
@@ -191,7 +185,7 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
     with torch.no_grad():
         output = predict(model, cycle_windows(test, normalizer, pre["window"]), pre["objective"])
     detector = pre["detector"]
-    alarm = alarms(detector, output)
+    alarm = threshold_alarms(output, detector["threshold"], detector["alarm_when_high"])
     truth = true_rul <= detector["alert_rul"]
     last = test.groupby("unit").cumcount(ascending=False).to_numpy() == 0
 
