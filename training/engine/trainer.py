@@ -138,7 +138,8 @@ def fit(job: TrainingJob, cfg: TrainConfig, ctx: DistContext, backend: Backend) 
             state["step"] += 1
             progress.update(1)
             if ctx.is_main and state["step"] % 25 == 0:
-                progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{backend.param_groups[0]['lr']:.2e}")
+                progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{backend.param_groups[0]['lr']:.2e}",
+                                     refresh=False)  # redraws follow mininterval, not every update
         loop_seconds = time.perf_counter() - epoch_start
         state["train_seconds"] += loop_seconds
         loop_seconds_this_run += loop_seconds
