@@ -8,7 +8,7 @@ MODELYARD_DATA ?= $(if $(wildcard ../shared/data/cmapss),$(abspath ../shared/dat
 export MODELYARD_DATA
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup test test-all demo lint bench lock clean
+.PHONY: setup browser test test-all demo lint bench lock clean
 
 setup: $(STAMP)
 
@@ -20,11 +20,19 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --no-deps colossalai==0.5.0
 	touch $(STAMP)
 
-test: setup
+# The Gradio tests drive Debian's chromium through chromedriver; install them where this account can.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; \
+	  else echo "note: install chromium and chromium-driver to run the browser tests"; fi; }
+
+test: setup browser
 	$(BIN)/ruff check training serving streaming apps tests bench
 	$(BIN)/python -m pytest -m "not slow"
 
-test-all: setup
+test-all: setup browser
 	$(BIN)/python -m pytest
 
 demo: setup

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -27,14 +28,24 @@ def fail(message: str, code: int = 1) -> None:
 
 @app.command()
 def train(
-    task: Annotated[str, typer.Argument(help="task name: turbofan")],
+    task: Annotated[str, typer.Argument(help="task name: turbofan | news")],
     out: Annotated[Path, typer.Option(help="checkpoint directory to write")],
     data_dir: Annotated[Path | None, typer.Option(help="dataset folder (default: $MODELYARD_DATA/<task data>)")] = None,
     subset: Annotated[str, typer.Option(help="C-MAPSS subset FD001..FD004")] = "FD001",
     synthetic: Annotated[bool, typer.Option(help="train on generated data in the real file format")] = False,
-    model: Annotated[str | None, typer.Option(help="turbofan: lstm, transformer, lstm_autoencoder")] = None,
+    model: Annotated[str | None, typer.Option(help="turbofan: lstm, transformer, lstm_autoencoder; news: a Hugging "
+                                                   "Face encoder id or local path (default all-MiniLM-L6-v2)")] = None,
     objective: Annotated[str | None, typer.Option(help="turbofan: rul (default) or reconstruction")] = None,
     alert_rul: Annotated[float, typer.Option(help="turbofan: alarm horizon in cycles (truth: true RUL <= it)")] = 30.0,
+    train_file: Annotated[Path | None, typer.Option(help="news: training CSV (default DATA_DIR/train.csv)")] = None,
+    eval_file: Annotated[Path | None, typer.Option(help="news: evaluation CSV (default DATA_DIR/test.csv)")] = None,
+    train_rows: Annotated[int | None, typer.Option(help="news: when train and eval file are one file, this many "
+                                                        "rows (stratified) train and the rest evaluate")] = None,
+    max_length: Annotated[int | None, typer.Option(help="news: tokens per text (default 128)")] = None,
+    lowercase: Annotated[bool, typer.Option(help="news: lowercase texts")] = False,
+    remove_stopwords: Annotated[bool, typer.Option(help="news: drop English stopwords (scikit-learn list)")] = False,
+    augment: Annotated[str | None, typer.Option(help="news: delete,swap or all (token deletion, adjacent swaps)")]
+    = None,
     backend: Annotated[str, typer.Option(help="torch | colossalai | fairscale")] = "torch",
     strategy: Annotated[str | None, typer.Option(help="torch: ddp fsdp; colossalai: ddp zero1 zero2 gemini hybrid "
                                                       "fsdp; fairscale: oss pipe fsdp")] = None,
@@ -76,12 +87,14 @@ def train(
                       precision=precision, grad_accum=grad_accum, epochs=epochs, max_steps=max_steps,
                       batch_size=batch_size, lr=lr, checkpointing=checkpointing,
                       early_stop_patience=early_stop_patience, seed=seed, resume=resume, evaluate=evaluate_after,
-                      task_options={"alert_rul": alert_rul})
+                      task_options={"alert_rul": alert_rul, "train_file": _path(train_file),
+                                    "eval_file": _path(eval_file), "train_rows": train_rows, "max_length": max_length,
+                                    "lowercase": lowercase, "remove_stopwords": remove_stopwords, "augment": augment})
     if synthetic:
         console.print(f"data: generated {task} data (synthetic, real file format)")
     try:
         run_training(cfg)
-    except (StrategyUnavailable, TrainingFailed, FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (StrategyUnavailable, TrainingFailed, FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
         fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
     if node_rank:  # another machine's launcher: node 0 owns the checkpoint and its report
         console.print(f"node {node_rank}: training finished; node 0 wrote {out}")
@@ -141,9 +154,116 @@ def export(
     console.print(f"max abs difference ONNX Runtime vs torch: {diff:.3e}")
 
 
+@app.command()
+def compare(
+    checkpoints: Annotated[list[Path], typer.Argument(help="checkpoint directories, each evaluated")],
+) -> None:
+    """Print checkpoints side by side: quality metrics, parameters, training time and latency."""
+    from safetensors import safe_open
+
+    from training.checkpoint import WEIGHTS, CheckpointError, verify_checkpoint
+
+    columns = []
+    for ckpt in checkpoints:
+        try:
+            manifest = verify_checkpoint(ckpt)
+        except CheckpointError as exc:
+            fail(str(exc))
+        report_path = ckpt / "report.json"
+        report = json.loads(report_path.read_text()) if "report.json" in manifest.files else {}
+        with safe_open(str(ckpt / WEIGHTS), "pt") as weights:
+            params = sum(int(np.prod(weights.get_slice(k).get_shape())) for k in weights.keys())  # noqa: SIM118
+        t = manifest.training
+        columns.append({
+            "task": manifest.task, "model": str(t.get("base_model") or manifest.model.get("arch")),
+            "backend / strategy": f"{t.get('backend')} / {t.get('strategy')}",
+            **{k: report.get(k) for k in _COMPARED_METRICS if k in report},
+            "params": params, "train time (s)": t.get("train_seconds"), "latency (ms)": report.get("latency_ms"),
+        })
+    table = Table(title="checkpoints compared (metrics from each report.json)")
+    table.add_column("")
+    for ckpt in checkpoints:
+        table.add_column(str(ckpt), justify="right", overflow="fold")
+    keys = list(dict.fromkeys(k for column in columns for k in column))
+    for key in keys:
+        table.add_row(key, *[_fmt(c.get(key)) if not isinstance(c.get(key), str) else c[key] for c in columns])
+    console.print(table)
+
+
+_COMPARED_METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "rmse", "nasa_score", "alert_f1")
+
+
+@app.command()
+def serve(
+    task: Annotated[str, typer.Argument(help="news")],
+    checkpoint: Annotated[Path, typer.Option(help="checkpoint directory (verified before serving)")],
+    port: Annotated[int, typer.Option(help="HTTP port on 127.0.0.1")] = 3000,
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    runtime: Annotated[str, typer.Option(help="onnx (ONNX Runtime) | torch")] = "onnx",
+    max_texts: Annotated[int, typer.Option(help="news: most texts in one request")] = 64,
+    max_chars: Annotated[int, typer.Option(help="news: most characters in one text")] = 10_000,
+) -> None:
+    """Serve a checkpoint over HTTP with BentoML (adaptive batching, /healthz /readyz /metrics, OpenAPI at /docs)."""
+    import signal
+    import tempfile
+
+    from serving.predictor import ONNX_FILE, RUNTIMES
+    from serving.server import ServerFailed, service_for, start_server, stop_server, wait_ready
+    from training.checkpoint import CheckpointError, verify_checkpoint
+
+    try:
+        service_for(task)
+        if runtime not in RUNTIMES:
+            raise ValueError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+        manifest = verify_checkpoint(checkpoint)
+        if manifest.task != task:
+            raise ValueError(f"{checkpoint} holds a {manifest.task} model, not a {task} model")
+        if runtime == "onnx" and ONNX_FILE not in manifest.files:
+            raise ValueError(f"{checkpoint / ONNX_FILE}: missing; run `modelyard export {checkpoint}` first "
+                             f"or use --runtime torch")
+    except (CheckpointError, ValueError) as exc:
+        fail(str(exc))
+    log = Path(tempfile.gettempdir()) / f"modelyard-serve-{task}-{port}.log"
+    process = start_server(task, checkpoint, port, runtime, host, max_texts, max_chars, log=log)
+    url = f"http://{host}:{port}"
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        wait_ready(url, process, log=log)
+        console.print(f"{task} API ready ({runtime}): POST {url}/classify   docs: {url}/docs   metrics: {url}/metrics")
+        console.print(f"server log: {log}; Ctrl-C stops it")
+        process.wait()
+        fail(f"the service exited with code {process.returncode}; see {log}")
+    except ServerFailed as exc:
+        fail(f"{exc} (log: {log})")
+    except KeyboardInterrupt:
+        console.print("stopping the service")
+    finally:
+        stop_server(process)
+
+
+@app.command("app")
+def app_command(
+    news_checkpoint: Annotated[Path | None, typer.Option(help="news checkpoint for in-process predictions")] = None,
+    api_url: Annotated[str | None, typer.Option(help="news API base URL (from `modelyard serve news`)")] = None,
+    port: Annotated[int, typer.Option(help="HTTP port on 127.0.0.1")] = 7860,
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    runtime: Annotated[str, typer.Option(help="onnx | torch (in-process predictions)")] = "onnx",
+) -> None:
+    """Start the Gradio demo app (News tab), calling the API when given --api-url, else the checkpoint in-process."""
+    from apps.gradio_app import build_app
+    from training.checkpoint import CheckpointError
+
+    try:
+        demo_app = build_app(news_checkpoint, api_url, runtime)
+    except (CheckpointError, ValueError) as exc:
+        fail(str(exc))
+    console.print(f"app: http://{host}:{port}  (Ctrl-C stops it)")
+    demo_app.launch(server_name=host, server_port=port, share=False, show_error=True, quiet=True)
+
+
 @data_app.command("synth")
 def data_synth(
-    task: Annotated[str, typer.Argument(help="task name: turbofan")],
+    task: Annotated[str, typer.Argument(help="task name: turbofan | news")],
     out: Annotated[Path, typer.Option(help="folder to write the generated files into")],
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
@@ -172,6 +292,10 @@ def demo(
     options = {**_train_defaults(), "epochs": epochs}
     train(task="turbofan", out=out, data_dir=Path(root) / "cmapss" if real else None, synthetic=not real, **options)
     export(out)
+
+
+def _path(path: Path | None) -> str | None:
+    return str(path.resolve()) if path else None
 
 
 def _train_defaults() -> dict:

@@ -46,3 +46,24 @@ def assert_clean_failure(result: subprocess.CompletedProcess, *fragments: str) -
     assert "Traceback" not in result.stderr + result.stdout, result.stderr
     for fragment in fragments:
         assert fragment in result.stderr, result.stderr
+
+
+@pytest.fixture(scope="session")
+def news_dir(tmp_path_factory) -> Path:
+    """Generated AG News-format train.csv/test.csv (real AG News has no train.csv here; tests stay fast)."""
+    from training.data.ag_news import synthesize_news
+
+    out = tmp_path_factory.mktemp("news-synth")
+    synthesize_news(out, n_train=400, n_test=120, seed=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_encoders(tmp_path_factory, news_dir) -> dict[str, Path]:
+    """Tiny random BERT, DistilBERT and RoBERTa folders (see tests/tiny_models.py)."""
+    from tests.tiny_models import make_tiny_encoder
+    from training.data.ag_news import read_news_csv
+
+    corpus = read_news_csv(news_dir / "train.csv").texts
+    root = tmp_path_factory.mktemp("tiny-encoders")
+    return {arch: make_tiny_encoder(root / arch, arch, corpus) for arch in ("bert", "distilbert", "roberta")}

@@ -136,6 +136,22 @@ def verify_checkpoint(ckpt: Path) -> CheckpointManifest:
     return manifest
 
 
+def load_tokenizer(ckpt: Path, manifest: CheckpointManifest, folder: str):
+    """A Hugging Face tokenizer saved in CKPT/folder, after verifying every file there against the manifest."""
+    from transformers import AutoTokenizer
+
+    root = Path(ckpt) / folder
+    listed = [name for name in manifest.files if name.startswith(f"{folder}/")]
+    if not listed:
+        raise CheckpointError(f"{root}: no tokenizer files listed in {MANIFEST}")
+    for name in listed:
+        verify_file(ckpt, manifest, name)
+    for path in root.rglob("*"):
+        if path.is_file() and str(path.relative_to(ckpt)) not in manifest.files:
+            raise CheckpointError(f"{path}: not listed in {MANIFEST}; refusing an unrecorded file")
+    return AutoTokenizer.from_pretrained(str(root), local_files_only=True)
+
+
 def load_checkpoint(ckpt: Path) -> tuple[CheckpointManifest, dict[str, torch.Tensor]]:
     """Manifest and weights, each verified; raises CheckpointError naming the offending file."""
     manifest = read_manifest(ckpt)

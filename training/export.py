@@ -1,22 +1,72 @@
-"""Export a checkpoint's model to ONNX (dynamic batch axis) and check it against torch with ONNX Runtime."""
+"""Export a checkpoint's model to ONNX (dynamic batch, and sequence, axes) and check it against torch with ONNX
+Runtime on inputs of other shapes than the traced ones."""
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from training.checkpoint import load_checkpoint, read_manifest, record_files
+from training.checkpoint import CheckpointManifest, load_checkpoint, read_manifest, record_files
 from training.models import build_model
+from training.models.text_classifier import ARCH as TEXT_CLASSIFIER
 
 ONNX_FILE = "model.onnx"
 
 
-def example_input(manifest) -> torch.Tensor:
-    model = manifest.model
-    return torch.randn(3, model["window"], model["n_features"], generator=torch.Generator().manual_seed(0))
+@dataclass
+class OnnxSignature:
+    module: nn.Module  # what is traced: tensors in, one tensor out
+    names: list[str]
+    dynamic_axes: dict[str, dict[int, str]]
+    output: str
+
+    def example(self, batch: int, length: int, seed: int) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+
+class _Logits(nn.Module):
+    """A transformers classifier as tensors in, logits out (its ModelOutput is not an ONNX output)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+class TextSignature(OnnxSignature):
+    def example(self, batch: int, length: int, seed: int) -> tuple[torch.Tensor, ...]:
+        vocab = self.module.model.config.vocab_size
+        generator = torch.Generator().manual_seed(seed)
+        ids = torch.randint(5, vocab, (batch, length), generator=generator)
+        mask = torch.ones(batch, length, dtype=torch.long)
+        mask[0, length // 2:] = 0  # one padded row, as in a real batch
+        return ids, mask
+
+
+class WindowSignature(OnnxSignature):
+    def __init__(self, module: nn.Module, window: int, n_features: int) -> None:
+        super().__init__(module, ["window"], {"window": {0: "batch"}, "output": {0: "batch"}}, "output")
+        self.window, self.n_features = window, n_features
+
+    def example(self, batch: int, length: int, seed: int) -> tuple[torch.Tensor, ...]:
+        generator = torch.Generator().manual_seed(seed)
+        return (torch.randn(batch, self.window, self.n_features, generator=generator),)
+
+
+def signature(manifest: CheckpointManifest, model: nn.Module) -> OnnxSignature:
+    if manifest.model["arch"] == TEXT_CLASSIFIER:
+        names = ["input_ids", "attention_mask"]
+        axes = {**{name: {0: "batch", 1: "sequence"} for name in names}, "logits": {0: "batch"}}
+        # eval() on the wrapper too: the exporter restores the top module's mode recursively afterwards.
+        return TextSignature(_Logits(model).eval(), names, axes, "logits")
+    return WindowSignature(model, manifest.model["window"], manifest.model["n_features"])
 
 
 def export_onnx(ckpt: Path) -> float:
@@ -27,19 +77,18 @@ def export_onnx(ckpt: Path) -> float:
     model = build_model(manifest.model)
     model.load_state_dict(weights)
     model.eval()
-    x = example_input(manifest)
+    sig = signature(manifest, model)
     path = Path(ckpt) / ONNX_FILE
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        # The TorchScript exporter handles nn.LSTM directly; the batch axis stays dynamic for serving.
-        torch.onnx.export(model, (x,), str(path), input_names=["window"], output_names=["output"],
-                          dynamic_axes={"window": {0: "batch"}, "output": {0: "batch"}}, opset_version=17,
-                          dynamo=False)
+        # The TorchScript exporter handles nn.LSTM and the transformers encoders directly.
+        torch.onnx.export(sig.module, sig.example(3, 16, seed=0), str(path), input_names=sig.names,
+                          output_names=[sig.output], dynamic_axes=sig.dynamic_axes, opset_version=17, dynamo=False)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    batch = torch.cat([x, example_input(manifest)[:1] * 2])  # a different batch size than traced
+    check = sig.example(5, 23, seed=1)  # other batch and sequence sizes than traced
     with torch.no_grad():
-        expected = model(batch).numpy()
-    got = session.run(None, {"window": batch.numpy()})[0]
+        expected = sig.module(*check).numpy()
+    got = session.run(None, {name: t.numpy() for name, t in zip(sig.names, check, strict=True)})[0]
     manifest = read_manifest(ckpt)
     record_files(Path(ckpt), manifest, [ONNX_FILE])
     return float(np.max(np.abs(expected - got)))

@@ -35,6 +35,8 @@ def resolve_data_dir(cfg: TrainConfig) -> Path:
         return target
     if cfg.data_dir:
         return Path(cfg.data_dir)
+    if cfg.task_options.get("train_file"):  # files named one by one
+        return Path(cfg.task_options["train_file"]).parent
     root = os.environ.get("MODELYARD_DATA")
     if root and (Path(root) / task.DATA_SUBDIR).is_dir():
         return Path(root) / task.DATA_SUBDIR
@@ -45,7 +47,7 @@ def resolve_data_dir(cfg: TrainConfig) -> Path:
 def run_training(cfg: TrainConfig) -> Path:
     """Train and save a checkpoint in cfg.out; raises StrategyUnavailable/TrainingFailed with a one-line reason."""
     device = resolve_device(cfg.device)
-    backend_class(cfg, device)  # refuse impossible combinations before any process starts
+    backend_class(cfg, device, get_task(cfg.task).HF_MODEL)  # refuse impossible combinations before any start
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg.data_dir = str(resolve_data_dir(cfg).resolve())
@@ -110,8 +112,8 @@ def worker(config_path: Path) -> None:
     device = resolve_device(cfg.device)
     ctx = DistContext.init(device)
     try:
-        backend = backend_class(cfg, device)(cfg.strategy, ctx, cfg)
         task = get_task(cfg.task)
+        backend = backend_class(cfg, device, task.HF_MODEL)(cfg.strategy, ctx, cfg)
         torch.manual_seed(cfg.seed)  # before the recipe builds the model: identical weights on every rank and run
         job, data, model_config = task.build_job(cfg)
         result = fit(job, cfg, ctx, backend)

@@ -1,7 +1,8 @@
 """Resumable training state under OUT/state, written at the end of every epoch.
 
 Layout: state/epoch-K/{model,best_model}.safetensors, optimizer.pt (full optimizer state, read back with
-torch.load(weights_only=True)), rng-rank{R}.safetensors, trainer.json; state/latest.json names the newest complete
+torch.load(weights_only=True); optimizer-rank{R}.pt per rank where ranks hold different parameter shards, as under
+tensor parallelism), rng-rank{R}.safetensors, trainer.json; state/latest.json names the newest complete
 epoch directory with the sha256 of each file and is replaced atomically last, so a run killed at any moment resumes
 from the last complete epoch.
 """
@@ -23,7 +24,7 @@ from training.config import TrainConfig
 from training.engine.distributed import DistContext
 
 # A run resumes only under the settings that shaped its optimizer state and data order.
-_MUST_MATCH = ("task", "backend", "strategy", "seed", "grad_accum", "batch_size", "model", "objective")
+_MUST_MATCH = ("task", "backend", "strategy", "tp", "pp", "seed", "grad_accum", "batch_size", "model", "objective")
 
 
 @dataclass
@@ -33,6 +34,7 @@ class ResumeState:
     optimizer: dict[str, Any]
     rng: dict[str, torch.Tensor]  # "cpu", and "cuda" where dropout draws from the GPU generator
     trainer: dict[str, Any]
+    optimizer_per_rank: bool = False  # `optimizer` is this rank's own shard state, not the full state
 
 
 class ResumeError(RuntimeError):
@@ -52,11 +54,14 @@ def save_resume_state(out: Path, cfg: TrainConfig, ctx: DistContext, state: Resu
     _barrier()
     epoch_dir.mkdir(parents=True, exist_ok=True)  # other machines see it only through a shared filesystem
     save_file(state.rng, str(epoch_dir / f"rng-rank{ctx.rank}.safetensors"))
+    if state.optimizer_per_rank:
+        torch.save(state.optimizer, epoch_dir / f"optimizer-rank{ctx.rank}.pt")
     if ctx.is_main:
         save_weights(epoch_dir / "model.safetensors", state.model)
         if state.best_model is not None:
             save_weights(epoch_dir / "best_model.safetensors", state.best_model)
-        torch.save(state.optimizer, epoch_dir / "optimizer.pt")
+        if not state.optimizer_per_rank:
+            torch.save(state.optimizer, epoch_dir / "optimizer.pt")
         (epoch_dir / "trainer.json").write_text(json.dumps(state.trainer))
     _barrier()
     if ctx.is_main:
@@ -69,7 +74,8 @@ def save_resume_state(out: Path, cfg: TrainConfig, ctx: DistContext, state: Resu
     _barrier()
 
 
-def load_resume_state(out: Path, cfg: TrainConfig, ctx: DistContext) -> ResumeState | None:
+def load_resume_state(out: Path, cfg: TrainConfig, ctx: DistContext,
+                      optimizer_per_rank: bool = False) -> ResumeState | None:
     latest = out / "state" / "latest.json"
     if not latest.is_file():
         return None
@@ -84,12 +90,14 @@ def load_resume_state(out: Path, cfg: TrainConfig, ctx: DistContext) -> ResumeSt
         if sha256_file(epoch_dir / name) != digest:
             raise ResumeError(f"{epoch_dir / name}: sha256 does not match {latest}; the resume state is damaged")
     best = epoch_dir / "best_model.safetensors"
+    optimizer_file = f"optimizer-rank{ctx.rank}.pt" if optimizer_per_rank else "optimizer.pt"
     return ResumeState(
         model=load_file(str(epoch_dir / "model.safetensors")),
         best_model=load_file(str(best)) if best.is_file() else None,
-        optimizer=torch.load(epoch_dir / "optimizer.pt", weights_only=True),
+        optimizer=torch.load(epoch_dir / optimizer_file, weights_only=True),
         rng=load_file(str(epoch_dir / f"rng-rank{ctx.rank}.safetensors")),
         trainer=json.loads((epoch_dir / "trainer.json").read_text()),
+        optimizer_per_rank=optimizer_per_rank,
     )
 
 

@@ -11,7 +11,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from training.config import TrainConfig
+from training.data.batching import BucketBatchSampler
 from training.engine.backends import Backend
 from training.engine.backends.base import OptimizerSpec
 from training.engine.distributed import DistContext
@@ -41,6 +42,8 @@ class TrainingJob:
     lr: float = 1e-3
     epochs: int = 30
     warmup_steps: int = 50
+    collate: Callable[[list[Any]], tuple[torch.Tensor, ...]] | None = None  # None: stack tensors
+    lengths: Sequence[int] | None = None  # per-sample lengths: length-bucketed batches instead of plain shuffling
 
 
 @dataclass
@@ -73,7 +76,8 @@ def _to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, ...]:
 
 def fit(job: TrainingJob, cfg: TrainConfig, ctx: DistContext, backend: Backend) -> FitResult:
     out = Path(cfg.out)
-    resume = load_resume_state(out, cfg, ctx) if cfg.resume else None
+    per_rank = backend.optimizer_state_per_rank
+    resume = load_resume_state(out, cfg, ctx, per_rank) if cfg.resume else None
     if resume is not None:
         job.model.load_state_dict(resume.model)
     batch_size = cfg.batch_size or job.batch_size
@@ -84,10 +88,16 @@ def fit(job: TrainingJob, cfg: TrainConfig, ctx: DistContext, backend: Backend) 
     if resume is not None:
         backend.load_optimizer_state_dict(resume.optimizer)
 
-    sampler = DistributedSampler(job.train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                 seed=cfg.seed, drop_last=True)
-    # drop_last keeps every rank at the same number of steps, which sharded strategies require.
-    loader = DataLoader(job.train_set, batch_size=batch_size, sampler=sampler, drop_last=True)
+    dp_rank, dp_size = backend.data_parallel  # tensor-parallel peers must see the same batches
+    if job.lengths is not None:
+        sampler = BucketBatchSampler(job.lengths, batch_size, dp_rank, dp_size, seed=cfg.seed)
+        loader = DataLoader(job.train_set, batch_sampler=sampler, collate_fn=job.collate)
+    else:
+        sampler = DistributedSampler(job.train_set, num_replicas=dp_size, rank=dp_rank, shuffle=True,
+                                     seed=cfg.seed, drop_last=True)
+        # drop_last keeps every rank at the same number of steps, which sharded strategies require.
+        loader = DataLoader(job.train_set, batch_size=batch_size, sampler=sampler, drop_last=True,
+                            collate_fn=job.collate)
     steps_per_epoch = max(1, len(loader) // cfg.grad_accum)
     epochs = cfg.epochs or job.epochs
     total_steps = cfg.max_steps or epochs * steps_per_epoch
@@ -129,7 +139,7 @@ def fit(job: TrainingJob, cfg: TrainConfig, ctx: DistContext, backend: Backend) 
             backend.backward(loss / cfg.grad_accum)
             loss_sum += loss.detach().double()
             loss_count += 1
-            samples_this_run += len(batch[0]) * ctx.world_size
+            samples_this_run += len(batch[0]) * dp_size
             if not boundary:
                 continue
             for group in backend.param_groups:
@@ -169,7 +179,7 @@ def fit(job: TrainingJob, cfg: TrainConfig, ctx: DistContext, backend: Backend) 
                            "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         save_resume_state(out, cfg, ctx, ResumeState(model=weights, best_model=best_state,
                                                      optimizer=backend.optimizer_state_dict(),
-                                                     rng=rng_state(ctx), trainer=state))
+                                                     rng=rng_state(ctx), trainer=state, optimizer_per_rank=per_rank))
         if stopped_early:
             if ctx.is_main:
                 progress.write(f"early stop: {job.monitor} did not improve for {patience} epochs")

@@ -24,6 +24,7 @@ from training.models import build_model
 
 NAME = "turbofan"
 DATA_SUBDIR = "cmapss"
+HF_MODEL = False  # plain torch modules: no shardformer policy for tensor parallelism
 WINDOW, RUL_CAP, ALERT_RUL, VAL_FRACTION = 30, 125.0, 30.0, 0.2
 # Regularisation measured on FD001 validation engines (see the foundation issue note): with 80 training engines the
 # LSTM overfits after ~12 epochs; dropout 0.2 plus Gaussian noise on the normalised sensors lowers validation RMSE.

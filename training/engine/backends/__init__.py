@@ -12,12 +12,13 @@ BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (TorchBackend, Colossal
 DEFAULT_STRATEGY = {"torch": "ddp", "colossalai": "zero2", "fairscale": "oss"}
 
 
-def backend_class(cfg: TrainConfig, device: str) -> type[Backend]:
-    """The adapter for cfg.backend, after checking the strategy can run on `device`; raises StrategyUnavailable."""
+def backend_class(cfg: TrainConfig, device: str, hf_model: bool = False) -> type[Backend]:
+    """The adapter for cfg.backend, after checking the strategy can run on `device` with the task's model
+    (`hf_model`: a Hugging Face transformer); raises StrategyUnavailable."""
     if cfg.backend not in BACKENDS:
         raise StrategyUnavailable(f"unknown backend {cfg.backend!r}; choose one of: {', '.join(BACKENDS)}")
     cls = BACKENDS[cfg.backend]
-    cls.check(cfg.strategy, cfg, device)
+    cls.check(cfg.strategy, cfg, device, hf_model)
     return cls
 
 

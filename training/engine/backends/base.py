@@ -41,10 +41,14 @@ class Backend(ABC):
         self.dtype = PRECISION_DTYPES[cfg.precision]
         self.model: nn.Module | None = None
         self.optimizer: Any = None
+        # True where each rank's optimizer holds state for its own parameter shards only (tensor parallelism):
+        # resume then keeps one optimizer file per rank instead of one full state.
+        self.optimizer_state_per_rank = False
 
     @classmethod
-    def check(cls, strategy: str, cfg: TrainConfig, device: str) -> None:
-        """Raise StrategyUnavailable before any process starts, when this combination cannot run."""
+    def check(cls, strategy: str, cfg: TrainConfig, device: str, hf_model: bool = False) -> None:
+        """Raise StrategyUnavailable before any process starts, when this combination cannot run. `hf_model`: the
+        task's model is a Hugging Face transformer (what tensor parallelism through shardformer needs)."""
         if strategy not in cls.strategies:
             raise StrategyUnavailable(f"backend {cls.name} has no strategy {strategy!r}; "
                                       f"choose one of: {', '.join(cls.strategies)}")
@@ -65,7 +69,7 @@ class Backend(ABC):
         return checkpoint_wrapper(block)
 
     def apply_checkpointing(self, model: nn.Module) -> None:
-        blocks = getattr(model, "blocks", None)
+        blocks = model_blocks(model)
         if blocks is None:
             raise StrategyUnavailable(f"{type(model).__name__} has no `blocks` to checkpoint")
         for i, block in enumerate(blocks):
@@ -91,6 +95,11 @@ class Backend(ABC):
     def param_groups(self) -> list[dict[str, Any]]:
         return self.optimizer.param_groups
 
+    @property
+    def data_parallel(self) -> tuple[int, int]:
+        """(rank, size) of this process among data-parallel replicas; model-parallel peers share a rank."""
+        return self.ctx.rank, self.ctx.world_size
+
     # --- state (full, consolidated) ---
     @abstractmethod
     def model_state_dict(self) -> dict[str, torch.Tensor]:
@@ -103,6 +112,15 @@ class Backend(ABC):
     @abstractmethod
     def load_optimizer_state_dict(self, state: dict[str, Any]) -> None:
         """Load a full optimizer state saved by `optimizer_state_dict`; every rank passes the full dict."""
+
+
+def model_blocks(model: nn.Module) -> nn.ModuleList | None:
+    """The repeated layers to shard or checkpoint one by one: `model.blocks` for modelyard's models, the encoder's
+    layer list for a Hugging Face model."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is None and hasattr(model, "base_model"):
+        blocks = next((m for m in model.base_model.modules() if isinstance(m, nn.ModuleList)), None)
+    return blocks
 
 
 def unwrap_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""Colossal-AI through its Booster: torch DDP, ZeRO-1/2 (LowLevelZero, optional CPU offload), Gemini, TorchFSDP."""
+"""Colossal-AI through its Booster: torch DDP, ZeRO-1/2 (LowLevelZero, optional CPU offload), Gemini, and hybrid
+tensor parallelism (HybridParallelPlugin: shardformer splits a Hugging Face transformer's layers across ranks)."""
 
 from __future__ import annotations
 
@@ -16,30 +17,49 @@ from training.engine.backends.base import Backend, OptimizerSpec, StrategyUnavai
 class ColossalAIBackend(Backend):
     name: ClassVar[str] = "colossalai"
     strategies: ClassVar[tuple[str, ...]] = ("ddp", "zero1", "zero2", "gemini", "hybrid", "fsdp")
-    # Plugins that own mixed precision (they cast the model); the rest run under autocast.
-    _PLUGIN_PRECISION = ("zero1", "zero2", "gemini")
+    # Plugins that own mixed precision (they cast the model) and gradient clipping; the rest run under autocast.
+    _PLUGIN_PRECISION = ("zero1", "zero2", "gemini", "hybrid")
+
+    def __init__(self, strategy: str, ctx, cfg: TrainConfig) -> None:
+        super().__init__(strategy, ctx, cfg)
+        self.optimizer_state_per_rank = strategy == "hybrid"  # tensor-parallel ranks hold different shards
 
     @classmethod
-    def check(cls, strategy: str, cfg: TrainConfig, device: str) -> None:
-        super().check(strategy, cfg, device)
+    def check(cls, strategy: str, cfg: TrainConfig, device: str, hf_model: bool = False) -> None:
+        super().check(strategy, cfg, device, hf_model)
         if strategy == "gemini" and device != "cuda":
             raise StrategyUnavailable("colossalai gemini keeps parameters in CUDA memory chunks and needs a GPU; "
                                       "on the CPU use --strategy zero2 (add --offload to keep optimizer state in RAM)")
         if strategy == "hybrid":
-            raise StrategyUnavailable(f"colossalai hybrid (tensor/pipeline parallel) needs a model with a shardformer "
-                                      f"policy (Hugging Face transformers); the {cfg.task} model has none. "
-                                      f"Use zero1/zero2 or ddp for it")
+            cls._check_hybrid(cfg, hf_model)
         if strategy == "fsdp":
             raise StrategyUnavailable("colossalai fsdp (TorchFSDPPlugin) fails with torch>=2.6 optimizers in "
                                       "colossalai 0.5.0; use --backend torch --strategy fsdp (FSDP2) instead")
         if cfg.offload and strategy not in ("zero2", "gemini"):
             raise StrategyUnavailable("--offload applies to colossalai zero2 and gemini only")
 
+    @staticmethod
+    def _check_hybrid(cfg: TrainConfig, hf_model: bool) -> None:
+        if not hf_model:
+            raise StrategyUnavailable(f"colossalai hybrid (tensor/pipeline parallel) needs a model with a shardformer "
+                                      f"policy (Hugging Face transformers); the {cfg.task} model has none. "
+                                      f"Use zero1/zero2 or ddp for it")
+        if cfg.pp > 1:
+            raise StrategyUnavailable("colossalai hybrid runs tensor parallelism (--tp) here; pipeline stages "
+                                      "(--pp > 1) are not wired into the modelyard training loop yet")
+        world = cfg.nproc * cfg.nnodes
+        if world % (cfg.tp * cfg.pp):
+            raise StrategyUnavailable(f"colossalai hybrid needs the process count ({world}) to be a multiple of "
+                                      f"--tp x --pp ({cfg.tp * cfg.pp})")
+        if cfg.checkpointing:
+            raise StrategyUnavailable("--checkpointing is not available with colossalai hybrid; shardformer "
+                                      "replaces the model's layers")
+
     def wrap(self, model: nn.Module, optimizer: OptimizerSpec) -> nn.Module:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # import-time notices about optional CUDA kernels (apex, tensornvme)
             from colossalai.booster import Booster
-            from colossalai.booster.plugin import GeminiPlugin, LowLevelZeroPlugin, TorchDDPPlugin
+            from colossalai.booster.plugin import GeminiPlugin, HybridParallelPlugin, LowLevelZeroPlugin, TorchDDPPlugin
         on_cpu = self.ctx.device.type == "cpu"
         if on_cpu:
             from training.engine import colossalai_cpu_compat
@@ -56,12 +76,25 @@ class ColossalAIBackend(Backend):
             plugin = LowLevelZeroPlugin(stage=1 if self.strategy == "zero1" else 2, precision=precision,
                                         max_norm=self.cfg.max_grad_norm, cpu_offload=self.cfg.offload,
                                         overlap_communication=not on_cpu)
+        elif self.strategy == "hybrid":
+            # ZeRO stays off: the data-parallel replicas use plain DDP across tensor-parallel groups.
+            plugin = HybridParallelPlugin(tp_size=self.cfg.tp, pp_size=self.cfg.pp, precision=precision,
+                                          max_norm=self.cfg.max_grad_norm, zero_stage=0)
         else:
             plugin = GeminiPlugin(precision=precision, max_norm=self.cfg.max_grad_norm,
                                   placement_policy="static", offload_optim_frac=1.0 if self.cfg.offload else 0.0)
         self.booster = Booster(plugin=plugin)
         self.model, self.optimizer, *_ = self.booster.boost(model, optimizer.build(iter_params(model)))
         return self.model
+
+    @property
+    def data_parallel(self) -> tuple[int, int]:
+        if self.strategy != "hybrid":
+            return super().data_parallel
+        import torch.distributed as dist
+
+        group = self.booster.plugin.dp_group
+        return dist.get_rank(group), dist.get_world_size(group)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.strategy in self._PLUGIN_PRECISION:
@@ -85,11 +118,13 @@ class ColossalAIBackend(Backend):
         return norm
 
     def model_state_dict(self) -> dict[str, torch.Tensor]:
-        # ZeRO-1/2 shard optimizer state and gradients only: every rank holds full working weights.
+        # ZeRO-1/2 shard optimizer state and gradients only: every rank holds full working weights. Under hybrid,
+        # shardformer's parallel layers gather their tensor-parallel pieces in state_dict() (collective).
         return unwrap_state_dict(self.model.unwrap())
 
     def optimizer_state_dict(self) -> dict[str, Any]:
-        return self.optimizer.state_dict()  # LowLevelZero gathers the shards (collective)
+        # LowLevelZero gathers the shards (collective); under hybrid each rank returns its own shards' state.
+        return self.optimizer.state_dict()
 
     def load_optimizer_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state)

@@ -17,8 +17,12 @@ class FairScaleBackend(Backend):
     strategies: ClassVar[tuple[str, ...]] = ("oss", "fsdp", "pipe")
 
     @classmethod
-    def check(cls, strategy: str, cfg: TrainConfig, device: str) -> None:
-        super().check(strategy, cfg, device)
+    def check(cls, strategy: str, cfg: TrainConfig, device: str, hf_model: bool = False) -> None:
+        super().check(strategy, cfg, device, hf_model)
+        if strategy == "pipe" and hf_model:
+            raise StrategyUnavailable(f"fairscale pipe needs a model split into single-tensor stages; the "
+                                      f"{cfg.task} transformer passes masks between layers. Use oss, or colossalai "
+                                      f"hybrid --tp 2 for model parallelism")
         if strategy == "fsdp" and device != "cuda":
             raise StrategyUnavailable("fairscale fsdp allocates CUDA streams and needs a GPU; on the CPU use "
                                       "--backend fairscale --strategy oss or --backend torch --strategy fsdp")

@@ -15,7 +15,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.nn.parallel import DistributedDataParallel
 
-from training.engine.backends.base import Backend, OptimizerSpec, iter_params, unwrap_state_dict
+from training.engine.backends.base import Backend, OptimizerSpec, iter_params, model_blocks, unwrap_state_dict
 
 
 class TorchBackend(Backend):
@@ -33,7 +33,7 @@ class TorchBackend(Backend):
             from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
             policy = MixedPrecisionPolicy(param_dtype=self.dtype, reduce_dtype=torch.float32)
-            for block in getattr(model, "blocks", []):
+            for block in model_blocks(model) or []:
                 fully_shard(block, mp_policy=policy)
             self.model = fully_shard(model, mp_policy=policy)
         self.optimizer = optimizer.build(iter_params(self.model))

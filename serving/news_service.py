@@ -1,0 +1,44 @@
+"""The news topic API as a BentoML service: POST /classify {"texts": [...]} -> one prediction per text.
+
+`/classify` is batchable: BentoML's adaptive batching merges the `texts` of concurrent requests into one model call
+and splits the answers back. Each request is validated on its own before it joins a batch (pydantic, HTTP 400 with
+the reason), so one bad request can never fail the batch it would have shared. Settings come from the environment
+that `modelyard serve` (serving.server) sets: MODELYARD_CHECKPOINT, MODELYARD_RUNTIME, MODELYARD_MAX_TEXTS,
+MODELYARD_MAX_CHARS.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import bentoml
+from pydantic import BaseModel, Field, StringConstraints
+
+MAX_TEXTS = int(os.environ.get("MODELYARD_MAX_TEXTS", "64"))
+MAX_CHARS = int(os.environ.get("MODELYARD_MAX_CHARS", "10000"))
+
+NewsText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CHARS, pattern=r"\S")]
+
+
+class TopicPrediction(BaseModel):
+    label: str
+    index: int
+    probabilities: dict[str, float]
+    truncated: bool = Field(description="the text was longer than the model reads and was cut")
+
+
+@bentoml.service(name="news_classifier", workers=1, traffic={"timeout": 30})
+class NewsClassifier:
+    def __init__(self) -> None:
+        from serving.predictor import NewsPredictor
+
+        self.predictor = NewsPredictor(os.environ["MODELYARD_CHECKPOINT"],
+                                       os.environ.get("MODELYARD_RUNTIME", "onnx"))
+
+    @bentoml.api(route="/classify", batchable=True, max_batch_size=64, max_latency_ms=1000)
+    def classify(
+        self, texts: Annotated[list[NewsText], Field(min_length=1, max_length=MAX_TEXTS)]
+    ) -> list[TopicPrediction]:
+        """Topic of each text: World, Sports, Business or Sci/Tech, with the four probabilities."""
+        return [TopicPrediction(**p) for p in self.predictor.predict(texts)]

@@ -1,0 +1,162 @@
+"""News classifier through the public CLI: train (every backend, tensor parallelism included), report, export,
+compare. Tiny random encoders keep it fast; the MiniLM accuracy run on real AG News is marked slow."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import assert_clean_failure, run_cli
+from training.checkpoint import load_checkpoint, load_tokenizer, verify_checkpoint
+from training.models import build_model
+from training.tasks import news
+
+TINY = ["--lr", "3e-3", "--batch-size", "16"]  # a tiny random encoder learns the generated topics at this rate
+
+
+def reloaded_val_metrics(ckpt: Path) -> dict[str, float]:
+    """Validation metrics of the saved (consolidated) weights, recomputed outside the training processes."""
+    manifest, weights = load_checkpoint(ckpt)
+    data = news.load_splits(manifest.training["data"])
+    tokenizer = load_tokenizer(ckpt, manifest, manifest.preprocessing["tokenizer_dir"])
+    model = build_model(manifest.model)
+    model.load_state_dict(weights)
+    model.eval()
+    ids = news.encode(tokenizer, news.cleaner(manifest.preprocessing)(data.val.texts),
+                      manifest.preprocessing["max_length"])
+    with torch.no_grad():
+        return news.make_validation(ids, data.val.labels, tokenizer.pad_token_id)(model)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, news_dir, tiny_encoders) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("news") / "ckpt"
+    result = run_cli("train", "news", "--out", out, "--data-dir", news_dir, "--model", tiny_encoders["bert"],
+                     "--epochs", "3", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_train_writes_checkpoint_report_and_plot(trained):
+    out, result = trained
+    manifest = verify_checkpoint(out)
+    assert manifest.task == "news" and manifest.preprocessing["labels"] == ["World", "Sports", "Business", "Sci/Tech"]
+    assert any(name.startswith("tokenizer/") for name in manifest.files)
+    report = json.loads((out / "report.json").read_text())
+    for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "per_class", "confusion_matrix",
+                "most_confident_mistakes", "params", "latency_ms", "baseline"):
+        assert key in report, key
+    assert report["accuracy"] > 0.6  # chance is 0.25 on the four balanced generated topics
+    assert np.sum(report["confusion_matrix"]) == report["test_rows"] == 120
+    assert set(report["per_class"]) >= {"World", "Sports", "Business", "Sci/Tech", "macro avg"}
+    assert report["baseline"]["accuracy"] > 0.6 and "TF-IDF" in report["baseline"]["method"]
+    assert (out / "confusion_matrix.png").stat().st_size > 10_000
+    assert "accuracy" in result.stdout and "baseline" in result.stdout
+    assert reloaded_val_metrics(out)["val_loss"] == pytest.approx(manifest.metrics["val_loss"], rel=1e-5)
+
+
+def test_export_has_dynamic_batch_and_sequence_axes(trained):
+    out, _ = trained
+    result = run_cli("export", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    diff = float(result.stdout.split("vs torch:")[1].split()[0])
+    assert diff < 1e-4
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    shapes = {i.name: i.shape for i in session.get_inputs()}
+    assert shapes == {"input_ids": ["batch", "sequence"], "attention_mask": ["batch", "sequence"]}
+    assert "model.onnx" in verify_checkpoint(out).files
+
+
+def test_compare_prints_models_side_by_side(trained, tmp_path, news_dir, tiny_encoders):
+    other = tmp_path / "distilbert"
+    result = run_cli("train", "news", "--out", other, "--data-dir", news_dir, "--model", tiny_encoders["distilbert"],
+                     "--epochs", "1", *TINY)
+    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_cli("compare", trained[0], other)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for row in ("accuracy", "macro_f1", "params", "train time (s)", "latency (ms)"):
+        assert row in result.stdout
+    assert "distilbert" in result.stdout and "bert" in result.stdout
+    assert_clean_failure(run_cli("compare", trained[0], tmp_path / "missing"), "manifest.json missing")
+
+
+@pytest.mark.parametrize("arch", ["distilbert", "roberta"])
+def test_other_encoder_architectures_train_and_reload(tmp_path, news_dir, tiny_encoders, arch):
+    out = tmp_path / arch
+    result = run_cli("train", "news", "--out", out, "--data-dir", news_dir, "--model", tiny_encoders[arch],
+                     "--max-steps", "4", "--augment", "all", "--lowercase", "--remove-stopwords", "--no-evaluate",
+                     *TINY)
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = verify_checkpoint(out)
+    assert manifest.model["hf_config"]["model_type"] == arch
+    assert manifest.preprocessing["augment"] == ["delete", "swap"] and manifest.preprocessing["lowercase"]
+    assert reloaded_val_metrics(out)["val_loss"] == pytest.approx(manifest.metrics["val_loss"], rel=1e-5)
+
+
+NEWS_STRATEGIES = [
+    ("colossalai", "hybrid", ["--tp", "2"]),
+    ("torch", "fsdp", []),
+    ("colossalai", "zero2", []),
+    ("fairscale", "oss", []),
+]
+
+
+@pytest.mark.parametrize(("backend", "strategy", "extra"), NEWS_STRATEGIES,
+                         ids=[f"{b}-{s}" for b, s, _ in NEWS_STRATEGIES])
+def test_two_ranks_on_every_backend_consolidate_the_encoder(tmp_path, news_dir, tiny_encoders, backend, strategy,
+                                                            extra):
+    """Under --tp 2 each rank holds half of every attention and MLP matrix; the saved file must be the whole model,
+    loadable by plain transformers, reproducing the validation loss measured on the split model."""
+    out = tmp_path / "ckpt"
+    result = run_cli("train", "news", "--out", out, "--data-dir", news_dir, "--model", tiny_encoders["bert"],
+                     "--backend", backend, "--strategy", strategy, *extra, "--nproc", "2", "--max-steps", "6",
+                     "--no-evaluate", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = verify_checkpoint(out)
+    assert (manifest.training["strategy"], manifest.training["tp"]) == (strategy, 2 if extra else 1)
+    _, weights = load_checkpoint(out)
+    assert weights["bert.encoder.layer.0.attention.self.query.weight"].shape == (32, 32)  # gathered, not a shard
+    assert reloaded_val_metrics(out)["val_loss"] == pytest.approx(manifest.metrics["val_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--backend", "colossalai", "--strategy", "hybrid", "--tp", "2", "--nproc", "3"],
+         "a multiple of --tp x --pp"),
+        (["--backend", "colossalai", "--strategy", "hybrid", "--tp", "2", "--pp", "2", "--nproc", "4"],
+         "pipeline stages (--pp > 1)"),
+        (["--backend", "fairscale", "--strategy", "pipe"], "fairscale pipe needs a model split"),
+        (["--augment", "synonyms"], "unknown augmentation synonyms"),
+        (["--train-rows", "5000", "--eval-file", "SAME"], "--train-rows must be between"),
+    ],
+)
+def test_impossible_news_settings_are_refused_in_one_line(tmp_path, news_dir, tiny_encoders, args, message):
+    args = [str(news_dir / "train.csv") if a == "SAME" else a for a in args]
+    if "--eval-file" in args:
+        args += ["--train-file", str(news_dir / "train.csv")]
+    result = run_cli("train", "news", "--out", tmp_path / "ckpt", "--data-dir", news_dir,
+                     "--model", tiny_encoders["bert"], "--max-steps", "1", *args)
+    assert_clean_failure(result, message)
+
+
+@pytest.mark.slow
+def test_minilm_accuracy_on_real_ag_news(tmp_path):
+    """The issue's measurement: MiniLM fine-tuned on a stratified 6,000 of the real AG News test.csv rows,
+    evaluated on the other 1,600 (only test.csv is public here). Target accuracy >= 0.88."""
+    root = os.environ.get("MODELYARD_DATA")
+    files = list((Path(root) / "ag_news").glob("test.csv*")) if root else []
+    if not files:
+        pytest.skip("real AG News test.csv not available")
+    out = tmp_path / "minilm"
+    result = run_cli("train", "news", "--out", out, "--train-file", files[0], "--eval-file", files[0],
+                     "--train-rows", "6000", timeout=3600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["test_rows"] == 1600
+    assert report["accuracy"] >= 0.88, report["accuracy"]

@@ -1,0 +1,230 @@
+"""The news API over real HTTP (a `bentoml serve` process), the shared predictor runtimes, and the Gradio tab in a
+real headless Chromium."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving.predictor import NewsPredictor, load_predictor
+from serving.server import start_server, stop_server, wait_ready
+from tests.conftest import REPO, assert_clean_failure, run_cli
+from training.checkpoint import CheckpointError
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url: str, body: object, raw: bytes | None = None) -> tuple[int, object]:
+    data = raw if raw is not None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, news_dir, tiny_encoders) -> Path:
+    out = tmp_path_factory.mktemp("served") / "news"
+    result = run_cli("train", "news", "--out", out, "--data-dir", news_dir, "--model", tiny_encoders["bert"],
+                     "--epochs", "2", "--lr", "3e-3", "--batch-size", "16", "--max-length", "48", "--no-evaluate")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert run_cli("export", out).returncode == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def api(ckpt, tmp_path_factory):
+    port, log = free_port(), tmp_path_factory.mktemp("logs") / "serve.log"
+    process = start_server("news", ckpt, port, "onnx", max_texts=8, max_chars=2000, log=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, log=log)
+        yield url
+    finally:
+        stop_server(process)
+
+
+def test_classify_returns_label_index_and_probabilities(api):
+    status, body = post(f"{api}/classify", {"texts": ["Shares of the bank rose after profit beat forecasts.",
+                                                      "The coach praised his team after the league victory."]})
+    assert status == 200, body
+    assert len(body) == 2
+    for item in body:
+        assert set(item) == {"label", "index", "probabilities", "truncated"}
+        assert list(item["probabilities"]) == ["World", "Sports", "Business", "Sci/Tech"]
+        assert sum(item["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert item["label"] == list(item["probabilities"])[item["index"]]
+        assert item["truncated"] is False
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({}, "Field required"),
+        ({"texts": []}, "at least 1 item"),
+        ({"texts": [42]}, "valid string"),
+        ({"texts": ["   "]}, "should match pattern"),
+        ({"texts": ["word"] * 9}, "at most 8 items"),
+        ({"texts": ["x" * 2001]}, "at most 2000 characters"),
+        ("a string", "should be an object"),
+    ],
+)
+def test_bad_requests_get_400_with_a_reason_and_the_server_lives_on(api, body, fragment):
+    status, text = post(f"{api}/classify", body)
+    assert status == 400 and fragment in text, text
+    assert post(f"{api}/classify", {"texts": ["still serving"]})[0] == 200
+
+
+def test_malformed_json_is_a_client_error(api):
+    status, _ = post(f"{api}/classify", None, raw=b'{"texts": [')
+    assert 400 <= status < 500
+
+
+def test_over_long_text_is_truncated_and_flagged(api):
+    status, body = post(f"{api}/classify", {"texts": ["market " * 250, "short text"]})
+    assert status == 200 and [item["truncated"] for item in body] == [True, False]
+
+
+def test_concurrent_requests_are_batched_and_answered_in_order(api):
+    texts = [f"request {i}: the team won the match" if i % 2 else f"request {i}: shares fell" for i in range(24)]
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda t: post(f"{api}/classify", {"texts": [t]}), texts))
+    assert all(status == 200 for status, _ in answers)
+    singles = [post(f"{api}/classify", {"texts": [t]})[1][0] for t in texts[:4]]
+    for (_, body), single in zip(answers[:4], singles, strict=True):
+        assert body[0]["probabilities"] == pytest.approx(single["probabilities"], abs=1e-4)
+    with urllib.request.urlopen(f"{api}/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    batch_sizes = [line for line in metrics.splitlines() if line.startswith("bentoml_service_adaptive_batch_size_")]
+    assert batch_sizes, "adaptive batching metrics missing"
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/docs.json"])
+def test_operational_endpoints(api, path):
+    with urllib.request.urlopen(f"{api}{path}", timeout=10) as response:
+        assert response.status == 200
+        if path == "/docs.json":
+            assert "/classify" in json.loads(response.read())["paths"]
+
+
+def test_onnx_and_torch_runtimes_agree(ckpt):
+    texts = ["Oil prices climbed as supply fears grew.", "A new chip doubles battery life of phones."]
+    onnx, torch_ = NewsPredictor(ckpt, "onnx"), load_predictor(ckpt, "torch")
+    for a, b in zip(onnx.predict(texts), torch_.predict(texts), strict=True):
+        assert a["index"] == b["index"]
+        assert np.allclose(list(a["probabilities"].values()), list(b["probabilities"].values()), atol=1e-5)
+
+
+def test_predictor_and_serve_refuse_a_tampered_checkpoint(ckpt, tmp_path):
+    bad = tmp_path / "tampered"
+    shutil.copytree(ckpt, bad)
+    with open(bad / "tokenizer" / "vocab.txt", "a") as handle:
+        handle.write("extra\n")
+    with pytest.raises(CheckpointError, match="vocab.txt"):
+        NewsPredictor(bad)
+    assert_clean_failure(run_cli("serve", "news", "--checkpoint", bad, "--port", str(free_port()), timeout=60),
+                         "vocab.txt")
+
+
+def test_serve_cli_starts_prints_urls_and_stops_on_sigterm(ckpt):
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "apps.cli", "serve", "news", "--checkpoint", str(ckpt),
+                                "--port", str(port), "--runtime", "torch"], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if post(f"http://127.0.0.1:{port}/classify", {"texts": ["hello"]})[0] == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.5)
+        else:
+            pytest.fail("modelyard serve never answered")
+    finally:
+        process.terminate()
+        out, err = process.communicate(timeout=60)
+    assert f"POST http://127.0.0.1:{port}/classify" in out.replace("\n", " "), out + err
+    assert "Traceback" not in err
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2)
+
+
+def chromium() -> tuple[str, str] | None:
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+@pytest.fixture
+def browser():
+    if chromium() is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have Debian chromium + chromium-driver (.ci/run installs them)")
+        pytest.skip("chromium/chromedriver not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium()[0]
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-dev-shm-usage", "--disable-component-update", "--disable-sync", "--no-first-run",
+                 f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(chromium()[1]), options=options)
+    yield driver
+    driver.quit()
+
+
+@pytest.mark.parametrize("source", ["checkpoint", "api"])
+def test_gradio_news_tab_in_a_headless_browser(ckpt, api, browser, tmp_path, source):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    port = free_port()
+    args = ["--news-checkpoint", str(ckpt)] if source == "checkpoint" else ["--api-url", api]
+    app = subprocess.Popen([sys.executable, "-m", "apps.cli", "app", *args, "--port", str(port)], cwd=REPO,
+                           stdout=subprocess.DEVNULL, stderr=open(tmp_path / "app.log", "w"))
+    try:
+        wait = WebDriverWait(browser, 90, poll_frequency=0.5)
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert app.poll() is None and time.monotonic() < deadline, (tmp_path / "app.log").read_text()
+                time.sleep(0.5)
+        browser.get(f"http://127.0.0.1:{port}/")
+        # Click the first example, then Classify: what a visitor would do.
+        example = wait.until(lambda d: next((e for e in d.find_elements(
+            By.XPATH, "//*[contains(text(), 'Stocks climbed on Wall')]") if e.is_displayed()), None))
+        example.click()
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#news-text textarea").get_attribute("value"))
+        browser.find_element(By.CSS_SELECTOR, "#news-submit").click()
+        topic = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#news-topic textarea").get_attribute("value"))
+        expected = NewsPredictor(ckpt).predict([browser.find_element(By.CSS_SELECTOR, "#news-text textarea")
+                                                .get_attribute("value")])[0]["label"]
+        assert topic == expected
+        bars = browser.find_element(By.CSS_SELECTOR, "#news-probabilities").text
+        assert all(label in bars for label in ("World", "Sports", "Business", "Sci/Tech"))
+        browser.save_screenshot(str(tmp_path / "news-tab.png"))
+    finally:
+        app.terminate()
+        app.wait(30)

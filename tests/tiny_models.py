@@ -1,0 +1,49 @@
+"""Tiny randomly initialised encoders of the architectures `--model` must accept (BERT, DistilBERT, RoBERTa), saved
+as local Hugging Face folders with a tokenizer. Nothing is downloaded: BERT-style models reuse the MiniLM package's
+WordPiece vocabulary; RoBERTa gets a byte-level BPE trained here on generated text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _wordpiece_tokenizer():
+    from transformers import AutoTokenizer
+
+    from training.models.text_classifier import default_encoder
+
+    return AutoTokenizer.from_pretrained(default_encoder())
+
+
+def _bpe_tokenizer(corpus: list[str]):
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus, vocab_size=600, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    return RobertaTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>",
+                                sep_token="</s>", cls_token="<s>", unk_token="<unk>", pad_token="<pad>",
+                                mask_token="<mask>")
+
+
+def make_tiny_encoder(out: Path, arch: str, corpus: list[str]) -> Path:
+    """Write a tiny `arch` (bert | distilbert | roberta) model + tokenizer to `out`; 4 heads so --tp 2 splits it."""
+    from transformers import AutoModel, BertConfig, DistilBertConfig, RobertaConfig
+
+    if arch == "roberta":
+        tokenizer = _bpe_tokenizer(corpus)
+        config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=64, max_position_embeddings=160, pad_token_id=tokenizer.pad_token_id)
+    else:
+        tokenizer = _wordpiece_tokenizer()
+        if arch == "bert":
+            config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                num_attention_heads=4, intermediate_size=64, max_position_embeddings=160)
+        else:
+            config = DistilBertConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                                      max_position_embeddings=160)
+    model = AutoModel.from_config(config)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
