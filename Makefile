@@ -40,6 +40,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/serve_news.py --checkpoint $(DEMO_OUT)/news
 
 lint: setup
 	$(BIN)/ruff check training serving streaming apps tests bench

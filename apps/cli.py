@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -280,18 +279,37 @@ def data_synth(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="where the demo writes its checkpoint")] = Path("runs/demo"),
-    epochs: Annotated[int | None, typer.Option(help="training epochs (the recipe's default otherwise)")] = None,
+    out: Annotated[Path, typer.Option(help="where the demo writes its checkpoints")] = Path("runs/demo"),
+    epochs: Annotated[int | None, typer.Option(help="turbofan training epochs (recipe default otherwise)")] = None,
+    news_epochs: Annotated[int, typer.Option(help="news fine-tuning epochs")] = 1,
+    news_model: Annotated[str | None, typer.Option(help="news encoder (default all-MiniLM-L6-v2)")] = None,
+    serve_models: Annotated[bool, typer.Option("--serve/--no-serve", help="then serve the API and the app until "
+                                                                         "Ctrl-C")] = True,
+    api_port: Annotated[int, typer.Option(help="news API port")] = 3000,
+    app_port: Annotated[int, typer.Option(help="Gradio app port")] = 7860,
 ) -> None:
-    """Train the turbofan model (real C-MAPSS FD001 when available, generated otherwise), evaluate and export it."""
-    root = os.environ.get("MODELYARD_DATA")
-    real = bool(root) and any((Path(root) / "cmapss").glob("train_FD001.txt*"))
-    console.rule("modelyard demo: turbofan remaining-useful-life model")
-    console.print("data: real NASA C-MAPSS FD001 from " + str(Path(root) / "cmapss") if real else
+    """Train, evaluate and export the turbofan and news models (real data when available, generated otherwise),
+    then serve the news API with BentoML and the Gradio app until Ctrl-C."""
+    from apps.demo import news_data_args, real_data
+
+    root = real_data("cmapss", "train_FD001.txt*")
+    console.rule("modelyard demo 1/2: turbofan remaining-useful-life model")
+    console.print(f"data: real NASA C-MAPSS FD001 from {root}" if root else
                   "data: generated C-MAPSS-format data (set MODELYARD_DATA to a folder with cmapss/ for real data)")
-    options = {**_train_defaults(), "epochs": epochs}
-    train(task="turbofan", out=out, data_dir=Path(root) / "cmapss" if real else None, synthetic=not real, **options)
-    export(out)
+    train(task="turbofan", out=out / "turbofan",
+          **{**_train_defaults(), "data_dir": root, "synthetic": root is None, "epochs": epochs})
+    export(out / "turbofan")
+
+    console.rule("modelyard demo 2/2: news topic classifier")
+    data_args, note = news_data_args()
+    console.print(note)
+    train(task="news", out=out / "news", **{**_train_defaults(), **data_args, "epochs": news_epochs,
+                                            "model": news_model})
+    export(out / "news")
+    if serve_models:
+        from apps.demo import serve_until_interrupted
+
+        serve_until_interrupted(out / "news", api_port, app_port, console)
 
 
 def _path(path: Path | None) -> str | None:
@@ -302,7 +320,7 @@ def _train_defaults() -> dict:
     """train()'s defaults, so demo() can call it as a function rather than through typer."""
     import inspect
 
-    skip = {"task", "out", "data_dir", "synthetic"}
+    skip = {"task", "out"}
     return {name: p.default for name, p in inspect.signature(train).parameters.items() if name not in skip}
 
 

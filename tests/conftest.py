@@ -34,6 +34,14 @@ def cmapss_dir(synthetic_cmapss) -> Path:
     return real_cmapss() or synthetic_cmapss
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `modelyard ARGS` as a user would, in a fresh interpreter."""
     return subprocess.run([sys.executable, "-m", "apps.cli", *map(str, args)], cwd=REPO, capture_output=True,

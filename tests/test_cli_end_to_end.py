@@ -1,10 +1,18 @@
 """The public workflow: data synth -> train -> evaluate -> export, plus the model/objective/feature switches."""
 
 import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
 
 import pytest
 
-from tests.conftest import real_cmapss, run_cli
+from tests.conftest import REPO, free_port, real_cmapss, run_cli
 from training.checkpoint import verify_checkpoint
 
 REPORT_KEYS = {"rmse", "nasa_score", "alert_precision", "alert_recall", "alert_f1", "baseline"}
@@ -79,14 +87,42 @@ def test_training_variants(tmp_path, synthetic_cmapss, extra):
         assert not detector["alarm_when_high"] and 0 < detector["threshold"] < 125
 
 
-def test_demo_trains_evaluates_and_exports(tmp_path):
-    """`make demo`'s command, shortened to one epoch; real FD001 when MODELYARD_DATA has it."""
-    out = tmp_path / "demo"
-    result = run_cli("demo", "--out", out, "--epochs", "1")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "data: " in result.stdout and "turbofan evaluation" in result.stdout
-    assert "max abs difference ONNX Runtime vs torch" in result.stdout
-    assert {"model.onnx", "report.json"} <= set(verify_checkpoint(out).files)
+def test_demo_trains_both_models_then_serves_the_api_and_the_app(tmp_path, tiny_encoders):
+    """`make demo`'s command with one turbofan epoch and a tiny news encoder: real data when MODELYARD_DATA has it.
+    It must end up serving the news API and the Gradio app, and stop both on Ctrl-C."""
+    out, api_port, app_port = tmp_path / "demo", free_port(), free_port()
+    process = subprocess.Popen([sys.executable, "-m", "apps.cli", "demo", "--out", str(out), "--epochs", "1",
+                                "--news-model", str(tiny_encoders["bert"]), "--api-port", str(api_port),
+                                "--app-port", str(app_port)], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+    seen = []
+    try:
+        deadline = time.monotonic() + 900
+        while not any("Ctrl-C stops everything" in line for line in seen):
+            assert process.poll() is None, "".join(seen) + process.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "".join(seen)
+            try:
+                seen.append(lines.get(timeout=1))
+            except queue.Empty:
+                pass
+        text = "".join(seen)
+        assert "turbofan evaluation" in text and "news evaluation" in text
+        assert text.count("max abs difference ONNX Runtime vs torch") == 2
+        request = urllib.request.Request(f"http://127.0.0.1:{api_port}/classify", headers={"Content-Type":
+                                         "application/json"}, data=json.dumps({"texts": ["Team wins"]}).encode())
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert json.loads(response.read())[0]["label"] in ("World", "Sports", "Business", "Sci/Tech")
+        with urllib.request.urlopen(f"http://127.0.0.1:{app_port}/", timeout=30) as response:
+            assert response.status == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 0
+    for name in ("turbofan", "news"):
+        assert {"model.onnx", "report.json"} <= set(verify_checkpoint(out / name).files)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{api_port}/readyz", timeout=2)
 
 
 @pytest.mark.slow

@@ -160,3 +160,18 @@ def test_minilm_accuracy_on_real_ag_news(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["test_rows"] == 1600
     assert report["accuracy"] >= 0.88, report["accuracy"]
+
+
+def test_tensor_parallel_run_resumes_from_per_rank_optimizer_shards(tmp_path, news_dir, tiny_encoders):
+    out = tmp_path / "ckpt"
+    common = ["train", "news", "--out", out, "--data-dir", news_dir, "--model", tiny_encoders["bert"], "--backend",
+              "colossalai", "--strategy", "hybrid", "--tp", "2", "--nproc", "2", "--no-evaluate", *TINY]
+    first = run_cli(*common, "--epochs", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    state = json.loads((out / "state" / "latest.json").read_text())
+    assert {"optimizer-rank0.pt", "optimizer-rank1.pt"} <= set(state["files"]) and "optimizer.pt" not in state["files"]
+    steps_one_epoch = verify_checkpoint(out).training["steps"]
+    resumed = run_cli(*common, "--epochs", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2] and log[-1]["step"] == 2 * steps_one_epoch

@@ -4,7 +4,6 @@ real headless Chromium."""
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,14 +18,8 @@ import pytest
 
 from serving.predictor import NewsPredictor, load_predictor
 from serving.server import start_server, stop_server, wait_ready
-from tests.conftest import REPO, assert_clean_failure, run_cli
+from tests.conftest import REPO, assert_clean_failure, free_port, run_cli
 from training.checkpoint import CheckpointError
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(url: str, body: object, raw: bytes | None = None) -> tuple[int, object]:
