@@ -16,6 +16,9 @@ app = typer.Typer(help="modelyard: train, evaluate, export and serve models.", n
                   pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="Data utilities.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+stream_app = typer.Typer(help="Kafka streaming: the embedded broker and the turbofan sensor replay.",
+                         no_args_is_help=True)
+app.add_typer(stream_app, name="stream")
 console = Console()
 err = Console(stderr=True)
 
@@ -275,6 +278,118 @@ def data_synth(
         fail(str(exc))
     for path in files:
         console.print(f"wrote {path}")
+
+
+@stream_app.command("broker")
+def stream_broker(
+    port: Annotated[int, typer.Option(help="Kafka port on --host")] = 9092,
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    data_dir: Annotated[Path, typer.Option(help="where the broker keeps its data")] = Path("runs/broker"),
+) -> None:
+    """Run the embedded Kafka-protocol broker (noida-db) until Ctrl-C or SIGTERM."""
+    import signal
+    import time
+
+    from streaming.broker import BrokerError, EmbeddedBroker, ensure_topics
+
+    broker = EmbeddedBroker(data_dir, port, host)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        bootstrap = broker.start()
+        ensure_topics(bootstrap)
+        console.print(f"Kafka broker ready: bootstrap servers {bootstrap} (data: {data_dir}); Ctrl-C stops it")
+        while broker.process.poll() is None:
+            time.sleep(0.5)
+        fail(f"the broker exited with code {broker.process.returncode}; see {data_dir / 'broker.log'}")
+    except BrokerError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        console.print("stopping the broker")
+    finally:
+        broker.stop()
+
+
+@stream_app.command("replay")
+def stream_replay(
+    data_dir: Annotated[Path, typer.Option(help="C-MAPSS folder")],
+    bootstrap_servers: Annotated[str, typer.Option(help="Kafka bootstrap servers")] = "127.0.0.1:9092",
+    subset: Annotated[str, typer.Option(help="FD001..FD004")] = "FD001",
+    split: Annotated[str, typer.Option(help="train | test")] = "test",
+    rate: Annotated[float, typer.Option(help="messages per second (0: as fast as possible)")] = 100.0,
+    engines: Annotated[str | None, typer.Option(help="comma-separated engine ids (default: all)")] = None,
+    loop: Annotated[bool, typer.Option(help="start over after the last cycle (engine ids + 1000 per pass)")] = False,
+    connect_timeout: Annotated[float, typer.Option(help="seconds to wait for the broker")] = 15.0,
+) -> None:
+    """Publish one JSON message per engine cycle to turbofan.sensors, keyed by engine id."""
+    import signal
+    import threading
+
+    from kafka.errors import KafkaError
+
+    from streaming.broker import BrokerError, ensure_topics, wait_for_broker
+    from streaming.replay import load_replay, replay
+    from training.data.errors import DataFormatError
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        ids = [int(e) for e in engines.split(",")] if engines else None
+        frame = load_replay(data_dir, subset, split, ids)
+        wait_for_broker(bootstrap_servers, timeout=connect_timeout)
+        ensure_topics(bootstrap_servers)
+        result = replay(bootstrap_servers, frame, rate, loop, stop=stop)
+    except (DataFormatError, FileNotFoundError, ValueError, BrokerError, KafkaError) as exc:
+        fail(str(exc))
+    console.print(f"replayed {result.messages} messages in {result.seconds:.1f} s to {bootstrap_servers}")
+
+
+@stream_app.command("monitor")
+def stream_monitor(
+    checkpoint: Annotated[Path, typer.Option(help="turbofan checkpoint (with model.onnx, or --runtime torch)")],
+    bootstrap_servers: Annotated[str, typer.Option(help="Kafka bootstrap servers")] = "127.0.0.1:9092",
+    group: Annotated[str, typer.Option(help="consumer group id")] = "turbofan-monitor",
+    instance_id: Annotated[str | None, typer.Option(help="stable id of this monitor in its group (Kafka static "
+                                                         "membership): a restart takes its partitions back at once; "
+                                                         "give each monitor its own")] = None,
+    consecutive: Annotated[int, typer.Option(help="cycles in alarm before an alert fires")] = 3,
+    hysteresis: Annotated[float | None, typer.Option(help="margin past the threshold to resolve")] = None,
+    runtime: Annotated[str, typer.Option(help="onnx | torch")] = "onnx",
+    metrics_port: Annotated[int | None, typer.Option(help="serve Prometheus /metrics on this port")] = None,
+    log_every: Annotated[float, typer.Option(help="seconds between status lines")] = 10.0,
+) -> None:
+    """Score turbofan.sensors with the checkpoint's detector; alerts to turbofan.alerts, bad messages to
+    turbofan.dlq; offsets committed after the alerts are produced. Runs until Ctrl-C or SIGTERM."""
+    import logging
+    import signal
+
+    from kafka.errors import KafkaError
+
+    from streaming.broker import BrokerError, ensure_topics, wait_for_broker
+    from streaming.monitor import MonitorSettings, TurbofanMonitor, serve_metrics
+    from training.checkpoint import CheckpointError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # the client logs every connection at INFO
+    try:
+        if consecutive < 1:
+            raise ValueError("--consecutive must be at least 1")
+        wait_for_broker(bootstrap_servers, timeout=15)
+        ensure_topics(bootstrap_servers)
+        monitor = TurbofanMonitor(MonitorSettings(bootstrap_servers, checkpoint, group, instance_id, runtime,
+                                                  consecutive, hysteresis, log_every_s=log_every))
+        if metrics_port:
+            serve_metrics(monitor, metrics_port)
+    except (CheckpointError, BrokerError, KafkaError, ValueError) as exc:
+        fail(str(exc))
+    signal.signal(signal.SIGTERM, lambda *_: monitor.stop())
+    signal.signal(signal.SIGINT, lambda *_: monitor.stop())
+    rule = monitor.rule
+    console.print(f"monitoring {bootstrap_servers} as group {group}: alarm when score "
+                  f"{'>=' if rule.alarm_when_high else '<='} {rule.threshold:.3f} for {rule.consecutive} cycles"
+                  + (f"; metrics on http://127.0.0.1:{metrics_port}/metrics" if metrics_port else ""))
+    monitor.run()
+    console.print(f"monitor stopped: {monitor.summary()}")
 
 
 @app.command()

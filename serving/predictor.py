@@ -63,6 +63,14 @@ def _torch_model(ckpt: Path):
     return model.eval()
 
 
+def open_verified(ckpt: Path | str, task: str) -> CheckpointManifest:
+    """The manifest of a checkpoint whose every file matches its sha256, holding a model for `task`."""
+    manifest = verify_checkpoint(Path(ckpt))
+    if manifest.task != task:
+        raise CheckpointError(f"{ckpt}: a {manifest.task} checkpoint, not a {task} one")
+    return manifest
+
+
 class NewsPredictor:
     """Texts -> topic label, class index, probabilities, and whether the text was cut to the model's length."""
 
@@ -73,9 +81,7 @@ class NewsPredictor:
         from training.data.ag_news import cleaner
 
         self.ckpt = Path(ckpt)
-        manifest = verify_checkpoint(self.ckpt)
-        if manifest.task != self.task:
-            raise CheckpointError(f"{self.ckpt}: a {manifest.task} checkpoint, not a {self.task} one")
+        manifest = open_verified(self.ckpt, self.task)
         pre = manifest.preprocessing
         self.manifest, self.labels, self.max_length = manifest, list(pre["labels"]), int(pre["max_length"])
         self.clean = cleaner(pre)
@@ -103,7 +109,51 @@ class NewsPredictor:
                  "truncated": c} for p, c in zip(probs, cut, strict=True)]
 
 
-PREDICTORS = {NewsPredictor.task: NewsPredictor}
+class TurbofanPredictor:
+    """Raw engine cycles (3 settings + 21 sensors each) -> the checkpoint's score per window (predicted RUL, or
+    reconstruction error), a health score in [0, 1] and the alarm flag of the checkpoint's detector."""
+
+    task = "turbofan"
+
+    def __init__(self, ckpt: Path | str, runtime: str = "onnx") -> None:
+        from training.data.cmapss import TurbofanPreprocessor
+
+        self.ckpt = Path(ckpt)
+        manifest = open_verified(self.ckpt, self.task)
+        pre = manifest.preprocessing
+        self.manifest, self.window, self.objective = manifest, int(pre["window"]), pre["objective"]
+        self.detector, self.rul_cap = pre["detector"], float(pre.get("rul_cap") or 125.0)
+        self.normalizer = TurbofanPreprocessor.from_dict(pre["normalizer"])
+        self.runner = ModelRunner(self.ckpt, manifest, runtime, ["window"])
+
+    def features(self, settings: np.ndarray, sensors: np.ndarray) -> np.ndarray:
+        return self.normalizer.transform_arrays(settings, sensors)
+
+    def last_window(self, features: np.ndarray) -> np.ndarray:
+        """The window ending at the last row; an engine's first cycles repeat its first row, as in training."""
+        recent = features[-self.window:]
+        pad = np.repeat(recent[:1], self.window - len(recent), axis=0)
+        return np.concatenate([pad, recent]).astype(np.float32)
+
+    def score(self, windows: np.ndarray) -> np.ndarray:
+        output = self.runner(window=np.ascontiguousarray(windows, dtype=np.float32))
+        if self.objective == "rul":
+            return output.reshape(-1)
+        return ((output - windows) ** 2).mean(axis=(1, 2))
+
+    def assess(self, scores: np.ndarray) -> list[dict[str, Any]]:
+        threshold, high = float(self.detector["threshold"]), bool(self.detector["alarm_when_high"])
+        results = []
+        for value in np.asarray(scores, dtype=np.float64):
+            alarm = value >= threshold if high else value <= threshold
+            health = 1 - value / (2 * threshold) if high else value / self.rul_cap
+            key = "reconstruction_error" if high else "predicted_rul"
+            results.append({key: round(float(value), 4), "health": round(float(np.clip(health, 0, 1)), 4),
+                            "alarm": bool(alarm)})
+        return results
+
+
+PREDICTORS = {NewsPredictor.task: NewsPredictor, TurbofanPredictor.task: TurbofanPredictor}
 
 
 def load_predictor(ckpt: Path | str, runtime: str = "onnx"):

@@ -206,9 +206,13 @@ class TurbofanPreprocessor:
         return len(self.sensors)
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
-        condition = _nearest(frame[SETTINGS].to_numpy(), np.asarray(self.condition_centroids),
+        return self.transform_arrays(frame[SETTINGS].to_numpy(), frame[SENSORS].to_numpy(dtype=np.float64))
+
+    def transform_arrays(self, settings: np.ndarray, sensors: np.ndarray) -> np.ndarray:
+        """The same from raw arrays (rows x 3 settings, rows x all 21 sensors), for streams without pandas."""
+        condition = _nearest(np.asarray(settings, dtype=np.float64), np.asarray(self.condition_centroids),
                              np.asarray(self.setting_scale))
-        values = frame[self.sensors].to_numpy(dtype=np.float64)
+        values = np.asarray(sensors, dtype=np.float64)[:, [SENSORS.index(s) for s in self.sensors]]
         mean, std = np.asarray(self.mean)[condition], np.asarray(self.std)[condition]
         return ((values - mean) / std).astype(np.float32)
 

@@ -1,0 +1,166 @@
+"""The turbofan monitor end to end on a real Kafka-protocol broker (the embedded noida-db): its alerts equal the
+offline alarms of the same checkpoint, through poison messages, a kill -9 of the monitor, a broker restart, and two
+monitors sharing one consumer group."""
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from serving.predictor import TurbofanPredictor
+from streaming.alerts import AlertRule, AlertStateMachine
+from streaming.broker import TOPICS, EmbeddedBroker, ensure_topics
+from streaming.monitor import MonitorSettings, TurbofanMonitor
+from streaming.replay import load_replay, replay
+from tests.conftest import REPO, free_port, run_cli
+from training.data.cmapss import SENSORS, SETTINGS, windows_per_cycle
+
+
+@pytest.fixture(scope="module")
+def turbofan_ckpt(tmp_path_factory, synthetic_cmapss):
+    out = tmp_path_factory.mktemp("monitor") / "ckpt"
+    result = run_cli("train", "turbofan", "--out", out, "--data-dir", synthetic_cmapss, "--epochs", "3",
+                     "--no-evaluate")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert run_cli("export", out).returncode == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def stream(synthetic_cmapss):
+    """The generated training engines: each runs to failure, so every one of them should end in an alert."""
+    return load_replay(synthetic_cmapss, "FD001", "train")
+
+
+@pytest.fixture(scope="module")
+def expected_alerts(turbofan_ckpt, stream) -> dict[str, int]:
+    """Offline: every test cycle scored on its window by the same predictor, through the same alert rule."""
+    predictor = TurbofanPredictor(turbofan_ckpt)
+    frame = stream.sort_values(["unit", "cycle"])
+    features = predictor.features(frame[SETTINGS].to_numpy(), frame[SENSORS].to_numpy())
+    scores = predictor.score(windows_per_cycle(features, frame["unit"].to_numpy(), predictor.window))
+    machine = AlertStateMachine(AlertRule.from_detector(predictor.detector))
+    alerts = [machine.update(int(u), int(c), float(s)) for u, c, s in zip(frame["unit"], frame["cycle"], scores,
+                                                                             strict=True)]
+    expected = {a.key: a.cycle for a in alerts if a is not None}
+    assert len(expected) >= 10, "the engines run to failure: most must raise an alert"
+    return expected
+
+
+@pytest.fixture
+def broker(tmp_path):
+    with EmbeddedBroker(tmp_path / "broker", free_port()) as running:
+        ensure_topics(running.bootstrap_servers)
+        yield running
+
+
+def read_topic(bootstrap: str, topic: str, idle_s: float = 3.0) -> list:
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None,
+                             enable_auto_commit=False, consumer_timeout_ms=int(idle_s * 1000))
+    records = list(consumer)
+    consumer.close()
+    return records
+
+
+def alerts_by_key(bootstrap: str, idle_s: float = 3.0) -> dict[str, int]:
+    """Alert key -> triggering cycle; duplicates (at-least-once) must agree with each other."""
+    seen: dict[str, int] = {}
+    for record in read_topic(bootstrap, TOPICS["alerts"], idle_s):
+        alert = json.loads(record.value)
+        assert record.key.decode() == alert["key"]
+        assert seen.setdefault(alert["key"], alert["cycle"]) == alert["cycle"], "a duplicate with another cycle"
+    return seen
+
+
+def monitor(broker, ckpt, group="g", instance=None) -> TurbofanMonitor:
+    return TurbofanMonitor(MonitorSettings(broker.bootstrap_servers, ckpt, group=group, instance_id=instance,
+                                           log_every_s=1.0))
+
+
+def test_alerts_equal_offline_alarms_and_poison_goes_to_the_dlq(broker, turbofan_ckpt, stream, expected_alerts):
+    from kafka import KafkaProducer
+
+    replay(broker.bootstrap_servers, stream, progress=False)
+    first = json.loads(read_topic(broker.bootstrap_servers, TOPICS["sensors"], 1.0)[0].value)
+    poison = [b"{not json", json.dumps({**first, "schema_version": 9}).encode(),
+              json.dumps({**first, "sensors": [float("nan")] * 21}).encode(),
+              json.dumps({**first, "cycle": 1}).encode()]  # engine 1 is far past cycle 1 by now: out of order
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks="all")
+    for value in poison:
+        producer.send(TOPICS["sensors"], key=str(first["engine_id"]).encode(), value=value)
+    producer.flush()
+    producer.close()
+
+    running = monitor(broker, turbofan_ckpt)
+    running.run(max_idle_s=3.0)
+    assert alerts_by_key(broker.bootstrap_servers) == expected_alerts
+    assert running.stats.dlq == len(poison) and running.stats.messages == len(stream)
+    dead = read_topic(broker.bootstrap_servers, TOPICS["dlq"])
+    reasons = sorted(dict(r.headers)["error"].decode() for r in dead)
+    assert len(dead) == 4 and any("not JSON" in r for r in reasons) and any("out-of-order" in r for r in reasons)
+    assert any("schema_version 9" in r for r in reasons) and any("sensors.0" in r for r in reasons)
+
+
+def test_kill_9_and_restart_neither_misses_nor_refires(broker, turbofan_ckpt, stream, expected_alerts):
+    command = [sys.executable, "-m", "apps.cli", "stream", "monitor", "--checkpoint", str(turbofan_ckpt),
+               "--bootstrap-servers", broker.bootstrap_servers, "--group", "crash", "--instance-id", "monitor-1"]
+    first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert "monitoring" in first.stdout.readline()
+    producer = threading.Thread(target=replay, args=(broker.bootstrap_servers, stream),
+                                kwargs={"rate": 500, "progress": False})
+    producer.start()
+    deadline = time.monotonic() + 60
+    while len(alerts_by_key(broker.bootstrap_servers, idle_s=0.3)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    first.send_signal(signal.SIGKILL)  # mid-stream: some alerts out, the stream still flowing
+    first.wait()
+    before = alerts_by_key(broker.bootstrap_servers)
+    assert 0 < len(before) < len(expected_alerts)
+    producer.join()
+    second = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while alerts_by_key(broker.bootstrap_servers, idle_s=0.5) != expected_alerts and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(2)  # nothing more may follow: no re-fired episode
+        assert alerts_by_key(broker.bootstrap_servers) == expected_alerts
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0, second.stderr.read()[-2000:]
+
+
+def test_broker_restart_mid_stream_loses_nothing(broker, turbofan_ckpt, stream, expected_alerts):
+    half = len(stream) // 2
+    replay(broker.bootstrap_servers, stream.iloc[:half], progress=False)
+    running = monitor(broker, turbofan_ckpt, group="restart")
+    thread = threading.Thread(target=running.run, kwargs={"max_idle_s": 20.0})
+    thread.start()
+    time.sleep(2)
+    broker.stop()  # SIGTERM: the broker saves its log and offsets; the monitor keeps retrying
+    broker.start()
+    replay(broker.bootstrap_servers, stream.iloc[half:], progress=False)
+    thread.join(120)
+    assert not thread.is_alive()
+    assert alerts_by_key(broker.bootstrap_servers) == expected_alerts
+    assert running.stats.messages >= len(stream)
+
+
+def test_two_monitors_in_one_group_split_partitions_and_agree(broker, turbofan_ckpt, stream, expected_alerts):
+    a, b = (monitor(broker, turbofan_ckpt, group="pair", instance=name) for name in ("pair-a", "pair-b"))
+    threads = [threading.Thread(target=m.run, kwargs={"max_idle_s": 8.0}) for m in (a, b)]
+    for thread in threads:
+        thread.start()
+    time.sleep(3)  # both joined: the group has split the partitions
+    replay(broker.bootstrap_servers, stream, rate=3000, progress=False)
+    for thread in threads:
+        thread.join(120)
+    assert alerts_by_key(broker.bootstrap_servers) == expected_alerts
+    assert a.stats.messages > 0 and b.stats.messages > 0
+    assert np.isfinite(a.stats.messages + b.stats.messages)

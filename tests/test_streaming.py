@@ -1,0 +1,123 @@
+"""The streaming foundation: embedded broker lifecycle, the sensor message schema, the replay producer, and the
+alert state machine."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from streaming.alerts import AlertRule, AlertStateMachine
+from streaming.broker import TOPICS, EmbeddedBroker, ensure_topics
+from streaming.replay import RateLimiter, load_replay, replay
+from streaming.schema import MessageError, parse_reading, reading_from_row
+from tests.conftest import REPO, assert_clean_failure, free_port, run_cli
+
+ROW = [3, 17, -0.0007, -0.0004, 100.0, *([518.67] * 21)]
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    with EmbeddedBroker(tmp_path_factory.mktemp("broker"), free_port()) as running:
+        ensure_topics(running.bootstrap_servers)
+        yield running
+
+
+def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 30.0) -> list:
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, group_id=None, consumer_timeout_ms=int(timeout * 1000))
+    records = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(records) < expected and time.monotonic() < deadline:
+            for batch in consumer.poll(500).values():
+                records.extend(batch)
+    finally:
+        consumer.close()
+    return records
+
+
+def test_schema_round_trip_and_rejections():
+    reading = reading_from_row(ROW, event_time=1.0e9)
+    assert parse_reading(reading.to_bytes()) == reading and reading.engine_id == 3 and reading.cycle == 17
+    bad = {
+        b"{not json": "not JSON",
+        b"[1, 2]": "expected a JSON object",
+        json.dumps({**reading.model_dump(), "schema_version": 2}).encode(): "schema_version 2 is not supported",
+        json.dumps({**reading.model_dump(), "sensors": [1.0] * 20}).encode(): "sensors",
+        reading.to_bytes().replace(b"518.67", b"NaN", 1): "sensors.0",
+        json.dumps({**reading.model_dump(), "cycle": 0}).encode(): "cycle",
+        None: "empty message",
+    }
+    for raw, reason in bad.items():
+        with pytest.raises(MessageError, match=reason.replace("(", r"\(")):
+            parse_reading(raw)
+
+
+def test_replay_interleaves_engines_by_cycle_and_keys_by_engine(broker, synthetic_cmapss):
+    frame = load_replay(synthetic_cmapss, "FD001", "test", engines=[1, 2, 3])
+    assert list(frame["cycle"][:3]) == [1, 1, 1] and list(frame["unit"][:3]) == [1, 2, 3]
+    result = replay(broker.bootstrap_servers, frame, rate=0, progress=False)
+    assert result.messages == len(frame)
+    records = consume_all(broker.bootstrap_servers, TOPICS["sensors"], len(frame))
+    assert len(records) == len(frame)
+    by_engine: dict[int, list[int]] = {}
+    for record in records:
+        reading = parse_reading(record.value)
+        assert record.key == str(reading.engine_id).encode()
+        by_engine.setdefault(reading.engine_id, []).append(reading.cycle)
+    for engine, cycles in by_engine.items():  # one partition per key: each engine's cycles arrive in order
+        assert cycles == sorted(cycles) and cycles[0] == 1, engine
+    assert sorted(by_engine) == [1, 2, 3]
+
+
+def test_rate_limiter_keeps_the_average_rate():
+    limiter, start = RateLimiter(200), time.perf_counter()
+    for _ in range(100):
+        limiter.wait()
+    assert 0.45 < time.perf_counter() - start < 0.8
+
+
+def test_replay_cli_refuses_bad_input_in_one_line(tmp_path, synthetic_cmapss):
+    assert_clean_failure(run_cli("stream", "replay", "--data-dir", tmp_path), "test_FD001.txt: file not found")
+    assert_clean_failure(run_cli("stream", "replay", "--data-dir", synthetic_cmapss, "--engines", "1,999"),
+                         "engines [999] are not in test_FD001")
+    assert_clean_failure(run_cli("stream", "replay", "--data-dir", synthetic_cmapss, "--bootstrap-servers",
+                                 f"127.0.0.1:{free_port()}", "--connect-timeout", "2", timeout=60),
+                         "no Kafka broker answered")
+
+
+def test_broker_command_starts_prints_bootstrap_and_stops_on_sigterm(tmp_path):
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "apps.cli", "stream", "broker", "--port", str(port),
+                                "--data-dir", str(tmp_path / "data")], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        assert f"bootstrap servers 127.0.0.1:{port}" in line, line + process.stderr.read()
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}")
+        assert set(TOPICS.values()) <= set(admin.list_topics())
+        admin.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    assert "Traceback" not in process.stderr.read()
+
+
+def test_alert_fires_once_per_episode_after_k_cycles_and_resolves_with_hysteresis():
+    machine = AlertStateMachine(AlertRule(threshold=30.0, consecutive=3, hysteresis=10.0))
+    scores = [80, 50, 29, 28, 80, 29, 25, 20, 10, 35, 39, 25, 41, 45, 28, 27, 26]
+    #                  ^pending ^reset   ^pending  ^fires(ep1) ^still firing (35, 39 < 40) ^resolved at 41 ^fires(ep2)
+    alerts = [a for cycle, s in enumerate(scores, 1) if (a := machine.update(7, cycle, s))]
+    assert [(a.key, a.cycle) for a in alerts] == [("engine-7-episode-1", 8), ("engine-7-episode-2", 17)]
+    assert alerts[0].severity == "warning" and machine.state_of(7) == "firing"
+    assert machine.update(7, 18, 10.0) is None  # a firing engine never re-alerts
+    high = AlertStateMachine(AlertRule(threshold=1.0, alarm_when_high=True, consecutive=1, hysteresis=0.1))
+    assert high.update(1, 1, 2.5).severity == "critical" and high.update(1, 2, 0.95) is None
+    assert high.state_of(1) == "firing" and high.update(1, 3, 0.8) is None and high.state_of(1) == "normal"
