@@ -30,7 +30,7 @@ browser:
 
 test: setup browser
 	$(BIN)/ruff check training serving streaming apps tests bench
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" --durations=15
 
 test-all: setup browser
 	$(BIN)/python -m pytest
@@ -41,6 +41,7 @@ demo: setup
 bench: setup
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/serve_news.py --checkpoint $(DEMO_OUT)/news
+	$(BIN)/python bench/stream_monitor.py --checkpoint $(DEMO_OUT)/turbofan
 
 lint: setup
 	$(BIN)/ruff check training serving streaming apps tests bench

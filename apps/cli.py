@@ -197,7 +197,7 @@ _COMPARED_METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", 
 
 @app.command()
 def serve(
-    task: Annotated[str, typer.Argument(help="news")],
+    task: Annotated[str, typer.Argument(help="news | turbofan")],
     checkpoint: Annotated[Path, typer.Option(help="checkpoint directory (verified before serving)")],
     port: Annotated[int, typer.Option(help="HTTP port on 127.0.0.1")] = 3000,
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
@@ -214,7 +214,7 @@ def serve(
     from training.checkpoint import CheckpointError, verify_checkpoint
 
     try:
-        service_for(task)
+        route = service_for(task)[1]
         if runtime not in RUNTIMES:
             raise ValueError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
         manifest = verify_checkpoint(checkpoint)
@@ -231,7 +231,7 @@ def serve(
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         wait_ready(url, process, log=log)
-        console.print(f"{task} API ready ({runtime}): POST {url}/classify   docs: {url}/docs   metrics: {url}/metrics")
+        console.print(f"{task} API ready ({runtime}): POST {url}{route}   docs: {url}/docs   metrics: {url}/metrics")
         console.print(f"server log: {log}; Ctrl-C stops it")
         process.wait()
         fail(f"the service exited with code {process.returncode}; see {log}")
@@ -250,13 +250,16 @@ def app_command(
     port: Annotated[int, typer.Option(help="HTTP port on 127.0.0.1")] = 7860,
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
     runtime: Annotated[str, typer.Option(help="onnx | torch (in-process predictions)")] = "onnx",
+    bootstrap_servers: Annotated[str | None, typer.Option(help="Kafka for the Turbofan monitor tab")] = None,
+    monitor_metrics: Annotated[str | None, typer.Option(help="the monitor's metrics URL (.../metrics)")] = None,
 ) -> None:
-    """Start the Gradio demo app (News tab), calling the API when given --api-url, else the checkpoint in-process."""
+    """Start the Gradio demo app: a News tab (its API with --api-url, else the checkpoint in-process) and a live
+    Turbofan monitor tab (with --bootstrap-servers and --monitor-metrics)."""
     from apps.gradio_app import build_app
     from training.checkpoint import CheckpointError
 
     try:
-        demo_app = build_app(news_checkpoint, api_url, runtime)
+        demo_app = build_app(news_checkpoint, api_url, runtime, bootstrap_servers, monitor_metrics)
     except (CheckpointError, ValueError) as exc:
         fail(str(exc))
     console.print(f"app: http://{host}:{port}  (Ctrl-C stops it)")
@@ -400,11 +403,13 @@ def demo(
     news_model: Annotated[str | None, typer.Option(help="news encoder (default all-MiniLM-L6-v2)")] = None,
     serve_models: Annotated[bool, typer.Option("--serve/--no-serve", help="then serve the API and the app until "
                                                                          "Ctrl-C")] = True,
-    api_port: Annotated[int, typer.Option(help="news API port")] = 3000,
+    api_port: Annotated[int, typer.Option(help="news API port (the turbofan API takes the next one)")] = 3000,
     app_port: Annotated[int, typer.Option(help="Gradio app port")] = 7860,
+    kafka_port: Annotated[int, typer.Option(help="embedded Kafka broker port")] = 9092,
+    metrics_port: Annotated[int, typer.Option(help="monitor metrics port")] = 9108,
 ) -> None:
     """Train, evaluate and export the turbofan and news models (real data when available, generated otherwise),
-    then serve the news API with BentoML and the Gradio app until Ctrl-C."""
+    then run them until Ctrl-C: Kafka broker, turbofan replay and monitor, both BentoML APIs, the Gradio app."""
     from apps.demo import news_data_args, real_data
 
     root = real_data("cmapss", "train_FD001.txt*")
@@ -424,7 +429,9 @@ def demo(
     if serve_models:
         from apps.demo import serve_until_interrupted
 
-        serve_until_interrupted(out / "news", api_port, app_port, console)
+        ports = {"news": api_port, "turbofan": api_port + 1, "app": app_port, "kafka": kafka_port,
+                 "metrics": metrics_port}
+        serve_until_interrupted(out, ports, console)
 
 
 def _path(path: Path | None) -> str | None:

@@ -30,34 +30,73 @@ def news_data_args() -> tuple[dict[str, Any], str]:
             f"data: real AG News {test}: {DEMO_NEWS_TRAIN_ROWS} stratified rows train, the rest evaluate")
 
 
-def serve_until_interrupted(news_ckpt: Path, api_port: int, app_port: int, console: Console) -> None:
-    """The news model behind BentoML, and the Gradio app calling that API; both stop on Ctrl-C or SIGTERM."""
+def serve_until_interrupted(out: Path, ports: dict[str, int], console: Console, replay_rate: float = 200.0) -> None:
+    """Everything the trained models feed, until Ctrl-C or SIGTERM: the embedded Kafka broker, a replay of the
+    turbofan test engines (looping), the monitor raising alerts, the news and turbofan BentoML APIs, and the Gradio
+    app with its News and Turbofan monitor tabs."""
+    import threading
+
     from apps.gradio_app import build_app
     from serving.server import start_server, stop_server, wait_ready
+    from streaming.broker import EmbeddedBroker, ensure_topics
+    from streaming.monitor import MonitorSettings, TurbofanMonitor, serve_metrics
+    from streaming.replay import load_replay, replay
+    from training.checkpoint import read_manifest
 
-    log = Path(tempfile.gettempdir()) / f"modelyard-demo-news-{api_port}.log"
-    api_url = f"http://127.0.0.1:{api_port}"
-    server = start_server("news", news_ckpt, api_port, log=log)
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    app = None
+    logs = Path(tempfile.gettempdir())
+    servers, app, stop, threads = [], None, threading.Event(), []
+    import shutil
+
+    shutil.rmtree(out / "broker", ignore_errors=True)  # a fresh stream: replayed engines start again at cycle 1
+    broker = EmbeddedBroker(out / "broker", ports["kafka"])
+    monitor = None
     try:
-        wait_ready(api_url, server, log=log)
-        app = build_app(news_api=api_url)
-        app.launch(server_name="127.0.0.1", server_port=app_port, prevent_thread_lock=True, quiet=True)
+        bootstrap = broker.start()
+        ensure_topics(bootstrap)
+        training = read_manifest(out / "turbofan").training
+        fleet = load_replay(Path(training["data_dir"]), training["subset"], "test")
+        threads.append(threading.Thread(target=replay, args=(bootstrap, fleet, replay_rate, True),
+                                        kwargs={"stop": stop, "progress": False}, daemon=True))
+        monitor = TurbofanMonitor(MonitorSettings(bootstrap, out / "turbofan", group="demo-monitor",
+                                                  instance_id="demo-monitor-1"))
+        serve_metrics(monitor, ports["metrics"])
+        threads.append(threading.Thread(target=monitor.run, daemon=True))
+        for thread in threads:
+            thread.start()
+        urls = {}
+        for task in ("news", "turbofan"):
+            log = logs / f"modelyard-demo-{task}-{ports[task]}.log"
+            servers.append(start_server(task, out / task, ports[task], log=log))
+            urls[task] = f"http://127.0.0.1:{ports[task]}"
+            wait_ready(urls[task], servers[-1], log=log)
+        metrics = f"http://127.0.0.1:{ports['metrics']}/metrics"
+        app = build_app(news_api=urls["news"], bootstrap_servers=bootstrap, monitor_metrics=metrics)
+        app.launch(server_name="127.0.0.1", server_port=ports["app"], prevent_thread_lock=True, quiet=True)
         console.rule("modelyard demo is running")
-        console.print(f"news API (BentoML):  POST {api_url}/classify   OpenAPI: {api_url}/docs   "
-                      f"metrics: {api_url}/metrics")
-        console.print(f"demo app (Gradio):   http://127.0.0.1:{app_port}")
-        console.print(f"API log: {log}.  Ctrl-C stops everything.")
-        while server.poll() is None:
+        console.print(f"Kafka broker (embedded):  {bootstrap}  topics turbofan.sensors / .alerts / .dlq")
+        console.print(f"replay: {training['subset']} test engines at {replay_rate:.0f} messages/s, looping")
+        console.print(f"monitor metrics:          {metrics}")
+        console.print(f"news API (BentoML):       POST {urls['news']}/classify   OpenAPI: {urls['news']}/docs")
+        console.print(f"turbofan API (BentoML):   POST {urls['turbofan']}/score   OpenAPI: {urls['turbofan']}/docs")
+        console.print(f"demo app (Gradio):        http://127.0.0.1:{ports['app']}")
+        console.print(f"service logs in {logs}.  Ctrl-C stops everything.")
+        while all(server.poll() is None for server in servers) and broker.process.poll() is None:
             time.sleep(0.5)
-        console.print(f"[red]the news API exited with code {server.returncode}; see {log}[/]")
+        console.print("[red]a demo service exited; stopping the rest[/]")
     except KeyboardInterrupt:
         console.print("stopping the demo")
     finally:
+        stop.set()
+        if monitor is not None:
+            monitor.stop()
+        for thread in threads:
+            thread.join(15)
         if app is not None:
             app.close()
-        stop_server(server)
+        for server in servers:
+            stop_server(server)
+        broker.stop()
 
 
 def _raise_interrupt(*_: Any) -> None:

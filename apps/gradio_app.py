@@ -73,14 +73,24 @@ def news_tab(classify: Callable[[list[str]], list[dict[str, Any]]], source: str)
     text.submit(predict, inputs=text, outputs=[topic, probabilities])
 
 
-def build_app(news_checkpoint: Path | None = None, news_api: str | None = None, runtime: str = "onnx") -> gr.Blocks:
-    if news_checkpoint is None and news_api is None:
-        raise ValueError("give a news checkpoint or a news API URL")
+def build_app(news_checkpoint: Path | None = None, news_api: str | None = None, runtime: str = "onnx",
+              bootstrap_servers: str | None = None, monitor_metrics: str | None = None) -> gr.Blocks:
+    """Tabs for what is given: News (a checkpoint or its API), Turbofan monitor (Kafka + the monitor's /metrics)."""
+    news = news_checkpoint is not None or news_api is not None
+    turbofan = bootstrap_servers is not None and monitor_metrics is not None
+    if not (news or turbofan):
+        raise ValueError("give a news checkpoint or API URL, and/or --bootstrap-servers with --monitor-metrics")
     with gr.Blocks(title="modelyard demo") as app:
         gr.Markdown("# modelyard demo")
-        with gr.Tab("News"):
-            if news_api:
-                news_tab(http_classifier(news_api), f"the BentoML API at {news_api}")
-            else:
-                news_tab(local_classifier(news_checkpoint, runtime), f"checkpoint {news_checkpoint} ({runtime})")
+        if news:
+            with gr.Tab("News"):
+                if news_api:
+                    news_tab(http_classifier(news_api), f"the BentoML API at {news_api}")
+                else:
+                    news_tab(local_classifier(news_checkpoint, runtime), f"checkpoint {news_checkpoint} ({runtime})")
+        if turbofan:
+            from apps.turbofan_dashboard import turbofan_tab
+
+            with gr.Tab("Turbofan monitor"):
+                turbofan_tab(bootstrap_servers, monitor_metrics)
     return app

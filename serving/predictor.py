@@ -36,8 +36,9 @@ class ModelRunner:
         import torch
 
         with torch.inference_mode():
-            tensors = {name: torch.from_numpy(inputs[name]) for name in self.input_names}
-            output = self._model(**tensors)
+            # Positional, in the ONNX input order: modelyard's modules take one tensor, transformers classifiers
+            # take (input_ids, attention_mask) first.
+            output = self._model(*(torch.from_numpy(inputs[name]) for name in self.input_names))
         return (output.logits if hasattr(output, "logits") else output).float().numpy()
 
 

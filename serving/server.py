@@ -11,14 +11,16 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-SERVICES = {"news": "serving.news_service:NewsClassifier"}
+# task -> (BentoML service, its prediction route)
+SERVICES = {"news": ("serving.news_service:NewsClassifier", "/classify"),
+            "turbofan": ("serving.turbofan_service:TurbofanScorer", "/score")}
 
 
 class ServerFailed(RuntimeError):
     pass
 
 
-def service_for(task: str) -> str:
+def service_for(task: str) -> tuple[str, str]:
     if task not in SERVICES:
         raise ValueError(f"no HTTP service for task {task!r}; available: {', '.join(SERVICES)}")
     return SERVICES[task]
@@ -35,7 +37,7 @@ def start_server(task: str, ckpt: Path, port: int, runtime: str = "onnx", host: 
         if value is not None:
             env[key] = str(value)
     output = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - owned by the child from here on
-    return subprocess.Popen([sys.executable, "-m", "bentoml", "serve", service_for(task), "--host", host,
+    return subprocess.Popen([sys.executable, "-m", "bentoml", "serve", service_for(task)[0], "--host", host,
                              "--port", str(port)], env=env, stdout=output, stderr=subprocess.STDOUT,
                             start_new_session=True)
 

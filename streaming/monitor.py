@@ -26,7 +26,7 @@ import numpy as np
 from serving.predictor import TurbofanPredictor
 from streaming.alerts import AlertRule, AlertStateMachine
 from streaming.broker import TOPICS
-from streaming.schema import MessageError, parse_reading
+from streaming.schema import MessageError, SensorReading, parse_reading
 
 log = logging.getLogger("modelyard.monitor")
 
@@ -51,7 +51,6 @@ class MonitorSettings:
 class EngineWindow:
     partition: int
     rows: deque
-    last_cycle: int = 0
 
 
 @dataclass
@@ -60,6 +59,7 @@ class MonitorStats:
     alerts: int = 0
     dlq: int = 0
     latencies: deque = field(default_factory=lambda: deque(maxlen=5000))  # event time -> alert produced (s)
+    scored_latencies: deque = field(default_factory=lambda: deque(maxlen=50_000))  # event time -> scored (s)
     lag: dict[int, int] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
 
@@ -71,6 +71,7 @@ class TurbofanMonitor:
         self.rule = AlertRule.from_detector(self.predictor.detector, settings.consecutive, settings.hysteresis)
         self.alerts = AlertStateMachine(self.rule)
         self.windows: dict[int, EngineWindow] = {}
+        self.last_cycle: dict[int, int] = {}
         # partition -> first offset this group has not processed yet (None: to be looked up after an assignment)
         self.replay_until: dict[Any, int | None] = {}
         self.stats = MonitorStats()
@@ -108,6 +109,7 @@ class TurbofanMonitor:
     def _forget(self, partition: int) -> None:
         for engine in [e for e, w in self.windows.items() if w.partition == partition]:
             del self.windows[engine]
+            self.last_cycle.pop(engine, None)
             self.alerts.engines.pop(engine, None)
             self.latest.pop(engine, None)
 
@@ -149,21 +151,22 @@ class TurbofanMonitor:
         from kafka import OffsetAndMetadata
         from kafka.errors import CommitFailedError
 
-        scored: list[tuple[int, int, float, bool, np.ndarray]] = []  # engine, cycle, event time, silent, window
+        readings: list[tuple[SensorReading, int, bool]] = []  # in arrival order: reading, partition, silent
         offsets = {}
         for tp in batches:
             if self.replay_until.get(tp, 0) is None:
                 self.replay_until[tp] = self.consumer.committed(tp) or 0
         for tp, records in batches.items():
             for record in records:
-                item = self._ingest(record, silent=record.offset < self.replay_until.get(tp, 0))
-                if item is not None:
-                    scored.append(item)
+                silent = record.offset < self.replay_until.get(tp, 0)
+                reading = self._validate(record, silent)
+                if reading is not None:
+                    readings.append((reading, record.partition, silent))
             # Never move a partition's offset back while its history is being re-read after an assignment.
             if records[-1].offset + 1 > self.replay_until.get(tp, 0):
                 offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
-        if scored:
-            self._score_and_alert(scored)
+        if readings:
+            self._score_and_alert(readings)
         self.producer.flush()  # alerts and dead letters are on the broker before the offsets move
         if offsets:
             try:
@@ -171,33 +174,41 @@ class TurbofanMonitor:
             except CommitFailedError as exc:  # the partitions moved: their new owner rebuilds from the last commit
                 log.warning("offsets not committed (%s); their messages will be processed again", exc)
 
-    def _ingest(self, record, silent: bool) -> tuple[int, int, float, bool, np.ndarray] | None:
-        """The window ending at this cycle (a copy: later cycles of the same poll must not change it)."""
+    def _validate(self, record, silent: bool) -> SensorReading | None:
+        """A well-formed reading that continues its engine's history, or None (dead-lettered unless re-read)."""
         try:
             reading = parse_reading(record.value)
-            window = self.windows.get(reading.engine_id)
-            if window is not None and reading.cycle <= window.last_cycle:
+            last = self.last_cycle.get(reading.engine_id, 0)
+            if reading.cycle <= last:
                 raise MessageError(f"out-of-order cycle {reading.cycle} for engine {reading.engine_id} "
-                                   f"(last seen {window.last_cycle})")
+                                   f"(last seen {last})")
         except MessageError as exc:
             if not silent:
                 self._dead_letter(record, str(exc))
             return None
-        if window is None:
-            window = self.windows[reading.engine_id] = EngineWindow(record.partition,
-                                                                    deque(maxlen=self.predictor.window))
-        window.rows.append(self.predictor.features(np.asarray([reading.settings]), np.asarray([reading.sensors]))[0])
-        window.last_cycle = reading.cycle
-        if not silent:
-            self.stats.messages += 1
-        return (reading.engine_id, reading.cycle, reading.event_time, silent,
-                self.predictor.last_window(np.stack(window.rows)))
+        self.last_cycle[reading.engine_id] = reading.cycle
+        return reading
 
-    def _score_and_alert(self, scored: list[tuple[int, int, float, bool, np.ndarray]]) -> None:
-        scores = self.predictor.score(np.stack([item[4] for item in scored]))  # one model call per poll
-        for (engine, cycle, event_time, silent, _), score in zip(scored, scores.tolist(), strict=True):
-            alert = self.alerts.update(engine, cycle, score, event_time)
-            self.latest[engine] = {"cycle": cycle, "score": score, "state": self.alerts.state_of(engine)}
+    def _score_and_alert(self, readings: list[tuple[SensorReading, int, bool]]) -> None:
+        features = self.predictor.features(np.array([r.settings for r, _, _ in readings]),
+                                           np.array([r.sensors for r, _, _ in readings]))  # one call per poll
+        windows = np.empty((len(readings), self.predictor.window, features.shape[1]), dtype=np.float32)
+        for i, ((reading, partition, silent), row) in enumerate(zip(readings, features, strict=True)):
+            window = self.windows.get(reading.engine_id)
+            if window is None:
+                window = self.windows[reading.engine_id] = EngineWindow(partition,
+                                                                        deque(maxlen=self.predictor.window))
+            window.rows.append(row)
+            windows[i] = self.predictor.last_window(np.asarray(window.rows))  # as it is at this cycle
+            if not silent:
+                self.stats.messages += 1
+        scores = self.predictor.score(windows)  # one model call per poll
+        now = time.time()
+        self.stats.scored_latencies.extend(now - r.event_time for r, _, silent in readings if not silent)
+        for (reading, _, silent), score in zip(readings, scores.tolist(), strict=True):
+            alert = self.alerts.update(reading.engine_id, reading.cycle, score, reading.event_time)
+            self.latest[reading.engine_id] = {"cycle": reading.cycle, "score": score,
+                                              "state": self.alerts.state_of(reading.engine_id)}
             if alert is not None and not silent:
                 self._publish(alert)
 
@@ -260,6 +271,15 @@ def serve_metrics(monitor: TurbofanMonitor, port: int, host: str = "127.0.0.1") 
             for partition, behind in sorted(stats.lag.items()):
                 lag.add_metric([str(partition)], behind)
             yield lag
+            # Per engine: what the dashboard charts (predicted RUL, or reconstruction error) and at which cycle.
+            score = GaugeMetricFamily("modelyard_monitor_engine_score", "latest score per engine",
+                                      labels=["engine", "state"])
+            cycle = GaugeMetricFamily("modelyard_monitor_engine_cycle", "latest cycle per engine", labels=["engine"])
+            for engine, latest in sorted(dict(monitor.latest).items()):
+                score.add_metric([str(engine), latest["state"]], latest["score"])
+                cycle.add_metric([str(engine)], latest["cycle"])
+            yield score
+            yield cycle
 
     registry = CollectorRegistry()
     registry.register(MonitorCollector())

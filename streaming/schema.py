@@ -46,6 +46,10 @@ def reading_from_row(row: list[float], event_time: float | None = None) -> Senso
 def parse_reading(raw: bytes | None) -> SensorReading:
     if raw is None:
         raise MessageError("empty message (no value)")
+    try:  # the fast path: pydantic parses and checks the bytes in one go
+        return SensorReading.model_validate_json(raw)
+    except ValidationError:
+        pass  # say precisely what is wrong below
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,54 @@ def tiny_encoders(tmp_path_factory, news_dir) -> dict[str, Path]:
     corpus = read_news_csv(news_dir / "train.csv").texts
     root = tmp_path_factory.mktemp("tiny-encoders")
     return {arch: make_tiny_encoder(root / arch, arch, corpus) for arch in ("bert", "distilbert", "roberta")}
+
+
+@pytest.fixture(scope="session")
+def turbofan_ckpt(tmp_path_factory, synthetic_cmapss) -> Path:
+    """A turbofan LSTM trained briefly on generated FD001, exported to ONNX (for serving and streaming tests)."""
+    out = tmp_path_factory.mktemp("turbofan-served") / "ckpt"
+    result = run_cli("train", "turbofan", "--out", out, "--data-dir", synthetic_cmapss, "--epochs", "3",
+                     "--no-evaluate")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert run_cli("export", out).returncode == 0
+    return out
+
+
+def chromium() -> tuple[str, str] | None:
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+@pytest.fixture
+def browser():
+    if chromium() is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have Debian chromium + chromium-driver (.ci/run installs them)")
+        pytest.skip("chromium/chromedriver not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium()[0]
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-dev-shm-usage", "--disable-component-update", "--disable-sync", "--no-first-run",
+                 f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(chromium()[1]), options=options)
+    yield driver
+    driver.quit()
+
+
+def post(url: str, body: object = None, raw: bytes | None = None) -> tuple[int, object]:
+    """POST JSON (or raw bytes); (status, parsed JSON) on success, (status, body text) on an HTTP error."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = raw if raw is not None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()

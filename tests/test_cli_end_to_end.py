@@ -90,10 +90,12 @@ def test_training_variants(tmp_path, synthetic_cmapss, extra):
 def test_demo_trains_both_models_then_serves_the_api_and_the_app(tmp_path, tiny_encoders):
     """`make demo`'s command with one turbofan epoch and a tiny news encoder: real data when MODELYARD_DATA has it.
     It must end up serving the news API and the Gradio app, and stop both on Ctrl-C."""
-    out, api_port, app_port = tmp_path / "demo", free_port(), free_port()
+    out, api_port, app_port, kafka_port, metrics_port = tmp_path / "demo", free_port(), free_port(), free_port(), \
+        free_port()
     process = subprocess.Popen([sys.executable, "-m", "apps.cli", "demo", "--out", str(out), "--epochs", "1",
                                 "--news-model", str(tiny_encoders["bert"]), "--api-port", str(api_port),
-                                "--app-port", str(app_port)], cwd=REPO, stdout=subprocess.PIPE,
+                                "--app-port", str(app_port), "--kafka-port", str(kafka_port),
+                                "--metrics-port", str(metrics_port)], cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
@@ -116,6 +118,20 @@ def test_demo_trains_both_models_then_serves_the_api_and_the_app(tmp_path, tiny_
             assert json.loads(response.read())[0]["label"] in ("World", "Sports", "Business", "Sci/Tech")
         with urllib.request.urlopen(f"http://127.0.0.1:{app_port}/", timeout=30) as response:
             assert response.status == 200
+        request = urllib.request.Request(f"http://127.0.0.1:{api_port + 1}/score", headers={"Content-Type":
+                                         "application/json"}, data=json.dumps({"cycles": [[1.0] * 24]}).encode())
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert "health" in json.loads(response.read())
+        deadline = time.monotonic() + 60  # the replay is flowing through the monitor
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+                scored = [line for line in response.read().decode().splitlines()
+                          if line.startswith("modelyard_monitor_messages_total")]
+            if scored and float(scored[0].split()[-1]) > 0:
+                break
+            time.sleep(1)
+        else:
+            pytest.fail("the monitor scored nothing")
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(60) == 0

@@ -2,11 +2,9 @@
 real headless Chromium."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -18,18 +16,8 @@ import pytest
 
 from serving.predictor import NewsPredictor, load_predictor
 from serving.server import start_server, stop_server, wait_ready
-from tests.conftest import REPO, assert_clean_failure, free_port, run_cli
+from tests.conftest import REPO, assert_clean_failure, free_port, post, run_cli
 from training.checkpoint import CheckpointError
-
-
-def post(url: str, body: object, raw: bytes | None = None) -> tuple[int, object]:
-    data = raw if raw is not None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 @pytest.fixture(scope="module")
@@ -158,31 +146,6 @@ def test_serve_cli_starts_prints_urls_and_stops_on_sigterm(ckpt):
     assert "Traceback" not in err
     with pytest.raises((urllib.error.URLError, ConnectionError)):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2)
-
-
-def chromium() -> tuple[str, str] | None:
-    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    return (browser, driver) if browser and driver else None
-
-
-@pytest.fixture
-def browser():
-    if chromium() is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must have Debian chromium + chromium-driver (.ci/run installs them)")
-        pytest.skip("chromium/chromedriver not installed (apt-get install chromium chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium()[0]
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-dev-shm-usage", "--disable-component-update", "--disable-sync", "--no-first-run",
-                 f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(chromium()[1]), options=options)
-    yield driver
-    driver.quit()
 
 
 @pytest.mark.parametrize("source", ["checkpoint", "api"])

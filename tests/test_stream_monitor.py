@@ -17,18 +17,8 @@ from streaming.alerts import AlertRule, AlertStateMachine
 from streaming.broker import TOPICS, EmbeddedBroker, ensure_topics
 from streaming.monitor import MonitorSettings, TurbofanMonitor
 from streaming.replay import load_replay, replay
-from tests.conftest import REPO, free_port, run_cli
+from tests.conftest import REPO, free_port
 from training.data.cmapss import SENSORS, SETTINGS, windows_per_cycle
-
-
-@pytest.fixture(scope="module")
-def turbofan_ckpt(tmp_path_factory, synthetic_cmapss):
-    out = tmp_path_factory.mktemp("monitor") / "ckpt"
-    result = run_cli("train", "turbofan", "--out", out, "--data-dir", synthetic_cmapss, "--epochs", "3",
-                     "--no-evaluate")
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert run_cli("export", out).returncode == 0
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +154,47 @@ def test_two_monitors_in_one_group_split_partitions_and_agree(broker, turbofan_c
     assert alerts_by_key(broker.bootstrap_servers) == expected_alerts
     assert a.stats.messages > 0 and b.stats.messages > 0
     assert np.isfinite(a.stats.messages + b.stats.messages)
+
+
+def test_dashboard_shows_live_scores_and_an_alert_in_a_headless_browser(broker, turbofan_ckpt, stream, browser,
+                                                                       tmp_path):
+    import urllib.request
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from streaming.monitor import serve_metrics
+
+    running = monitor(broker, turbofan_ckpt, group="dashboard")
+    metrics_port, app_port = free_port(), free_port()
+    serve_metrics(running, metrics_port)
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    app = subprocess.Popen([sys.executable, "-m", "apps.cli", "app", "--bootstrap-servers", broker.bootstrap_servers,
+                            "--monitor-metrics", f"http://127.0.0.1:{metrics_port}/metrics", "--port", str(app_port)],
+                           cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "app.log", "w"))
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{app_port}/", timeout=2)
+                break
+            except OSError:
+                assert app.poll() is None and time.monotonic() < deadline, (tmp_path / "app.log").read_text()
+                time.sleep(0.5)
+        browser.get(f"http://127.0.0.1:{app_port}/")
+        wait = WebDriverWait(browser, 120, poll_frequency=0.5)
+        tab = wait.until(lambda d: next((e for e in d.find_elements(By.XPATH, "//button[contains(., 'Turbofan')]")
+                                         if e.is_displayed()), None))
+        browser.execute_script("arguments[0].click()", tab)  # the page may still be laying out
+        replay(broker.bootstrap_servers, stream, rate=3000, progress=False)
+        first = min(expected_key for expected_key in alerts_by_key(broker.bootstrap_servers, idle_s=1.0))
+        wait.until(lambda d: "engine-" in d.find_element(By.ID, "turbofan-alerts").text)
+        assert "engines monitored" in browser.find_element(By.ID, "turbofan-status").text
+        assert first.startswith("engine-")
+        browser.save_screenshot(str(tmp_path / "turbofan-tab.png"))
+    finally:
+        app.terminate()
+        app.wait(30)
+        running.stop()
+        thread.join(30)

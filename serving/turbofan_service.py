@@ -1,0 +1,46 @@
+"""The turbofan scoring API as a BentoML service: POST /score with one engine's cycles -> predicted RUL (or the
+autoencoder's reconstruction error), a health score and the checkpoint detector's alarm flag.
+
+Each cycle is 24 numbers in C-MAPSS column order (3 operating settings, then sensors s1..s21). Send a window or an
+engine's whole history: the model reads the last `window` cycles, repeating the first one when there are fewer (as
+in training). Settings come from MODELYARD_CHECKPOINT / MODELYARD_RUNTIME, which `modelyard serve` sets.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import bentoml
+import numpy as np
+from pydantic import BaseModel, Field
+
+MAX_CYCLES = int(os.environ.get("MODELYARD_MAX_CYCLES", "5000"))
+
+Cycle = Annotated[list[Annotated[float, Field(allow_inf_nan=False)]], Field(min_length=24, max_length=24)]
+
+
+class EngineScore(BaseModel):
+    predicted_rul: float | None = Field(None, description="cycles left (RUL models)")
+    reconstruction_error: float | None = Field(None, description="anomaly score (autoencoder models)")
+    health: float = Field(description="1 healthy .. 0 at or past the alarm")
+    alarm: bool = Field(description="the checkpoint's detector fires on this window")
+    cycles_used: int
+
+
+@bentoml.service(name="turbofan_scorer", workers=1, traffic={"timeout": 30})
+class TurbofanScorer:
+    def __init__(self) -> None:
+        from serving.predictor import TurbofanPredictor
+
+        self.predictor = TurbofanPredictor(os.environ["MODELYARD_CHECKPOINT"],
+                                           os.environ.get("MODELYARD_RUNTIME", "onnx"))
+
+    @bentoml.api(route="/score")
+    def score(self, cycles: Annotated[list[Cycle], Field(min_length=1, max_length=MAX_CYCLES)]) -> EngineScore:
+        """Score one engine: its recent cycles (at least one; the last `window` are used)."""
+        rows = np.asarray(cycles, dtype=np.float64)
+        features = self.predictor.features(rows[:, :3], rows[:, 3:])
+        window = self.predictor.last_window(features)[None]
+        result = self.predictor.assess(self.predictor.score(window))[0]
+        return EngineScore(**result, cycles_used=min(len(cycles), self.predictor.window))
