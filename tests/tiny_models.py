@@ -29,8 +29,10 @@ def _bpe_tokenizer(corpus: list[str]):
 
 def make_tiny_encoder(out: Path, arch: str, corpus: list[str]) -> Path:
     """Write a tiny `arch` (bert | distilbert | roberta) model + tokenizer to `out`; 4 heads so --tp 2 splits it."""
+    import torch
     from transformers import AutoModel, BertConfig, DistilBertConfig, RobertaConfig
 
+    torch.manual_seed(0)  # the same tiny model in every test session
     if arch == "roberta":
         tokenizer = _bpe_tokenizer(corpus)
         config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
