@@ -206,9 +206,9 @@ def serve(
     max_chars: Annotated[int, typer.Option(help="news: most characters in one text")] = 10_000,
 ) -> None:
     """Serve a checkpoint over HTTP with BentoML (adaptive batching, /healthz /readyz /metrics, OpenAPI at /docs)."""
-    import signal
     import tempfile
 
+    from apps.signals import interrupt_on_sigterm
     from serving.predictor import ONNX_FILE, RUNTIMES
     from serving.server import ServerFailed, service_for, start_server, stop_server, wait_ready
     from training.checkpoint import CheckpointError, verify_checkpoint
@@ -228,7 +228,7 @@ def serve(
     log = Path(tempfile.gettempdir()) / f"modelyard-serve-{task}-{port}.log"
     process = start_server(task, checkpoint, port, runtime, host, max_texts, max_chars, log=log)
     url = f"http://{host}:{port}"
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    interrupt_on_sigterm()
     try:
         wait_ready(url, process, log=log)
         console.print(f"{task} API ready ({runtime}): POST {url}{route}   docs: {url}/docs   metrics: {url}/metrics")
@@ -290,13 +290,13 @@ def stream_broker(
     data_dir: Annotated[Path, typer.Option(help="where the broker keeps its data")] = Path("runs/broker"),
 ) -> None:
     """Run the embedded Kafka-protocol broker (noida-db) until Ctrl-C or SIGTERM."""
-    import signal
     import time
 
+    from apps.signals import interrupt_on_sigterm
     from streaming.broker import BrokerError, EmbeddedBroker, ensure_topics
 
     broker = EmbeddedBroker(data_dir, port, host)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    interrupt_on_sigterm()
     try:
         bootstrap = broker.start()
         ensure_topics(bootstrap)

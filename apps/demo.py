@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import tempfile
 import time
 from pathlib import Path
@@ -37,13 +36,14 @@ def serve_until_interrupted(out: Path, ports: dict[str, int], console: Console, 
     import threading
 
     from apps.gradio_app import build_app
+    from apps.signals import interrupt_on_sigterm
     from serving.server import start_server, stop_server, wait_ready
     from streaming.broker import EmbeddedBroker, ensure_topics
     from streaming.monitor import MonitorSettings, TurbofanMonitor, serve_metrics
     from streaming.replay import load_replay, replay
     from training.checkpoint import read_manifest
 
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    interrupt_on_sigterm()
     logs = Path(tempfile.gettempdir())
     servers, app, stop, threads = [], None, threading.Event(), []
     import shutil
@@ -97,7 +97,3 @@ def serve_until_interrupted(out: Path, ports: dict[str, int], console: Console, 
         for server in servers:
             stop_server(server)
         broker.stop()
-
-
-def _raise_interrupt(*_: Any) -> None:
-    raise KeyboardInterrupt
