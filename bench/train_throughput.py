@@ -26,7 +26,7 @@ from training.checkpoint import read_manifest  # noqa: E402
 CPU = [("torch", "ddp", []), ("torch", "fsdp", []), ("colossalai", "ddp", []), ("colossalai", "zero1", []),
        ("colossalai", "zero2", []), ("colossalai", "zero2", ["--offload"]), ("fairscale", "oss", []),
        ("fairscale", "pipe", [])]
-GPU_ONLY = [("colossalai", "gemini", []), ("fairscale", "fsdp", [])]
+GPU_ONLY = [("colossalai", "gemini", []), ("colossalai", "fsdp", []), ("fairscale", "fsdp", [])]
 
 
 def run(backend: str, strategy: str, extra: list[str], nproc: int, args, work: Path) -> tuple[float | None, str]:

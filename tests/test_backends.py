@@ -9,6 +9,8 @@ import torch
 
 from tests.conftest import assert_clean_failure, run_cli
 from training.checkpoint import load_checkpoint, verify_checkpoint
+from training.config import TrainConfig
+from training.engine.backends import StrategyUnavailable, backend_class
 from training.models import build_model
 from training.tasks import turbofan
 
@@ -70,6 +72,7 @@ def test_fairscale_pipe_splits_stages_and_saves_original_names(tmp_path, cmapss_
     [
         (["--backend", "colossalai", "--strategy", "gemini"], "gemini keeps parameters in CUDA memory"),
         (["--backend", "fairscale", "--strategy", "fsdp"], "fairscale fsdp allocates CUDA streams"),
+        (["--backend", "colossalai", "--strategy", "fsdp"], "colossalai fsdp (TorchFSDPPlugin) places the model"),
         (["--backend", "colossalai", "--strategy", "hybrid", "--tp", "2"], "needs a model with a shardformer policy"),
         (["--backend", "torch", "--strategy", "zero2"], "backend torch has no strategy 'zero2'"),
         (["--backend", "fairscale", "--strategy", "pipe", "--nproc", "2"], "run it with --nproc 1"),
@@ -83,3 +86,19 @@ def test_impossible_strategies_are_refused_in_one_line(tmp_path, cmapss_dir, arg
     result = run_cli("train", "turbofan", "--out", tmp_path / "x", "--data-dir", cmapss_dir, *args, timeout=120)
     assert_clean_failure(result, message)
     assert len(result.stderr.strip().splitlines()) <= 3  # one message (rich may wrap it)
+
+
+@pytest.mark.parametrize(
+    ("backend", "strategy", "precision", "message"),
+    [
+        ("colossalai", "gemini", "fp32", "gemini trains in fp16 or bf16"),
+        ("fairscale", "pipe", "bf16", "use --precision fp32 with it"),
+    ],
+)
+def test_gpu_combinations_checked_without_a_gpu(backend, strategy, precision, message):
+    """What would be refused on a CUDA machine is decided before any process starts, so it is testable here."""
+    cfg = TrainConfig(task="turbofan", out="unused", backend=backend, strategy=strategy, precision=precision)
+    with pytest.raises(StrategyUnavailable, match=message):
+        backend_class(cfg, "cuda")
+    cfg.precision = "bf16" if precision == "fp32" else "fp32"
+    assert backend_class(cfg, "cuda").name == backend  # the same strategy in a precision it takes

@@ -48,6 +48,10 @@ def run_training(cfg: TrainConfig) -> Path:
     """Train and save a checkpoint in cfg.out; raises StrategyUnavailable/TrainingFailed with a one-line reason."""
     device = resolve_device(cfg.device)
     backend_class(cfg, device, get_task(cfg.task).HF_MODEL)  # refuse impossible combinations before any start
+    if device == "cuda" and cfg.nproc > torch.cuda.device_count():
+        # NCCL refuses two ranks on one GPU; say so before starting processes that would each fail.
+        raise TrainingFailed(f"--nproc {cfg.nproc} needs {cfg.nproc} GPUs on this machine (one per process); "
+                             f"{torch.cuda.device_count()} visible")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg.data_dir = str(resolve_data_dir(cfg).resolve())

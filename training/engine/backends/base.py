@@ -135,3 +135,26 @@ def unwrap_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def iter_params(model: nn.Module) -> Iterator[nn.Parameter]:
     return (p for p in model.parameters() if p.requires_grad)
+
+
+def full_model_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Whole, unsharded fp32 weights of an FSDP (1 or 2) module on the CPU, under the original parameter names
+    (collective: call on every rank)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k.replace("_checkpoint_wrapped_module.", ""): v.float() if v.is_floating_point() else v
+            for k, v in state.items()}
+
+
+def full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(module, optimizer, options=StateDictOptions(full_state_dict=True,
+                                                                                cpu_offload=True))
+
+
+def load_full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))

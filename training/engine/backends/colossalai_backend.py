@@ -1,5 +1,6 @@
-"""Colossal-AI through its Booster: torch DDP, ZeRO-1/2 (LowLevelZero, optional CPU offload), Gemini, and hybrid
-tensor parallelism (HybridParallelPlugin: shardformer splits a Hugging Face transformer's layers across ranks)."""
+"""Colossal-AI through its Booster: torch DDP, ZeRO-1/2 (LowLevelZero, optional CPU offload), Gemini (chunked
+parameters on the GPU), PyTorch FSDP (TorchFSDPPlugin), and hybrid tensor parallelism (HybridParallelPlugin:
+shardformer splits a Hugging Face transformer's layers across ranks)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,17 @@ import torch
 from torch import nn
 
 from training.config import TrainConfig
-from training.engine.backends.base import Backend, OptimizerSpec, StrategyUnavailable, iter_params, unwrap_state_dict
+from training.engine.backends.base import (
+    Backend,
+    OptimizerSpec,
+    StrategyUnavailable,
+    full_model_state,
+    full_optimizer_state,
+    iter_params,
+    load_full_optimizer_state,
+    model_blocks,
+    unwrap_state_dict,
+)
 
 
 class ColossalAIBackend(Backend):
@@ -30,11 +41,14 @@ class ColossalAIBackend(Backend):
         if strategy == "gemini" and device != "cuda":
             raise StrategyUnavailable("colossalai gemini keeps parameters in CUDA memory chunks and needs a GPU; "
                                       "on the CPU use --strategy zero2 (add --offload to keep optimizer state in RAM)")
+        if strategy == "gemini" and cfg.precision == "fp32":
+            raise StrategyUnavailable("colossalai gemini trains in fp16 or bf16 (with fp32 master weights); "
+                                      "pass --precision bf16 or --precision fp16")
+        if strategy == "fsdp" and device != "cuda":
+            raise StrategyUnavailable("colossalai fsdp (TorchFSDPPlugin) places the model on the current CUDA device "
+                                      "and needs a GPU; on the CPU use --backend torch --strategy fsdp (FSDP2)")
         if strategy == "hybrid":
             cls._check_hybrid(cfg, hf_model)
-        if strategy == "fsdp":
-            raise StrategyUnavailable("colossalai fsdp (TorchFSDPPlugin) fails with torch>=2.6 optimizers in "
-                                      "colossalai 0.5.0; use --backend torch --strategy fsdp (FSDP2) instead")
         if cfg.offload and strategy not in ("zero2", "gemini"):
             raise StrategyUnavailable("--offload applies to colossalai zero2 and gemini only")
 
@@ -59,7 +73,13 @@ class ColossalAIBackend(Backend):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # import-time notices about optional CUDA kernels (apex, tensornvme)
             from colossalai.booster import Booster
-            from colossalai.booster.plugin import GeminiPlugin, HybridParallelPlugin, LowLevelZeroPlugin, TorchDDPPlugin
+            from colossalai.booster.plugin import (
+                GeminiPlugin,
+                HybridParallelPlugin,
+                LowLevelZeroPlugin,
+                TorchDDPPlugin,
+                TorchFSDPPlugin,
+            )
         on_cpu = self.ctx.device.type == "cpu"
         if on_cpu:
             from training.engine import colossalai_cpu_compat
@@ -80,12 +100,36 @@ class ColossalAIBackend(Backend):
             # ZeRO stays off: the data-parallel replicas use plain DDP across tensor-parallel groups.
             plugin = HybridParallelPlugin(tp_size=self.cfg.tp, pp_size=self.cfg.pp, precision=precision,
                                           max_norm=self.cfg.max_grad_norm, zero_stage=0)
+        elif self.strategy == "fsdp":
+            from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+            blocks = model_blocks(model)
+            policy = ModuleWrapPolicy({type(block) for block in blocks}) if blocks is not None else None
+            plugin = TorchFSDPPlugin(auto_wrap_policy=policy)
+            # The plugin re-runs the optimizer's __init__ with its own `defaults` over the FSDP parameters; torch's
+            # AdamW rejects the `decoupled_weight_decay` key its defaults carry (torch>=2.6), Adam takes it.
+            optimizer = OptimizerSpec(torch.optim.Adam, {**optimizer.kwargs, "decoupled_weight_decay": True})
         else:
             plugin = GeminiPlugin(precision=precision, max_norm=self.cfg.max_grad_norm,
                                   placement_policy="static", offload_optim_frac=1.0 if self.cfg.offload else 0.0)
+            optimizer = self._gemini_optimizer(optimizer)
         self.booster = Booster(plugin=plugin)
         self.model, self.optimizer, *_ = self.booster.boost(model, optimizer.build(iter_params(model)))
+        if self.strategy == "fsdp":
+            # FSDP1 loss scaling must agree on inf/nan across shards; the plugin leaves precision to autocast.
+            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+            self.scaler = ShardedGradScaler(enabled=precision == "fp16")
         return self.model
+
+    @staticmethod
+    def _gemini_optimizer(optimizer: OptimizerSpec) -> OptimizerSpec:
+        """Gemini steps only Colossal-AI's own Adam kernels (HybridAdam: fused CUDA for chunks on the GPU, SIMD
+        C++ for offloaded ones); adamw_mode keeps AdamW's decoupled weight decay."""
+        from colossalai.nn.optimizer import HybridAdam
+
+        kwargs = {k: v for k, v in optimizer.kwargs.items() if k in ("lr", "betas", "eps", "weight_decay")}
+        return OptimizerSpec(HybridAdam, {**kwargs, "adamw_mode": True})
 
     @property
     def data_parallel(self) -> tuple[int, int]:
@@ -107,9 +151,14 @@ class ColossalAIBackend(Backend):
         return contextlib.nullcontext()  # ZeRO-2 keeps reducing into its gradient shards; results are the same
 
     def backward(self, loss: torch.Tensor) -> None:
-        self.booster.backward(loss, self.optimizer)
+        if self.strategy == "fsdp":
+            self.scaler.scale(loss).backward()
+        else:
+            self.booster.backward(loss, self.optimizer)
 
     def step(self) -> float | None:
+        if self.strategy == "fsdp":
+            return self._fsdp_step()
         norm = None
         if self.strategy not in self._PLUGIN_PRECISION:  # the ZeRO/Gemini optimizers clip inside step()
             norm = float(self.optimizer.clip_grad_by_norm(self.cfg.max_grad_norm))
@@ -117,14 +166,34 @@ class ColossalAIBackend(Backend):
         self.optimizer.zero_grad()
         return norm
 
+    def _fsdp_step(self) -> float:
+        inner = self.optimizer.optim
+        self.scaler.unscale_(inner)
+        # FSDP's own clip: the norm over every rank's flat-parameter shard, not this rank's shard alone.
+        norm = self.model.module.clip_grad_norm_(self.cfg.max_grad_norm)
+        self.scaler.step(inner)
+        self.scaler.update()
+        inner.zero_grad(set_to_none=True)
+        return float(norm)
+
     def model_state_dict(self) -> dict[str, torch.Tensor]:
+        if self.strategy == "gemini":  # parameters live in chunks; the wrapper gathers them (collective)
+            return {k: v.detach().to("cpu", torch.float32) for k, v in self.model.state_dict().items()}
+        if self.strategy == "fsdp":
+            return full_model_state(self.model.module)
         # ZeRO-1/2 shard optimizer state and gradients only: every rank holds full working weights. Under hybrid,
         # shardformer's parallel layers gather their tensor-parallel pieces in state_dict() (collective).
         return unwrap_state_dict(self.model.unwrap())
 
     def optimizer_state_dict(self) -> dict[str, Any]:
-        # LowLevelZero gathers the shards (collective); under hybrid each rank returns its own shards' state.
+        if self.strategy == "fsdp":
+            return full_optimizer_state(self.model.module, self.optimizer.optim)
+        # LowLevelZero and Gemini gather the shards (collective); under hybrid each rank returns its own shards'.
         return self.optimizer.state_dict()
 
     def load_optimizer_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state)
+        if self.strategy == "fsdp":
+            load_full_optimizer_state(self.model.module, self.optimizer.optim, state)
+        else:
+            self.optimizer.load_state_dict(state)
+

@@ -60,10 +60,17 @@ class FairScaleBackend(Backend):
             self.scaler = torch.amp.GradScaler(self.ctx.device.type, enabled=False)
         else:
             from fairscale.nn.data_parallel import FullyShardedDataParallel
+            from fairscale.optim.grad_scaler import ShardedGradScaler
 
-            self.model = FullyShardedDataParallel(model, mixed_precision=self.cfg.precision == "fp16")
+            mixed = self.cfg.precision == "fp16"
+            # fairscale 0.4.13 casts fp16 gradients back to fp32 only after a reduce-scatter; with one process there
+            # is none and the fp32 optimizer meets fp16 gradients. Reducing in fp32 casts them first.
+            self.model = FullyShardedDataParallel(model, mixed_precision=mixed,
+                                                  fp32_reduce_scatter=mixed and self.ctx.world_size == 1)
             self.optimizer = optimizer.build(self.model.parameters())
-            self.scaler = torch.amp.GradScaler("cuda", enabled=self.cfg.precision == "fp16")
+            # FSDP's fp16 mode reduces gradients in fp16; torch's GradScaler refuses to unscale those, fairscale's
+            # sharded scaler takes them (and agrees on inf/nan across shards).
+            self.scaler = ShardedGradScaler(enabled=self.cfg.precision == "fp16")
         return self.model
 
     def no_sync(self) -> contextlib.AbstractContextManager:
@@ -98,10 +105,12 @@ class FairScaleBackend(Backend):
         if self.strategy == "oss":
             self.optimizer.consolidate_state_dict(recipient_rank=0)
             return self.optimizer.state_dict() if self.ctx.is_main else {}
+        if self.ctx.world_size == 1:  # nothing is sharded, and fairscale's gather expects padded shards
+            return self.optimizer.state_dict()
         return self.model.gather_full_optim_state_dict(self.optimizer) or {}
 
     def load_optimizer_state_dict(self, state: dict[str, Any]) -> None:
-        if self.strategy in ("oss", "pipe"):
+        if self.strategy in ("oss", "pipe") or self.ctx.world_size == 1:
             self.optimizer.load_state_dict(state)
         else:
             self.optimizer.load_state_dict(self.model.get_shard_from_optim_state_dict(state))

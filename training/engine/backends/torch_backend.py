@@ -7,15 +7,18 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_optimizer_state_dict,
-)
 from torch.nn.parallel import DistributedDataParallel
 
-from training.engine.backends.base import Backend, OptimizerSpec, iter_params, model_blocks, unwrap_state_dict
+from training.engine.backends.base import (
+    Backend,
+    OptimizerSpec,
+    full_model_state,
+    full_optimizer_state,
+    iter_params,
+    load_full_optimizer_state,
+    model_blocks,
+    unwrap_state_dict,
+)
 
 
 class TorchBackend(Backend):
@@ -58,25 +61,21 @@ class TorchBackend(Backend):
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
         return float(norm)
 
-    _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
-
     def model_state_dict(self) -> dict[str, torch.Tensor]:
         if self.strategy == "ddp":
             return unwrap_state_dict(self.model.module)
-        return {k.replace("_checkpoint_wrapped_module.", ""): v.float() if v.is_floating_point() else v
-                for k, v in get_model_state_dict(self.model, options=self._FULL).items()}
+        return full_model_state(self.model)
 
     def optimizer_state_dict(self) -> dict[str, Any]:
         if self.strategy == "ddp":
             return self.optimizer.state_dict()
-        return get_optimizer_state_dict(self.model, self.optimizer, options=self._FULL)
+        return full_optimizer_state(self.model, self.optimizer)
 
     def load_optimizer_state_dict(self, state: dict[str, Any]) -> None:
         if self.strategy == "ddp":
             self.optimizer.load_state_dict(state)
         else:
-            set_optimizer_state_dict(self.model, self.optimizer, state,
-                                     options=StateDictOptions(full_state_dict=True))
+            load_full_optimizer_state(self.model, self.optimizer, state)
 
 
 @contextlib.contextmanager
