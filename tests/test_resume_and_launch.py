@@ -15,7 +15,8 @@ from tests.conftest import REPO, run_cli
 from training.checkpoint import load_checkpoint, verify_checkpoint
 from training.engine.distributed import free_port
 
-TRAIN = ["--nproc", "2", "--epochs", "3", "--batch-size", "128", "--no-evaluate"]
+# One LSTM instead of the default ensemble: these tests are about the engine, and it keeps them three times faster.
+TRAIN = ["--nproc", "2", "--epochs", "3", "--batch-size", "128", "--no-evaluate", "--members", "1"]
 
 
 def processes_running(fragment: str) -> list[int]:
@@ -93,7 +94,7 @@ def test_early_stopping_stops_when_validation_stalls(tmp_path, cmapss_dir):
     out = tmp_path / "ckpt"
     # lr 0 leaves the weights unchanged, so validation cannot improve after the first epoch.
     result = run_cli("train", "turbofan", "--out", out, "--data-dir", cmapss_dir, "--epochs", "10", "--lr", "0",
-                     "--early-stop-patience", "2", "--no-evaluate")
+                     "--early-stop-patience", "2", "--no-evaluate", "--members", "1")
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = verify_checkpoint(out)
     assert manifest.training["stopped_early"] is True and manifest.training["epochs_run"] == 3

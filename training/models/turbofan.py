@@ -59,13 +59,51 @@ class SequentialModel(nn.Module):
         return x
 
 
+class MemberStack(nn.Module):
+    """The same layer once per ensemble member, with members on the last axis (so pipeline micro-batches still split
+    the batch axis): the first layer gives every member the shared sensor window, later layers give member m its own
+    slice `x[..., m]`. Outputs are stacked on a new last axis."""
+
+    def __init__(self, members: list[nn.Module], shared_input: bool) -> None:
+        super().__init__()
+        self.members, self.shared_input = nn.ModuleList(members), shared_input
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x if self.shared_input else x[..., m])
+                            for m, member in enumerate(self.members)], dim=-1)
+
+
+class EnsembleHead(MemberStack):
+    """One RUL head per member. Training returns every member's RUL (batch, members) so each member fits the target
+    on its own (independent errors are what averaging cancels); evaluation, export and serving get the mean."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        per_member = super().forward(x)
+        return per_member if self.training else per_member.mean(dim=-1)
+
+
 class TurbofanLSTM(SequentialModel):
+    """Stacked LSTM over the window, RUL from the last step. `members` > 1 makes it a deep ensemble of that many
+    independently initialised LSTMs in one module (same batches, own losses, averaged predictions): on FD001 the test
+    RMSE of single models moves by about 2 cycles between seeds with the same validation RMSE, and averaging removes
+    much of that spread."""
+
     def __init__(self, n_features: int, hidden: int = 64, layers: int = 2, dropout: float = 0.1,
-                 rul_cap: float = 125.0, window: int = 30) -> None:
+                 rul_cap: float = 125.0, window: int = 30, members: int = 1) -> None:
         super().__init__()
         self.rul_cap, self.window = rul_cap, window
-        self.blocks = nn.ModuleList(LSTMBlock(n_features if i == 0 else hidden, hidden, dropout) for i in range(layers))
-        self.head = RULHead(hidden, rul_cap, pool="last")
+
+        def layer(i: int) -> nn.Module:
+            return LSTMBlock(n_features if i == 0 else hidden, hidden, dropout)
+
+        if members == 1:
+            self.blocks = nn.ModuleList(layer(i) for i in range(layers))
+            self.head = RULHead(hidden, rul_cap, pool="last")
+        else:
+            self.blocks = nn.ModuleList(MemberStack([layer(i) for _ in range(members)], shared_input=i == 0)
+                                        for i in range(layers))
+            self.head = EnsembleHead([RULHead(hidden, rul_cap, pool="last") for _ in range(members)],
+                                     shared_input=False)
 
     def stages(self) -> list[nn.Module]:
         return [*self.blocks, self.head]

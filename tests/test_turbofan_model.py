@@ -1,0 +1,41 @@
+"""The default turbofan model is an ensemble of LSTMs in one module: members train on their own losses and
+predictions are their mean."""
+
+import torch
+
+from training.models import build_model
+from training.tasks.turbofan import rul_loss
+
+
+def ensemble(members: int = 3):
+    torch.manual_seed(0)
+    return build_model({"arch": "lstm", "n_features": 5, "window": 8, "dropout": 0.0, "members": members})
+
+
+def test_training_returns_every_member_and_evaluation_their_mean():
+    model, x = ensemble(), torch.randn(4, 8, 5)
+    per_member = model.train()(x)
+    assert per_member.shape == (4, 3)
+    assert not torch.allclose(per_member[:, 0], per_member[:, 1])  # independently initialised
+    torch.testing.assert_close(model.eval()(x), per_member.mean(dim=-1))
+
+
+def test_each_member_learns_from_its_own_error_only():
+    model, x = ensemble(), torch.randn(4, 8, 5)
+    model.train()(x)[:, 0].sum().backward()
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    assert grads["blocks.0.members.0.lstm.weight_ih_l0"].abs().sum() > 0
+    assert all(g is None or g.abs().sum() == 0 for name, g in grads.items() if ".members.0." not in name)
+
+
+def test_rul_loss_fits_each_member_to_the_target():
+    model = ensemble()
+    batch = (torch.randn(6, 8, 5), torch.full((6,), 50.0))
+    loss = rul_loss(model.train(), batch)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+
+
+def test_single_member_keeps_the_plain_lstm_layout():
+    """Checkpoints written before ensembles (no `members` in the manifest) load into the same names."""
+    names = set(build_model({"arch": "lstm", "n_features": 5, "window": 8}).state_dict())
+    assert "blocks.0.lstm.weight_ih_l0" in names and "head.mlp.0.weight" in names
