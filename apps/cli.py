@@ -411,8 +411,12 @@ def demo(
 ) -> None:
     """Train, evaluate and export the turbofan and news models (real data when available, generated otherwise),
     then run them until Ctrl-C: Kafka broker, turbofan replay and monitor, both BentoML APIs, the Gradio app."""
-    from apps.demo import news_data_args, real_data
+    from apps.demo import news_data_args, ports_in_use, real_data
 
+    ports = {"news": api_port, "turbofan": api_port + 1, "app": app_port, "kafka": kafka_port,
+             "metrics": metrics_port}
+    if serve_models and (taken := ports_in_use(ports)):
+        fail(f"port {', '.join(taken)} already in use on 127.0.0.1; choose other ports or --no-serve")
     root = real_data("cmapss", "train_FD001.txt*")
     console.rule("modelyard demo 1/2: turbofan remaining-useful-life model")
     console.print(f"data: real NASA C-MAPSS FD001 from {root}" if root else
@@ -430,9 +434,10 @@ def demo(
     if serve_models:
         from apps.demo import serve_until_interrupted
 
-        ports = {"news": api_port, "turbofan": api_port + 1, "app": app_port, "kafka": kafka_port,
-                 "metrics": metrics_port}
-        serve_until_interrupted(out, ports, console)
+        try:
+            serve_until_interrupted(out, ports, console)
+        except OSError as exc:  # a port taken between the check above and now
+            fail(f"could not start the demo services: {exc}")
 
 
 def _path(path: Path | None) -> str | None:

@@ -29,6 +29,26 @@ def news_data_args() -> tuple[dict[str, Any], str]:
             f"data: real AG News {test}: {DEMO_NEWS_TRAIN_ROWS} stratified rows train, the rest evaluate")
 
 
+def ports_in_use(ports: dict[str, int]) -> list[str]:
+    """The demo's ports that something on 127.0.0.1 already holds, checked before minutes of training rather than
+    after; each named by its option."""
+    import socket
+
+    taken = []
+    for name, port in ports.items():
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is no conflict
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                taken.append(f"{port} ({PORT_OPTIONS[name]})")
+    return taken
+
+
+PORT_OPTIONS = {"news": "--api-port", "turbofan": "--api-port + 1", "app": "--app-port", "kafka": "--kafka-port",
+                "metrics": "--metrics-port"}
+
+
 def serve_until_interrupted(out: Path, ports: dict[str, int], console: Console, replay_rate: float = 200.0) -> None:
     """Everything the trained models feed, until Ctrl-C or SIGTERM: the embedded Kafka broker, a replay of the
     turbofan test engines (looping), the monitor raising alerts, the news and turbofan BentoML APIs, and the Gradio

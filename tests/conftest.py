@@ -36,12 +36,31 @@ def cmapss_dir(synthetic_cmapss) -> Path:
     return real_cmapss() or synthetic_cmapss
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
+    """A free port with its next one free too (the demo serves turbofan on --api-port + 1), drawn below the
+    kernel's ephemeral range: a port bind(0) gives can be taken by any outgoing connection before the server under
+    test binds it, which failed CI once."""
+    import random
     import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]) \
+        if Path("/proc/sys/net/ipv4/ip_local_port_range").exists() else 32768
+    for _ in range(1000):
+        port = random.randrange(max(1024, low - 12000), low - 1, 2)
+        if {port, port + 1} & _HANDED_OUT:
+            continue
+        try:
+            for candidate in (port, port + 1):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        _HANDED_OUT.update({port, port + 1})
+        return port
+    raise RuntimeError("no free port pair below the ephemeral range")
 
 
 def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -151,3 +151,18 @@ def test_default_recipe_accuracy_on_real_fd001(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["rmse"] < 15.5 and report["alert_f1"] > 0.75
     assert report["alert_f1"] > report["baseline"]["alert_f1"]
+
+
+def test_demo_refuses_a_port_in_use_before_training(tmp_path):
+    """A taken port is found in a second, not after minutes of training, and named with its option."""
+    import socket
+
+    app_port = free_port()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", app_port))
+        holder.listen()
+        result = run_cli("demo", "--out", tmp_path / "demo", "--app-port", app_port, "--api-port", free_port(),
+                         "--kafka-port", free_port(), "--metrics-port", free_port(), timeout=120)
+    assert result.returncode == 1
+    assert f"port {app_port} (--app-port) already in use" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "demo").exists()

@@ -90,11 +90,11 @@ def test_two_machines_join_through_rendezvous(tmp_path, cmapss_dir):
     assert manifest.training["nnodes"] == 2 and manifest.training["steps"] == 4
 
 
-def test_early_stopping_stops_when_validation_stalls(tmp_path, cmapss_dir):
+def test_early_stopping_stops_when_validation_stalls(tmp_path, synthetic_cmapss):
     out = tmp_path / "ckpt"
     # lr 0 leaves the weights unchanged, so validation cannot improve after the first epoch.
-    result = run_cli("train", "turbofan", "--out", out, "--data-dir", cmapss_dir, "--epochs", "10", "--lr", "0",
-                     "--early-stop-patience", "2", "--no-evaluate", "--members", "1")
+    result = run_cli("train", "turbofan", "--out", out, "--data-dir", synthetic_cmapss, "--epochs", "10", "--lr", "0",
+                     "--early-stop-patience", "2", "--no-evaluate", "--members", "1", "--batch-size", "512")
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = verify_checkpoint(out)
     assert manifest.training["stopped_early"] is True and manifest.training["epochs_run"] == 3

@@ -188,10 +188,11 @@ def test_dashboard_shows_live_scores_and_an_alert_in_a_headless_browser(broker, 
                                          if e.is_displayed()), None))
         browser.execute_script("arguments[0].click()", tab)  # the page may still be laying out
         replay(broker.bootstrap_servers, stream, rate=3000, progress=False)
-        first = min(expected_key for expected_key in alerts_by_key(broker.bootstrap_servers, idle_s=1.0))
-        wait.until(lambda d: "engine-" in d.find_element(By.ID, "turbofan-alerts").text)
+        deadline = time.monotonic() + 120  # the monitor scores the replayed backlog at its own pace
+        while not (raised := alerts_by_key(broker.bootstrap_servers, idle_s=1.0)):
+            assert time.monotonic() < deadline, "the monitor raised no alert"
+        wait.until(lambda d: any(key in d.find_element(By.ID, "turbofan-alerts").text for key in raised))
         assert "engines monitored" in browser.find_element(By.ID, "turbofan-status").text
-        assert first.startswith("engine-")
         browser.save_screenshot(str(tmp_path / "turbofan-tab.png"))
     finally:
         app.terminate()

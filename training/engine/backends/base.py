@@ -123,13 +123,18 @@ def model_blocks(model: nn.Module) -> nn.ModuleList | None:
     return blocks
 
 
+def cpu_fp32(value: torch.Tensor) -> torch.Tensor:
+    """A saved tensor: floating point in fp32 whatever the training precision; integer buffers keep their dtype."""
+    return value.detach().to("cpu", torch.float32) if value.is_floating_point() else value.detach().cpu()
+
+
 def unwrap_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """State dict without wrapper prefixes (DDP's `module.`, checkpoint_wrapper's `_checkpoint_wrapped_module.`)."""
     state = model.state_dict()
     cleaned = {}
     for key, value in state.items():
         key = key.replace("_checkpoint_wrapped_module.", "").replace("_fpw_module.", "")
-        cleaned[key] = value.detach().to("cpu", torch.float32) if value.is_floating_point() else value.cpu()
+        cleaned[key] = cpu_fp32(value)
     return cleaned
 
 

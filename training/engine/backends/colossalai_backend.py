@@ -16,6 +16,7 @@ from training.engine.backends.base import (
     Backend,
     OptimizerSpec,
     StrategyUnavailable,
+    cpu_fp32,
     full_model_state,
     full_optimizer_state,
     iter_params,
@@ -178,7 +179,7 @@ class ColossalAIBackend(Backend):
 
     def model_state_dict(self) -> dict[str, torch.Tensor]:
         if self.strategy == "gemini":  # parameters live in chunks; the wrapper gathers them (collective)
-            return {k: v.detach().to("cpu", torch.float32) for k, v in self.model.state_dict().items()}
+            return {k: cpu_fp32(v) for k, v in self.model.state_dict().items()}
         if self.strategy == "fsdp":
             return full_model_state(self.model.module)
         # ZeRO-1/2 shard optimizer state and gradients only: every rank holds full working weights. Under hybrid,
