@@ -75,13 +75,14 @@ def test_resume_refuses_state_from_a_different_run(tmp_path, cmapss_dir):
     assert result.returncode != 0 and "cannot resume" in result.stderr and "seed=0" in result.stderr
 
 
-def test_two_machines_join_through_rendezvous(tmp_path, cmapss_dir):
+def test_two_machines_join_through_rendezvous(tmp_path, synthetic_cmapss):
     """Two launchers (one per 'machine', here both on 127.0.0.1) form one 2-rank job via static rendezvous."""
     endpoint = f"127.0.0.1:{free_port()}"
     out = tmp_path / "ckpt"
     procs = [subprocess.Popen([sys.executable, "-m", "apps.cli", "train", "turbofan", "--out", str(out),
-                               "--data-dir", str(cmapss_dir), "--nproc", "1", "--nnodes", "2", "--node-rank",
-                               str(rank), "--rdzv-endpoint", endpoint, "--max-steps", "4", "--no-evaluate"],
+                               "--data-dir", str(synthetic_cmapss), "--nproc", "1", "--nnodes", "2", "--node-rank",
+                               str(rank), "--rdzv-endpoint", endpoint, "--max-steps", "4", "--no-evaluate",
+                               "--members", "1"],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for rank in (0, 1)]
     outputs = [p.communicate(timeout=300) for p in procs]
