@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -115,7 +114,7 @@ def chromium() -> tuple[str, str] | None:
 
 
 @pytest.fixture
-def browser():
+def browser(tmp_path):
     if chromium() is None:
         if os.environ.get("CI"):
             pytest.fail("CI must have Debian chromium + chromium-driver (.ci/run installs them)")
@@ -127,7 +126,7 @@ def browser():
     options.binary_location = chromium()[0]
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-dev-shm-usage", "--disable-component-update", "--disable-sync", "--no-first-run",
-                 f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"):
+                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):  # pytest prunes it, unlike mkdtemp
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(chromium()[1]), options=options)
     yield driver
