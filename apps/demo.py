@@ -29,6 +29,10 @@ def news_data_args() -> tuple[dict[str, Any], str]:
             f"data: real AG News {test}: {DEMO_NEWS_TRAIN_ROWS} stratified rows train, the rest evaluate")
 
 
+PORT_OPTIONS = {"news": "--api-port", "turbofan": "--api-port + 1", "app": "--app-port", "kafka": "--kafka-port",
+                "metrics": "--metrics-port"}
+
+
 def ports_in_use(ports: dict[str, int]) -> list[str]:
     """The demo's ports that something on 127.0.0.1 already holds, checked before minutes of training rather than
     after; each named by its option."""
@@ -43,10 +47,6 @@ def ports_in_use(ports: dict[str, int]) -> list[str]:
             except OSError:
                 taken.append(f"{port} ({PORT_OPTIONS[name]})")
     return taken
-
-
-PORT_OPTIONS = {"news": "--api-port", "turbofan": "--api-port + 1", "app": "--app-port", "kafka": "--kafka-port",
-                "metrics": "--metrics-port"}
 
 
 def serve_until_interrupted(out: Path, ports: dict[str, int], console: Console, replay_rate: float = 200.0) -> None:

@@ -131,9 +131,9 @@ class TurbofanMonitor:
             while not self._stop.is_set():
                 try:
                     batches = self.consumer.poll(self.settings.poll_ms)
+                    if batches:
+                        self.process(batches)
                     if batches or not self.consumer.assignment():
-                        if batches:
-                            self.process(batches)
                         idle_since = time.monotonic()
                     elif max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
                         break

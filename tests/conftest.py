@@ -45,8 +45,8 @@ def free_port() -> int:
     import random
     import socket
 
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]) \
-        if Path("/proc/sys/net/ipv4/ip_local_port_range").exists() else 32768
+    port_range = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    low = int(port_range.read_text().split()[0]) if port_range.exists() else 32768
     for _ in range(1000):
         port = random.randrange(max(1024, low - 12000), low - 1, 2)
         if {port, port + 1} & _HANDED_OUT:

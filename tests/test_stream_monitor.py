@@ -68,14 +68,16 @@ class Tansu:
         binary.chmod(0o755)
         self.bootstrap_servers = f"127.0.0.1:{free_port()}"
         url = f"tcp://{self.bootstrap_servers}"
+        self.log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen([str(binary), "broker", "--listener-url", url,
                                          "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-                                        stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+                                        stdout=self.log, stderr=subprocess.STDOUT)
         wait_for_broker(self.bootstrap_servers, 30, self.process, log)
 
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(15)
+        self.log.close()
 
 
 @pytest.fixture

@@ -148,8 +148,7 @@ def full_model_state(module: nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return {k.replace("_checkpoint_wrapped_module.", ""): v.float() if v.is_floating_point() else v
-            for k, v in state.items()}
+    return {k.replace("_checkpoint_wrapped_module.", ""): cpu_fp32(v) for k, v in state.items()}
 
 
 def full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
