@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import urllib.error
@@ -16,6 +17,7 @@ import pandas as pd
 
 from streaming.broker import TOPICS
 
+log = logging.getLogger(__name__)
 ALERT_COLUMNS = ["key", "engine_id", "cycle", "severity", "score", "detected"]
 
 
@@ -25,15 +27,16 @@ class AlertFeed:
     def __init__(self, bootstrap_servers: str, keep: int = 200) -> None:
         self.bootstrap_servers, self.rows = bootstrap_servers, deque(maxlen=keep)
         self._seen: set[str] = set()
+        self.error: str | None = None  # the last failure to read the topic, shown in the status line
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="alert-feed")
         self._thread.start()
 
     def _run(self) -> None:
         from kafka import KafkaConsumer
-        from kafka.errors import KafkaError
 
         while not self._stop.is_set():
+            consumer = None
             try:
                 consumer = KafkaConsumer(TOPICS["alerts"], bootstrap_servers=self.bootstrap_servers, group_id=None,
                                          auto_offset_reset="earliest", enable_auto_commit=False)
@@ -41,9 +44,16 @@ class AlertFeed:
                     for records in consumer.poll(500).values():
                         for record in records:
                             self._add(record.value)
-                consumer.close()
-            except KafkaError:  # broker restarting: try again shortly
+                    self.error = None
+            # Any failure (broker restarting, a client error) must not end the feed thread silently: the tab
+            # would go on showing a stale table. Reported in the status line, retried shortly.
+            except Exception as exc:  # noqa: BLE001
+                self.error = f"{type(exc).__name__}: {exc}"
+                log.warning("alert feed: %s; retrying", self.error)
                 self._stop.wait(1.0)
+            finally:
+                if consumer is not None:
+                    consumer.close()
 
     def _add(self, value: bytes) -> None:
         try:
@@ -122,6 +132,8 @@ def turbofan_tab(bootstrap_servers: str, metrics_url: str) -> None:
             history.update(read_engine_scores(metrics_url))
             firing = sum(1 for item in history.latest.values() if item.get("state") == "firing")
             message = f"{len(history.latest)} engines monitored, {firing} in alarm, {len(feed.rows)} alerts so far"
+            if feed.error:
+                message += f" (alert feed: {feed.error})"
         except (urllib.error.URLError, OSError, ValueError) as exc:
             message = f"monitor metrics unavailable at {metrics_url}: {exc}"
         return message, history.frame(), feed.table()
