@@ -100,6 +100,7 @@ def test_other_encoder_architectures_train_and_reload(tmp_path, news_dir, tiny_e
 
 NEWS_STRATEGIES = [
     ("colossalai", "hybrid", ["--tp", "2"]),
+    ("colossalai", "hybrid", ["--pp", "2"]),
     ("torch", "fsdp", []),
     ("colossalai", "zero2", []),
     ("fairscale", "oss", []),
@@ -107,18 +108,21 @@ NEWS_STRATEGIES = [
 
 
 @pytest.mark.parametrize(("backend", "strategy", "extra"), NEWS_STRATEGIES,
-                         ids=[f"{b}-{s}" for b, s, _ in NEWS_STRATEGIES])
+                         ids=[f"{b}-{s}{''.join(extra)}" for b, s, extra in NEWS_STRATEGIES])
 def test_two_ranks_on_every_backend_consolidate_the_encoder(tmp_path, news_dir, tiny_encoders, backend, strategy,
                                                             extra):
-    """Under --tp 2 each rank holds half of every attention and MLP matrix; the saved file must be the whole model,
-    loadable by plain transformers, reproducing the validation loss measured on the split model."""
+    """Under --tp 2 each rank holds half of every attention and MLP matrix, under --pp 2 half of the layers; the saved
+    file must be the whole model, loadable by plain transformers, reproducing the validation loss measured on the
+    split model."""
     out = tmp_path / "ckpt"
     result = run_cli("train", "news", "--out", out, "--data-dir", news_dir, "--model", tiny_encoders["bert"],
                      "--backend", backend, "--strategy", strategy, *extra, "--nproc", "2", "--max-steps", "6",
                      "--no-evaluate", *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = verify_checkpoint(out)
-    assert (manifest.training["strategy"], manifest.training["tp"]) == (strategy, 2 if extra else 1)
+    parallel = {"tp": 1, "pp": 1, **{flag[2:]: int(n) for flag, n in zip(extra[::2], extra[1::2], strict=True)}}
+    assert manifest.training["strategy"] == strategy
+    assert {k: manifest.training[k] for k in ("tp", "pp")} == parallel
     _, weights = load_checkpoint(out)
     assert weights["bert.encoder.layer.0.attention.self.query.weight"].shape == (32, 32)  # gathered, not a shard
     assert reloaded_val_metrics(out)["val_loss"] == pytest.approx(manifest.metrics["val_loss"], rel=1e-4)
@@ -129,8 +133,8 @@ def test_two_ranks_on_every_backend_consolidate_the_encoder(tmp_path, news_dir, 
     [
         (["--backend", "colossalai", "--strategy", "hybrid", "--tp", "2", "--nproc", "3"],
          "a multiple of --tp x --pp"),
-        (["--backend", "colossalai", "--strategy", "hybrid", "--tp", "2", "--pp", "2", "--nproc", "4"],
-         "pipeline stages (--pp > 1)"),
+        (["--backend", "colossalai", "--strategy", "hybrid", "--pp", "2", "--nproc", "2", "--batch-size", "15"],
+         "does not split into micro-batches for 2 pipeline stages"),
         (["--backend", "fairscale", "--strategy", "pipe"], "fairscale pipe needs a model split"),
         (["--augment", "synonyms"], "unknown augmentation synonyms"),
         (["--train-rows", "5000", "--eval-file", "SAME"], "--train-rows must be between"),

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from training.config import TrainConfig
 from training.data.batching import BucketBatchSampler
 from training.engine.backends import Backend
-from training.engine.backends.base import OptimizerSpec
+from training.engine.backends.base import OptimizerSpec, PipelineLoss
 from training.engine.distributed import DistContext
 from training.engine.resume import ResumeState, load_resume_state, rng_state, save_resume_state, set_rng_state
 
@@ -44,6 +44,7 @@ class TrainingJob:
     warmup_steps: int = 50
     collate: Callable[[list[Any]], tuple[torch.Tensor, ...]] | None = None  # None: stack tensors
     lengths: Sequence[int] | None = None  # per-sample lengths: length-bucketed batches instead of plain shuffling
+    pipeline: PipelineLoss | None = None  # how pipeline-parallel stages feed and score the model; None: cannot pipe
 
 
 @dataclass
@@ -84,7 +85,7 @@ def fit(job: TrainingJob, cfg: TrainConfig, ctx: DistContext, backend: Backend) 
     lr = cfg.lr if cfg.lr is not None else job.lr
 
     optimizer = OptimizerSpec(torch.optim.AdamW, {"lr": lr, "weight_decay": cfg.weight_decay})
-    model = backend.wrap(job.model, optimizer)
+    model = backend.wrap(job.model, optimizer, batch_size)
     if resume is not None:
         backend.load_optimizer_state_dict(resume.optimizer)
 
@@ -134,10 +135,9 @@ def fit(job: TrainingJob, cfg: TrainConfig, ctx: DistContext, backend: Backend) 
             batch = _to_device(batch, ctx.device)
             micro += 1
             boundary = micro % cfg.grad_accum == 0
-            with (backend.no_sync() if not boundary else contextlib.nullcontext()), backend.autocast():
-                loss = job.loss(model, batch)
-            backend.backward(loss / cfg.grad_accum)
-            loss_sum += loss.detach().double()
+            with backend.no_sync() if not boundary else contextlib.nullcontext():
+                loss = backend.forward_backward(job.loss, batch, 1.0 / cfg.grad_accum, job.pipeline)
+            loss_sum += loss.double()
             loss_count += 1
             samples_this_run += len(batch[0]) * dp_size
             if not boundary:
@@ -157,7 +157,7 @@ def fit(job: TrainingJob, cfg: TrainConfig, ctx: DistContext, backend: Backend) 
         train_loss = _mean_across_ranks(loss_sum, loss_count)
         model.eval()
         with torch.no_grad(), backend.autocast():
-            metrics = job.validate(model)
+            metrics = job.validate(backend.eval_model())
         record = {"epoch": epoch + 1, "step": state["step"], "train_loss": train_loss,
                   "lr": backend.param_groups[0]["lr"], "grad_norm": grad_norm, **metrics,
                   "epoch_seconds": round(time.perf_counter() - epoch_start, 3)}

@@ -24,7 +24,7 @@ from training.config import TrainConfig
 from training.data.ag_news import LABELS, NewsSplit, cleaner, find_split, read_news_csv
 from training.data.batching import pad_batch
 from training.data.text_augment import augment_ids, parse_augment
-from training.engine.trainer import FitResult, TrainingJob
+from training.engine.trainer import FitResult, PipelineLoss, TrainingJob
 from training.models import build_model
 from training.models.text_classifier import default_encoder, from_pretrained, model_config
 
@@ -111,6 +111,16 @@ def classification_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> to
     return nn.functional.cross_entropy(model(input_ids=input_ids, attention_mask=mask).logits.float(), labels)
 
 
+def model_inputs(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+    input_ids, mask, labels = batch
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def outputs_loss(outputs: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The same loss as `classification_loss`, from the last pipeline stage's outputs."""
+    return nn.functional.cross_entropy(outputs.logits.float(), inputs["labels"])
+
+
 def predict_logits(model: nn.Module, ids: list[list[int]], pad_id: int, batch: int = 64) -> np.ndarray:
     """Logits in input order; batches are formed by length so little compute goes to padding."""
     device = next(model.parameters()).device
@@ -167,6 +177,7 @@ def build_job(cfg: TrainConfig) -> tuple[TrainingJob, NewsRun, dict[str, Any]]:
         monitor="val_accuracy", mode="max",
         collate=make_collate(tokenizer.pad_token_id, tuple(options["augment"])),
         lengths=[len(ids) for ids in train_ids],
+        pipeline=PipelineLoss(model_inputs, outputs_loss),
         warmup_steps=100,
         **DEFAULTS,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -24,6 +24,16 @@ class OptimizerSpec:
 
     def build(self, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
         return self.cls(params, **self.kwargs)
+
+@dataclass(frozen=True)
+class PipelineLoss:
+    """What a pipeline schedule needs from a task, since it calls the model itself once per micro-batch: the batch as
+    the model's keyword arguments (labels included, so each micro-batch carries its own), and the loss from the last
+    stage's outputs and one micro-batch of those arguments."""
+
+    inputs: Callable[[tuple[torch.Tensor, ...]], dict[str, torch.Tensor]]
+    loss: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor]
+
 
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -59,8 +69,9 @@ class Backend(ABC):
 
     # --- set-up ---
     @abstractmethod
-    def wrap(self, model: nn.Module, optimizer: OptimizerSpec) -> nn.Module:
-        """Place, shard and wrap `model`, build its optimizer; returns the module to call for forward passes."""
+    def wrap(self, model: nn.Module, optimizer: OptimizerSpec, batch_size: int) -> nn.Module:
+        """Place, shard and wrap `model`, build its optimizer; returns the module to call for forward passes.
+        `batch_size`: samples per step on this data-parallel rank (pipeline schedules split it into micro-batches)."""
 
     def checkpoint_block(self, block: nn.Module) -> nn.Module:
         """Activation checkpointing for one block (torch.utils.checkpoint; fairscale overrides)."""
@@ -84,6 +95,16 @@ class Backend(ABC):
         """Skip gradient synchronisation on accumulation micro-steps (where the strategy allows it)."""
         return contextlib.nullcontext()
 
+    def forward_backward(self, loss_fn: Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor],
+                         batch: tuple[torch.Tensor, ...], scale: float,
+                         pipeline: PipelineLoss | None = None) -> torch.Tensor:
+        """One micro-step: the loss under autocast, backward of loss * scale; returns the loss, detached, the same
+        on every rank of a model-parallel group."""
+        with self.autocast():
+            loss = loss_fn(self.model, batch)
+        self.backward(loss * scale)
+        return loss.detach()
+
     @abstractmethod
     def backward(self, loss: torch.Tensor) -> None: ...
 
@@ -99,6 +120,10 @@ class Backend(ABC):
     def data_parallel(self) -> tuple[int, int]:
         """(rank, size) of this process among data-parallel replicas; model-parallel peers share a rank."""
         return self.ctx.rank, self.ctx.world_size
+
+    def eval_model(self) -> nn.Module:
+        """The module validation calls like the plain model (collective where it must gather weights)."""
+        return self.model
 
     # --- state (full, consolidated) ---
     @abstractmethod

@@ -1,20 +1,25 @@
 """Colossal-AI through its Booster: torch DDP, ZeRO-1/2 (LowLevelZero, optional CPU offload), Gemini (chunked
-parameters on the GPU), PyTorch FSDP (TorchFSDPPlugin), and hybrid tensor parallelism (HybridParallelPlugin:
-shardformer splits a Hugging Face transformer's layers across ranks)."""
+parameters on the GPU), PyTorch FSDP (TorchFSDPPlugin), and hybrid tensor/pipeline parallelism (HybridParallelPlugin:
+shardformer splits a Hugging Face transformer's matrices across --tp ranks and its layers into --pp stages, trained
+with the one-forward-one-backward schedule)."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from training.config import TrainConfig
 from training.engine.backends.base import (
     Backend,
     OptimizerSpec,
+    PipelineLoss,
     StrategyUnavailable,
     cpu_fp32,
     full_model_state,
@@ -59,9 +64,9 @@ class ColossalAIBackend(Backend):
             raise StrategyUnavailable(f"colossalai hybrid (tensor/pipeline parallel) needs a model with a shardformer "
                                       f"policy (Hugging Face transformers); the {cfg.task} model has none. "
                                       f"Use zero1/zero2 or ddp for it")
-        if cfg.pp > 1:
-            raise StrategyUnavailable("colossalai hybrid runs tensor parallelism (--tp) here; pipeline stages "
-                                      "(--pp > 1) are not wired into the modelyard training loop yet")
+        if cfg.pp > 1 and cfg.batch_size and cfg.batch_size % cfg.pp:
+            raise StrategyUnavailable(f"--batch-size {cfg.batch_size} does not split into micro-batches for "
+                                      f"{cfg.pp} pipeline stages; use a multiple of --pp")
         world = cfg.nproc * cfg.nnodes
         if world % (cfg.tp * cfg.pp):
             raise StrategyUnavailable(f"colossalai hybrid needs the process count ({world}) to be a multiple of "
@@ -70,7 +75,7 @@ class ColossalAIBackend(Backend):
             raise StrategyUnavailable("--checkpointing is not available with colossalai hybrid; shardformer "
                                       "replaces the model's layers")
 
-    def wrap(self, model: nn.Module, optimizer: OptimizerSpec) -> nn.Module:
+    def wrap(self, model: nn.Module, optimizer: OptimizerSpec, batch_size: int) -> nn.Module:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # import-time notices about optional CUDA kernels (apex, tensornvme)
             from colossalai.booster import Booster
@@ -98,9 +103,16 @@ class ColossalAIBackend(Backend):
                                         max_norm=self.cfg.max_grad_norm, cpu_offload=self.cfg.offload,
                                         overlap_communication=not on_cpu)
         elif self.strategy == "hybrid":
+            pipeline: dict[str, Any] = {}
+            if self.cfg.pp > 1:
+                # Validation runs the whole model on every rank: a copy to load the gathered stages into.
+                self._full_model = copy.deepcopy(model)
+                # Batches differ in padded length, so shapes are sent with every micro-batch (no metadata cache).
+                pipeline = {"num_microbatches": pipeline_microbatches(batch_size, self.cfg.pp),
+                            "enable_metadata_cache": False}
             # ZeRO stays off: the data-parallel replicas use plain DDP across tensor-parallel groups.
             plugin = HybridParallelPlugin(tp_size=self.cfg.tp, pp_size=self.cfg.pp, precision=precision,
-                                          max_norm=self.cfg.max_grad_norm, zero_stage=0)
+                                          max_norm=self.cfg.max_grad_norm, zero_stage=0, **pipeline)
         elif self.strategy == "fsdp":
             from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
@@ -151,6 +163,34 @@ class ColossalAIBackend(Backend):
             return self.booster.no_sync(self.model, self.optimizer)
         return contextlib.nullcontext()  # ZeRO-2 keeps reducing into its gradient shards; results are the same
 
+    @property
+    def _pipelined(self) -> bool:
+        return self.strategy == "hybrid" and self.cfg.pp > 1
+
+    def forward_backward(self, loss_fn: Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor],
+                         batch: tuple[torch.Tensor, ...], scale: float,
+                         pipeline: PipelineLoss | None = None) -> torch.Tensor:
+        if not self._pipelined:
+            return super().forward_backward(loss_fn, batch, scale, pipeline)
+        if pipeline is None:
+            raise StrategyUnavailable(f"the {self.cfg.task} task defines no pipeline loss; run it without --pp")
+        plugin = self.booster.plugin
+        result = self.booster.execute_pipeline(iter([pipeline.inputs(batch)]), self.model,
+                                               lambda outputs, micro: pipeline.loss(outputs, micro) * scale,
+                                               self.optimizer, return_loss=True)
+        # The schedule returns the mean micro-batch loss on the last stage only; the sum over the pipeline group
+        # gives every stage the same value to log.
+        last = plugin.stage_manager.is_last_stage()
+        loss = result["loss"].detach().float() / scale if last else torch.zeros((), device=self.ctx.device)
+        dist.all_reduce(loss, group=plugin.pp_group)
+        return loss
+
+    def eval_model(self) -> nn.Module:
+        if not self._pipelined:
+            return self.model
+        self._full_model.load_state_dict(self.model_state_dict())
+        return self._full_model.eval()
+
     def backward(self, loss: torch.Tensor) -> None:
         if self.strategy == "fsdp":
             self.scaler.scale(loss).backward()
@@ -183,8 +223,14 @@ class ColossalAIBackend(Backend):
         if self.strategy == "fsdp":
             return full_model_state(self.model.module)
         # ZeRO-1/2 shard optimizer state and gradients only: every rank holds full working weights. Under hybrid,
-        # shardformer's parallel layers gather their tensor-parallel pieces in state_dict() (collective).
-        return unwrap_state_dict(self.model.unwrap())
+        # shardformer's parallel layers gather their tensor-parallel pieces in state_dict() (collective), and each
+        # pipeline stage holds its own layers only: the stages' pieces are gathered into one state.
+        state = unwrap_state_dict(self.model.unwrap())
+        if self._pipelined:
+            pieces: list[dict[str, torch.Tensor] | None] = [None] * self.cfg.pp
+            dist.all_gather_object(pieces, state, group=self.booster.plugin.pp_group)
+            state = {name: tensor for piece in pieces for name, tensor in piece.items()}
+        return state
 
     def optimizer_state_dict(self) -> dict[str, Any]:
         if self.strategy == "fsdp":
@@ -198,3 +244,13 @@ class ColossalAIBackend(Backend):
         else:
             self.optimizer.load_state_dict(state)
 
+
+
+def pipeline_microbatches(batch_size: int, stages: int) -> int:
+    """Micro-batches per step: four per stage keeps the 1F1B bubble ((stages - 1) / (micro-batches + stages - 1))
+    small; fewer where the batch does not split evenly; at least one per stage."""
+    for count in (4 * stages, 2 * stages, stages):
+        if batch_size % count == 0:
+            return count
+    raise StrategyUnavailable(f"--batch-size {batch_size} does not split into micro-batches for {stages} pipeline "
+                              f"stages; use a multiple of --pp ({stages})")

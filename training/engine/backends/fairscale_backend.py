@@ -39,7 +39,7 @@ class FairScaleBackend(Backend):
 
         return checkpoint_wrapper(block)
 
-    def wrap(self, model: nn.Module, optimizer: OptimizerSpec) -> nn.Module:
+    def wrap(self, model: nn.Module, optimizer: OptimizerSpec, batch_size: int) -> nn.Module:
         from fairscale.optim import OSS
 
         model.to(self.ctx.device)

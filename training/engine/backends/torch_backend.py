@@ -25,7 +25,7 @@ class TorchBackend(Backend):
     name: ClassVar[str] = "torch"
     strategies: ClassVar[tuple[str, ...]] = ("ddp", "fsdp")
 
-    def wrap(self, model: nn.Module, optimizer: OptimizerSpec) -> nn.Module:
+    def wrap(self, model: nn.Module, optimizer: OptimizerSpec, batch_size: int) -> nn.Module:
         model.to(self.ctx.device)
         if self.cfg.checkpointing:
             self.apply_checkpointing(model)
