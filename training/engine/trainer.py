@@ -162,6 +162,8 @@ def fit(job: TrainingJob, cfg: TrainConfig, ctx: DistContext, backend: Backend) 
                   "lr": backend.param_groups[0]["lr"], "grad_norm": grad_norm, **metrics,
                   "epoch_seconds": round(time.perf_counter() - epoch_start, 3)}
         state["history"].append(record)
+        # Gathered after validation: gathered before it, FSDP2's next forward failed here (a KeyError in its
+        # parameter state, torch 2.14 on gloo).
         weights = backend.model_state_dict()  # collective: every rank calls it
         if _better(metrics[job.monitor], state["best"], job.mode):
             state.update(best=metrics[job.monitor], bad_epochs=0, best_metrics=metrics)

@@ -106,19 +106,19 @@ def make_collate(pad_id: int, augment: tuple[str, ...]):
 
 # --- loss and prediction ------------------------------------------------------------------------------------------
 
+def outputs_loss(outputs: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy of the model's logits (under --pp, the last stage's) against the batch's labels."""
+    return nn.functional.cross_entropy(outputs.logits.float(), inputs["labels"])
+
+
 def classification_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
     input_ids, mask, labels = batch
-    return nn.functional.cross_entropy(model(input_ids=input_ids, attention_mask=mask).logits.float(), labels)
+    return outputs_loss(model(input_ids=input_ids, attention_mask=mask), {"labels": labels})
 
 
 def model_inputs(batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
     input_ids, mask, labels = batch
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
-
-
-def outputs_loss(outputs: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The same loss as `classification_loss`, from the last pipeline stage's outputs."""
-    return nn.functional.cross_entropy(outputs.logits.float(), inputs["labels"])
 
 
 def predict_logits(model: nn.Module, ids: list[list[int]], pad_id: int, batch: int = 64) -> np.ndarray:

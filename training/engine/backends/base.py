@@ -25,6 +25,7 @@ class OptimizerSpec:
     def build(self, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
         return self.cls(params, **self.kwargs)
 
+
 @dataclass(frozen=True)
 class PipelineLoss:
     """What a pipeline schedule needs from a task, since it calls the model itself once per micro-batch: the batch as

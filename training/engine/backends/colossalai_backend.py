@@ -64,9 +64,8 @@ class ColossalAIBackend(Backend):
             raise StrategyUnavailable(f"colossalai hybrid (tensor/pipeline parallel) needs a model with a shardformer "
                                       f"policy (Hugging Face transformers); the {cfg.task} model has none. "
                                       f"Use zero1/zero2 or ddp for it")
-        if cfg.pp > 1 and cfg.batch_size and cfg.batch_size % cfg.pp:
-            raise StrategyUnavailable(f"--batch-size {cfg.batch_size} does not split into micro-batches for "
-                                      f"{cfg.pp} pipeline stages; use a multiple of --pp")
+        if cfg.pp > 1 and cfg.batch_size:
+            pipeline_microbatches(cfg.batch_size, cfg.pp)  # refuses a batch that does not split, before launch
         world = cfg.nproc * cfg.nnodes
         if world % (cfg.tp * cfg.pp):
             raise StrategyUnavailable(f"colossalai hybrid needs the process count ({world}) to be a multiple of "
@@ -243,7 +242,6 @@ class ColossalAIBackend(Backend):
             load_full_optimizer_state(self.model.module, self.optimizer.optim, state)
         else:
             self.optimizer.load_state_dict(state)
-
 
 
 def pipeline_microbatches(batch_size: int, stages: int) -> int:
