@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -129,20 +130,22 @@ def test_serve_cli_starts_prints_urls_and_stops_on_sigterm(ckpt):
     process = subprocess.Popen([sys.executable, "-m", "apps.cli", "serve", "news", "--checkpoint", str(ckpt),
                                 "--port", str(port), "--runtime", "torch"], cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
+    # The CLI prints the URLs once the service answers; wait for that line, not for the port: the service can
+    # answer before the CLI has printed (a SIGTERM in between failed CI once).
+    url_line, printed = f"POST http://127.0.0.1:{port}/classify", ""
+    watchdog = threading.Timer(120, process.kill)
+    watchdog.start()
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if post(f"http://127.0.0.1:{port}/classify", {"texts": ["hello"]})[0] == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.5)
-        else:
-            pytest.fail("modelyard serve never answered")
+        for line in process.stdout:
+            printed += line.replace("\n", " ")  # the console wraps long lines
+            if url_line in printed:
+                break
+        assert url_line in printed, f"modelyard serve never printed its URL: {printed}"
+        assert post(f"http://127.0.0.1:{port}/classify", {"texts": ["hello"]})[0] == 200
     finally:
+        watchdog.cancel()
         process.terminate()
-        out, err = process.communicate(timeout=60)
-    assert f"POST http://127.0.0.1:{port}/classify" in out.replace("\n", " "), out + err
+        _, err = process.communicate(timeout=60)
     assert "Traceback" not in err
     with pytest.raises((urllib.error.URLError, ConnectionError)):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2)
