@@ -40,6 +40,8 @@ class ColossalAIBackend(Backend):
     def __init__(self, strategy: str, ctx, cfg: TrainConfig) -> None:
         super().__init__(strategy, ctx, cfg)
         self.optimizer_state_per_rank = strategy == "hybrid"  # tensor-parallel ranks hold different shards
+        self._updates = 0  # optimizer steps taken, so a pipeline gather is reused until the weights change
+        self._gathered: tuple[int, dict[str, torch.Tensor]] | None = None
 
     @classmethod
     def check(cls, strategy: str, cfg: TrainConfig, device: str, hf_model: bool = False) -> None:
@@ -204,6 +206,7 @@ class ColossalAIBackend(Backend):
             norm = float(self.optimizer.clip_grad_by_norm(self.cfg.max_grad_norm))
         self.optimizer.step()
         self.optimizer.zero_grad()
+        self._updates += 1
         return norm
 
     def _fsdp_step(self) -> float:
@@ -224,12 +227,18 @@ class ColossalAIBackend(Backend):
         # ZeRO-1/2 shard optimizer state and gradients only: every rank holds full working weights. Under hybrid,
         # shardformer's parallel layers gather their tensor-parallel pieces in state_dict() (collective), and each
         # pipeline stage holds its own layers only: the stages' pieces are gathered into one state.
-        state = unwrap_state_dict(self.model.unwrap())
         if self._pipelined:
+            return self._pipeline_state()
+        return unwrap_state_dict(self.model.unwrap())
+
+    def _pipeline_state(self) -> dict[str, torch.Tensor]:
+        """The stages' pieces gathered into one state, once per optimizer step: validation and the saved weights
+        that follow it share one gather. Every rank counts the same steps, so all skip the collective together."""
+        if self._gathered is None or self._gathered[0] != self._updates:
             pieces: list[dict[str, torch.Tensor] | None] = [None] * self.cfg.pp
-            dist.all_gather_object(pieces, state, group=self.booster.plugin.pp_group)
-            state = {name: tensor for piece in pieces for name, tensor in piece.items()}
-        return state
+            dist.all_gather_object(pieces, unwrap_state_dict(self.model.unwrap()), group=self.booster.plugin.pp_group)
+            self._gathered = (self._updates, {name: tensor for piece in pieces for name, tensor in piece.items()})
+        return self._gathered[1]
 
     def optimizer_state_dict(self) -> dict[str, Any]:
         if self.strategy == "fsdp":
