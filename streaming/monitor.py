@@ -47,10 +47,31 @@ class MonitorSettings:
     log_every_s: float = 10.0
 
 
-@dataclass
 class EngineWindow:
-    partition: int
-    rows: deque
+    """An engine's last `window` feature rows, kept in a preallocated array (twice the window, shifted back when
+    full) so each cycle costs one row copy, not a new array from a deque."""
+
+    def __init__(self, partition: int, window: int, n_features: int) -> None:
+        self.partition, self.window = partition, window
+        self._rows = np.empty((2 * window, n_features), dtype=np.float32)
+        self._count = 0
+
+    def append(self, row: np.ndarray) -> None:
+        if self._count == len(self._rows):
+            self._rows[: self.window - 1] = self._rows[self._count - self.window + 1:]
+            self._count = self.window - 1
+        self._rows[self._count] = row
+        self._count += 1
+
+    def write(self, out: np.ndarray) -> None:
+        """The window ending at the newest row into `out`; an engine's first cycles repeat its first row, as in
+        training (TurbofanPredictor.last_window)."""
+        count, window = self._count, self.window
+        if count >= window:
+            out[:] = self._rows[count - window:count]
+        else:
+            out[: window - count] = self._rows[0]
+            out[window - count:] = self._rows[:count]
 
 
 @dataclass
@@ -198,10 +219,10 @@ class TurbofanMonitor:
         for i, ((reading, partition, silent), row) in enumerate(zip(readings, features, strict=True)):
             window = self.windows.get(reading.engine_id)
             if window is None:
-                window = self.windows[reading.engine_id] = EngineWindow(partition,
-                                                                        deque(maxlen=self.predictor.window))
-            window.rows.append(row)
-            windows[i] = self.predictor.last_window(np.asarray(window.rows))  # as it is at this cycle
+                window = self.windows[reading.engine_id] = EngineWindow(partition, self.predictor.window,
+                                                                        features.shape[1])
+            window.append(row)
+            window.write(windows[i])  # as it is at this cycle
             if not silent:
                 self.stats.messages += 1
         scores = self.predictor.score(windows)  # one model call per poll

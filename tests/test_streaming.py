@@ -7,13 +7,16 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from streaming.alerts import AlertRule, AlertStateMachine
 from streaming.broker import TOPICS, EmbeddedBroker, ensure_topics
+from streaming.monitor import EngineWindow
 from streaming.replay import RateLimiter, load_replay, replay
 from streaming.schema import MessageError, parse_reading, reading_from_row
 from tests.conftest import REPO, assert_clean_failure, free_port, run_cli
+from training.data.cmapss import windows_per_cycle
 
 ROW = [3, 17, -0.0007, -0.0004, 100.0, *([518.67] * 21)]
 
@@ -121,3 +124,15 @@ def test_alert_fires_once_per_episode_after_k_cycles_and_resolves_with_hysteresi
     high = AlertStateMachine(AlertRule(threshold=1.0, alarm_when_high=True, consecutive=1, hysteresis=0.1))
     assert high.update(1, 1, 2.5).severity == "critical" and high.update(1, 2, 0.95) is None
     assert high.state_of(1) == "firing" and high.update(1, 3, 0.8) is None and high.state_of(1) == "normal"
+
+
+def test_engine_window_matches_the_training_windows_cycle_by_cycle():
+    """The monitor's per-engine buffer must give the model what training gave it: padding at the start, then a
+    sliding window, also after the buffer has wrapped around several times."""
+    rows = np.random.default_rng(0).normal(size=(95, 4)).astype(np.float32)
+    expected = windows_per_cycle(rows, np.ones(len(rows), dtype=int), window=30)
+    buffer, got = EngineWindow(partition=0, window=30, n_features=4), np.empty((30, 4), dtype=np.float32)
+    for cycle, row in enumerate(rows):
+        buffer.append(row)
+        buffer.write(got)
+        np.testing.assert_array_equal(got, expected[cycle], err_msg=f"cycle {cycle + 1}")
