@@ -1,5 +1,7 @@
 """Throughput and latency of one turbofan monitor process on the embedded Kafka-protocol broker.
 
+0. Model only: windows/s of the checkpoint's ONNX Runtime session on full polls (2,000 windows), the ceiling for
+   the rows below (the monitor cannot score faster than its model).
 1. Sustained rate: N sensor messages are in the topic before the monitor starts; messages/s is N over the time one
    monitor takes to score them all (parse, window, ONNX Runtime, alert state, commit).
 2. Latency at a fixed rate: the replay publishes at --rate messages/s while the monitor runs; p50/p99 from a
@@ -46,6 +48,20 @@ def checkpoint(path: Path, work: Path) -> tuple[Path, Path]:
     return path, Path(read_manifest(path).training["data_dir"])
 
 
+def model_ceiling(ckpt: Path, batch: int = 2000, seconds: float = 3.0) -> float:
+    """Windows per second of the checkpoint's model alone, in the batches a busy monitor scores per poll."""
+    from serving.predictor import TurbofanPredictor
+
+    predictor = TurbofanPredictor(ckpt)
+    windows = np.random.default_rng(0).normal(size=(batch, predictor.window, predictor.normalizer.n_features))
+    predictor.score(windows)  # warm-up
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        predictor.score(windows)
+        calls += 1
+    return calls * batch / (time.perf_counter() - start)
+
+
 def fleet(data_dir: Path, subset: str, messages: int):
     """At least `messages` rows: the test engines, repeated as new fleets (engine ids + 1000 per copy)."""
     import pandas as pd
@@ -73,6 +89,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         ckpt, data_dir = checkpoint(args.checkpoint, Path(work))
         subset = read_manifest(ckpt).training["subset"]
+        ceiling = model_ceiling(ckpt)
+        table.add_row("model alone (ONNX)", "-", "-", f"{ceiling:.0f}", "-", "-", "-")
         with EmbeddedBroker(Path(work) / "broker", 19393) as broker:
             ensure_topics(broker.bootstrap_servers)
             rows = fleet(data_dir, subset, args.messages).iloc[:args.messages]
