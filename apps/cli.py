@@ -40,6 +40,7 @@ def train(
     objective: Annotated[str | None, typer.Option(help="turbofan: rul (default) or reconstruction")] = None,
     alert_rul: Annotated[float, typer.Option(help="turbofan: alarm horizon in cycles (truth: true RUL <= it)")] = 30.0,
     members: Annotated[int | None, typer.Option(help="turbofan lstm: LSTMs averaged in one model (default 3)")] = None,
+    window: Annotated[int | None, typer.Option(help="turbofan: cycles per model input window (default 30)")] = None,
     train_file: Annotated[Path | None, typer.Option(help="news: training CSV (default DATA_DIR/train.csv)")] = None,
     eval_file: Annotated[Path | None, typer.Option(help="news: evaluation CSV (default DATA_DIR/test.csv)")] = None,
     train_rows: Annotated[int | None, typer.Option(help="news: when train and eval file are one file, this many "
@@ -80,7 +81,8 @@ def train(
     if precision not in ("fp32", "bf16", "fp16"):
         fail(f"--precision must be fp32, bf16 or fp16, not {precision!r}")
     for name, value in (("--nproc", nproc), ("--nnodes", nnodes), ("--grad-accum", grad_accum), ("--tp", tp),
-                        ("--pp", pp), ("--members", 1 if members is None else members)):
+                        ("--pp", pp), ("--members", 1 if members is None else members),
+                        ("--window", 1 if window is None else window)):
         if value < 1:
             fail(f"{name} must be at least 1")
     cfg = TrainConfig(task=task, out=str(out), data_dir=str(data_dir) if data_dir else None, subset=subset,
@@ -90,8 +92,9 @@ def train(
                       precision=precision, grad_accum=grad_accum, epochs=epochs, max_steps=max_steps,
                       batch_size=batch_size, lr=lr, checkpointing=checkpointing,
                       early_stop_patience=early_stop_patience, seed=seed, resume=resume, evaluate=evaluate_after,
-                      task_options={"alert_rul": alert_rul, "members": members, "train_file": _path(train_file),
-                                    "eval_file": _path(eval_file), "train_rows": train_rows, "max_length": max_length,
+                      task_options={"alert_rul": alert_rul, "members": members, "window": window,
+                                    "train_file": _path(train_file), "eval_file": _path(eval_file),
+                                    "train_rows": train_rows, "max_length": max_length,
                                     "lowercase": lowercase, "remove_stopwords": remove_stopwords, "augment": augment})
     if synthetic:
         console.print(f"data: generated {task} data (synthetic, real file format)")

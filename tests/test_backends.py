@@ -29,7 +29,7 @@ def reloaded_val_rmse(ckpt) -> float:
     """The validation RMSE of the saved (consolidated) weights, recomputed outside the training processes."""
     manifest, weights = load_checkpoint(ckpt)
     data = turbofan.load_data(Path(manifest.training["data_dir"]), manifest.training["subset"],
-                              manifest.training["seed"])
+                              manifest.training["seed"], manifest.preprocessing["window"])
     model = build_model(manifest.model)
     model.load_state_dict(weights)
     model.eval()

@@ -12,6 +12,7 @@ import urllib.request
 
 import pytest
 
+from serving.predictor import TurbofanPredictor
 from tests.conftest import REPO, free_port, real_cmapss, run_cli
 from training.checkpoint import verify_checkpoint
 
@@ -65,9 +66,9 @@ def test_evaluate_command_rewrites_report(trained):
 
 @pytest.mark.parametrize(
     "extra",
-    [["--model", "transformer", "--alert-rul", "40"], ["--objective", "reconstruction"], ["--checkpointing"],
-     ["--precision", "bf16"], ["--backend", "fairscale", "--checkpointing"], ["--backend", "torch", "--strategy",
-                                                                             "fsdp", "--checkpointing"]],
+    [["--model", "transformer", "--alert-rul", "40"], ["--objective", "reconstruction", "--window", "12"],
+     ["--checkpointing"], ["--precision", "bf16"], ["--backend", "fairscale", "--checkpointing"],
+     ["--backend", "torch", "--strategy", "fsdp", "--checkpointing"]],
     ids=["transformer", "reconstruction", "checkpointing", "bf16", "fairscale-checkpoint-wrapper",
          "fsdp-checkpointing"],
 )
@@ -81,6 +82,9 @@ def test_training_variants(tmp_path, synthetic_cmapss, extra):
     manifest = verify_checkpoint(out)
     detector = manifest.preprocessing["detector"]
     assert detector["alert_rul"] == (40.0 if "--alert-rul" in extra else 30.0)
+    window = 12 if "--window" in extra else 30  # the serving side reads the window from the manifest
+    assert manifest.preprocessing["window"] == manifest.model["window"] == window
+    assert TurbofanPredictor(out, "torch").window == window
     if "reconstruction" in extra:
         assert report["rmse"] is None and detector["kind"] == "reconstruction" and detector["alarm_when_high"]
     else:  # alarm threshold on predicted RUL, calibrated on validation engines

@@ -43,9 +43,10 @@ class TurbofanData:
     preprocessor: TurbofanPreprocessor
     train_units: np.ndarray
     val_units: np.ndarray
+    window: int = WINDOW  # cycles per model input
 
 
-def load_data(data_dir: Path, subset: str, seed: int) -> TurbofanData:
+def load_data(data_dir: Path, subset: str, seed: int, window: int = WINDOW) -> TurbofanData:
     """Split training engines into train/validation by unit, then fit preprocessing on the train units only."""
     data = load_subset(data_dir, subset)
     units = np.sort(data.train["unit"].unique())
@@ -53,7 +54,7 @@ def load_data(data_dir: Path, subset: str, seed: int) -> TurbofanData:
     val_units = np.sort(rng.choice(units, size=max(1, int(round(VAL_FRACTION * len(units)))), replace=False))
     train_units = np.setdiff1d(units, val_units)
     preprocessor = TurbofanPreprocessor.fit(data.train[data.train["unit"].isin(train_units)])
-    return TurbofanData(data, preprocessor, train_units, val_units)
+    return TurbofanData(data, preprocessor, train_units, val_units, window)
 
 
 def cycle_windows(frame, preprocessor: TurbofanPreprocessor, window: int = WINDOW) -> np.ndarray:
@@ -62,19 +63,19 @@ def cycle_windows(frame, preprocessor: TurbofanPreprocessor, window: int = WINDO
 
 def split_arrays(data: TurbofanData, units: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     frame = data.subset.train[data.subset.train["unit"].isin(units)]
-    return cycle_windows(frame, data.preprocessor), rul_targets(frame, RUL_CAP), frame["unit"].to_numpy()
+    return cycle_windows(frame, data.preprocessor, data.window), rul_targets(frame, RUL_CAP), frame["unit"].to_numpy()
 
 
 # --- model --------------------------------------------------------------------------------------------------------
 
-def model_config(cfg: TrainConfig, n_features: int) -> dict[str, Any]:
+def model_config(cfg: TrainConfig, n_features: int, window: int = WINDOW) -> dict[str, Any]:
     objective = cfg.objective or "rul"
     if objective not in MODELS:
         raise ValueError(f"unknown turbofan objective {objective!r}; expected rul or reconstruction")
     arch = cfg.model or MODELS[objective][0]
     if arch not in MODELS[objective]:
         raise ValueError(f"--model {arch} does not fit objective {objective}; choose {', '.join(MODELS[objective])}")
-    config: dict[str, Any] = {"arch": arch, "n_features": n_features, "window": WINDOW, "dropout": DROPOUT}
+    config: dict[str, Any] = {"arch": arch, "n_features": n_features, "window": window, "dropout": DROPOUT}
     if arch == "lstm":
         config["members"] = cfg.task_options.get("members") or ENSEMBLE_MEMBERS
     if objective == "rul":
@@ -120,8 +121,8 @@ def make_validation(windows: np.ndarray, rul: np.ndarray, objective: str):
 # --- train --------------------------------------------------------------------------------------------------------
 
 def build_job(cfg: TrainConfig) -> tuple[TrainingJob, TurbofanData, dict[str, Any]]:
-    data = load_data(Path(cfg.data_dir), cfg.subset, cfg.seed)
-    config = model_config(cfg, data.preprocessor.n_features)
+    data = load_data(Path(cfg.data_dir), cfg.subset, cfg.seed, cfg.task_options.get("window") or WINDOW)
+    config = model_config(cfg, data.preprocessor.n_features, data.window)
     objective = cfg.objective or "rul"
     train_x, train_y, _ = split_arrays(data, data.train_units)
     val_x, val_y, _ = split_arrays(data, data.val_units)
@@ -159,7 +160,7 @@ def save(cfg: TrainConfig, data: TurbofanData, config: dict[str, Any], result: F
     manifest = CheckpointManifest(
         task=NAME,
         model=config,
-        preprocessing={"objective": objective, "window": WINDOW, "rul_cap": RUL_CAP,
+        preprocessing={"objective": objective, "window": data.window, "rul_cap": RUL_CAP,
                        "normalizer": data.preprocessor.to_dict(),
                        "detector": detector_for(model, data, objective,
                                                 float(cfg.task_options.get("alert_rul", ALERT_RUL)))},
