@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -53,17 +52,28 @@ def serve_until_interrupted(out: Path, ports: dict[str, int], console: Console, 
     """Everything the trained models feed, until Ctrl-C or SIGTERM: the embedded Kafka broker, a replay of the
     turbofan test engines (looping), the monitor raising alerts, the news and turbofan BentoML APIs, and the Gradio
     app with its News and Turbofan monitor tabs."""
+    import signal
     import threading
 
     from apps.gradio_app import build_app
-    from apps.signals import interrupt_on_sigterm
     from serving.server import start_server, stop_server, wait_ready
     from streaming.broker import EmbeddedBroker, ensure_topics
     from streaming.monitor import MonitorSettings, TurbofanMonitor, serve_metrics
     from streaming.replay import load_replay, replay
     from training.checkpoint import read_manifest
 
-    interrupt_on_sigterm()
+    # Ctrl-C and SIGTERM only set an event: raised as KeyboardInterrupt they could land inside a library call during
+    # start-up (Gradio's launch, a server's readiness poll) and be swallowed there, leaving the demo running (seen
+    # once in CI: the test's SIGINT came while the services were still starting). Start-up checks it between steps.
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+
+    def started(step: Any) -> Any:
+        if stopping.is_set():
+            raise KeyboardInterrupt
+        return step
+
     logs = Path(tempfile.gettempdir())
     servers, app, stop, threads = [], None, threading.Event(), []
     import shutil
@@ -87,12 +97,12 @@ def serve_until_interrupted(out: Path, ports: dict[str, int], console: Console, 
         urls = {}
         for task in ("news", "turbofan"):
             log = logs / f"modelyard-demo-{task}-{ports[task]}.log"
-            servers.append(start_server(task, out / task, ports[task], log=log))
+            servers.append(started(start_server(task, out / task, ports[task], log=log)))
             urls[task] = f"http://127.0.0.1:{ports[task]}"
-            wait_ready(urls[task], servers[-1], log=log)
+            started(wait_ready(urls[task], servers[-1], log=log))
         metrics = f"http://127.0.0.1:{ports['metrics']}/metrics"
-        app = build_app(news_api=urls["news"], bootstrap_servers=bootstrap, monitor_metrics=metrics)
-        app.launch(server_name="127.0.0.1", server_port=ports["app"], prevent_thread_lock=True, quiet=True)
+        app = started(build_app(news_api=urls["news"], bootstrap_servers=bootstrap, monitor_metrics=metrics))
+        started(app.launch(server_name="127.0.0.1", server_port=ports["app"], prevent_thread_lock=True, quiet=True))
         console.rule("modelyard demo is running")
         console.print(f"Kafka broker (embedded):  {bootstrap}  topics turbofan.sensors / .alerts / .dlq")
         console.print(f"replay: {training['subset']} test engines at {replay_rate:.0f} messages/s, looping")
@@ -101,12 +111,16 @@ def serve_until_interrupted(out: Path, ports: dict[str, int], console: Console, 
         console.print(f"turbofan API (BentoML):   POST {urls['turbofan']}/score   OpenAPI: {urls['turbofan']}/docs")
         console.print(f"demo app (Gradio):        http://127.0.0.1:{ports['app']}")
         console.print(f"service logs in {logs}.  Ctrl-C stops everything.")
-        while all(server.poll() is None for server in servers) and broker.process.poll() is None:
-            time.sleep(0.5)
-        console.print("[red]a demo service exited; stopping the rest[/]")
+        while not stopping.wait(0.5):
+            if any(server.poll() is not None for server in servers) or broker.process.poll() is not None:
+                console.print("[red]a demo service exited; stopping the rest[/]")
+                break
+        else:
+            console.print("stopping the demo")
     except KeyboardInterrupt:
         console.print("stopping the demo")
     finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C during shutdown still works
         stop.set()
         if monitor is not None:
             monitor.stop()
