@@ -65,17 +65,17 @@ def serve_until_interrupted(out: Path, ports: dict[str, int], console: Console, 
     # Ctrl-C and SIGTERM only set an event: raised as KeyboardInterrupt they could land inside a library call during
     # start-up (Gradio's launch, a server's readiness poll) and be swallowed there, leaving the demo running (seen
     # once in CI: the test's SIGINT came while the services were still starting). Start-up checks it between steps.
-    stopping = threading.Event()
+    stop = threading.Event()  # also stops the replay thread
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopping.set())
+        signal.signal(sig, lambda *_: stop.set())
 
     def started(step: Any) -> Any:
-        if stopping.is_set():
+        if stop.is_set():
             raise KeyboardInterrupt
         return step
 
     logs = Path(tempfile.gettempdir())
-    servers, app, stop, threads = [], None, threading.Event(), []
+    servers, app, threads = [], None, []
     import shutil
 
     shutil.rmtree(out / "broker", ignore_errors=True)  # a fresh stream: replayed engines start again at cycle 1
@@ -111,7 +111,7 @@ def serve_until_interrupted(out: Path, ports: dict[str, int], console: Console, 
         console.print(f"turbofan API (BentoML):   POST {urls['turbofan']}/score   OpenAPI: {urls['turbofan']}/docs")
         console.print(f"demo app (Gradio):        http://127.0.0.1:{ports['app']}")
         console.print(f"service logs in {logs}.  Ctrl-C stops everything.")
-        while not stopping.wait(0.5):
+        while not stop.wait(0.5):
             if any(server.poll() is not None for server in servers) or broker.process.poll() is not None:
                 console.print("[red]a demo service exited; stopping the rest[/]")
                 break
