@@ -46,6 +46,7 @@ def train(
     train_rows: Annotated[int | None, typer.Option(help="news: when train and eval file are one file, this many "
                                                         "rows (stratified) train and the rest evaluate")] = None,
     max_length: Annotated[int | None, typer.Option(help="news: tokens per text (default 128)")] = None,
+    layers: Annotated[int | None, typer.Option(help="news: keep the encoder's first N layers (default all)")] = None,
     lowercase: Annotated[bool, typer.Option(help="news: lowercase texts")] = False,
     remove_stopwords: Annotated[bool, typer.Option(help="news: drop English stopwords (scikit-learn list)")] = False,
     augment: Annotated[str | None, typer.Option(help="news: delete,swap or all (token deletion, adjacent swaps)")]
@@ -82,7 +83,7 @@ def train(
         fail(f"--precision must be fp32, bf16 or fp16, not {precision!r}")
     for name, value in (("--nproc", nproc), ("--nnodes", nnodes), ("--grad-accum", grad_accum), ("--tp", tp),
                         ("--pp", pp), ("--members", 1 if members is None else members),
-                        ("--window", 1 if window is None else window)):
+                        ("--window", 1 if window is None else window), ("--layers", 1 if layers is None else layers)):
         if value < 1:
             fail(f"{name} must be at least 1")
     cfg = TrainConfig(task=task, out=str(out), data_dir=str(data_dir) if data_dir else None, subset=subset,
@@ -94,7 +95,7 @@ def train(
                       early_stop_patience=early_stop_patience, seed=seed, resume=resume, evaluate=evaluate_after,
                       task_options={"alert_rul": alert_rul, "members": members, "window": window,
                                     "train_file": _path(train_file), "eval_file": _path(eval_file),
-                                    "train_rows": train_rows, "max_length": max_length,
+                                    "train_rows": train_rows, "max_length": max_length, "layers": layers,
                                     "lowercase": lowercase, "remove_stopwords": remove_stopwords, "augment": augment})
     if synthetic:
         console.print(f"data: generated {task} data (synthetic, real file format)")

@@ -87,13 +87,17 @@ def test_compare_prints_models_side_by_side(trained, tmp_path, news_dir, tiny_en
 
 @pytest.mark.parametrize("arch", ["distilbert", "roberta"])
 def test_other_encoder_architectures_train_and_reload(tmp_path, news_dir, tiny_encoders, arch):
+    """Also --layers 1: the encoders have two layers; the checkpoint holds (and its config rebuilds) only the first."""
     out = tmp_path / arch
     result = run_cli("train", "news", "--out", out, "--data-dir", news_dir, "--model", tiny_encoders[arch],
                      "--max-steps", "4", "--augment", "all", "--lowercase", "--remove-stopwords", "--no-evaluate",
-                     *TINY)
+                     "--layers", "1", *TINY)
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = verify_checkpoint(out)
     assert manifest.model["hf_config"]["model_type"] == arch
+    assert manifest.model["hf_config"]["n_layers" if arch == "distilbert" else "num_hidden_layers"] == 1
+    _, weights = load_checkpoint(out)
+    assert any(".layer.0." in name for name in weights) and not any(".layer.1." in name for name in weights)
     assert manifest.preprocessing["augment"] == ["delete", "swap"] and manifest.preprocessing["lowercase"]
     assert reloaded_val_metrics(out)["val_loss"] == pytest.approx(manifest.metrics["val_loss"], rel=1e-5)
 
@@ -137,6 +141,7 @@ def test_two_ranks_on_every_backend_consolidate_the_encoder(tmp_path, news_dir, 
          "does not split into micro-batches for 2 pipeline stages"),
         (["--backend", "fairscale", "--strategy", "pipe"], "fairscale pipe needs a model split"),
         (["--augment", "synonyms"], "unknown augmentation synonyms"),
+        (["--layers", "3"], "has 2 encoder layers; choose 1..2"),
         (["--train-rows", "5000", "--eval-file", "SAME"], "--train-rows must be between"),
     ],
 )

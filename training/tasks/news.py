@@ -165,7 +165,7 @@ def build_job(cfg: TrainConfig) -> tuple[TrainingJob, NewsRun, dict[str, Any]]:
                "remove_stopwords": bool(cfg.task_options.get("remove_stopwords")),
                "augment": list(parse_augment(cfg.task_options.get("augment")))}
     data = load_splits(data_source(cfg))
-    model, tokenizer = from_pretrained(cfg.model or default_encoder(), list(LABELS))
+    model, tokenizer = from_pretrained(cfg.model or default_encoder(), list(LABELS), cfg.task_options.get("layers"))
     clean = cleaner(options)
     train_ids = encode(tokenizer, clean(data.train.texts), options["max_length"])
     val_ids = encode(tokenizer, clean(data.val.texts), options["max_length"])
