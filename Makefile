@@ -41,7 +41,7 @@ demo: setup
 bench: setup
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/serve_news.py --checkpoint $(DEMO_OUT)/news
-	$(BIN)/python bench/stream_monitor.py --checkpoint $(DEMO_OUT)/turbofan
+	$(BIN)/python bench/stream_monitor.py --checkpoint $(DEMO_OUT)/turbofan-monitor
 
 lint: setup
 	$(BIN)/ruff check training serving streaming apps tests bench

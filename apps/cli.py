@@ -41,6 +41,9 @@ def train(
     alert_rul: Annotated[float, typer.Option(help="turbofan: alarm horizon in cycles (truth: true RUL <= it)")] = 30.0,
     members: Annotated[int | None, typer.Option(help="turbofan lstm: LSTMs averaged in one model (default 3)")] = None,
     window: Annotated[int | None, typer.Option(help="turbofan: cycles per model input window (default 30)")] = None,
+    teacher: Annotated[Path | None, typer.Option(help="turbofan: a trained RUL checkpoint whose predictions this "
+                                                      "model learns to copy (distillation, e.g. with --members 1)")]
+    = None,
     train_file: Annotated[Path | None, typer.Option(help="news: training CSV (default DATA_DIR/train.csv)")] = None,
     eval_file: Annotated[Path | None, typer.Option(help="news: evaluation CSV (default DATA_DIR/test.csv)")] = None,
     train_rows: Annotated[int | None, typer.Option(help="news: when train and eval file are one file, this many "
@@ -94,6 +97,7 @@ def train(
                       batch_size=batch_size, lr=lr, checkpointing=checkpointing,
                       early_stop_patience=early_stop_patience, seed=seed, resume=resume, evaluate=evaluate_after,
                       task_options={"alert_rul": alert_rul, "members": members, "window": window,
+                                    "teacher": _path(teacher),
                                     "train_file": _path(train_file), "eval_file": _path(eval_file),
                                     "train_rows": train_rows, "max_length": max_length, "layers": layers,
                                     "lowercase": lowercase, "remove_stopwords": remove_stopwords, "augment": augment})
@@ -422,14 +426,22 @@ def demo(
     if serve_models and (taken := ports_in_use(ports)):
         fail(f"port {', '.join(taken)} already in use on 127.0.0.1; choose other ports or --no-serve")
     root = real_data("cmapss", "train_FD001.txt*")
-    console.rule("modelyard demo 1/2: turbofan remaining-useful-life model")
+    console.rule("modelyard demo 1/3: turbofan remaining-useful-life model (an ensemble of LSTMs)")
     console.print(f"data: real NASA C-MAPSS FD001 from {root}" if root else
                   "data: generated C-MAPSS-format data (set MODELYARD_DATA to a folder with cmapss/ for real data)")
     train(task="turbofan", out=out / "turbofan",
           **{**_train_defaults(), "data_dir": root, "synthetic": root is None, "epochs": epochs})
     export(out / "turbofan")
 
-    console.rule("modelyard demo 2/2: news topic classifier")
+    console.rule("modelyard demo 2/3: one LSTM distilled from the ensemble, for the stream monitor")
+    from training.checkpoint import read_manifest
+
+    train(task="turbofan", out=out / "turbofan-monitor",
+          **{**_train_defaults(), "data_dir": Path(read_manifest(out / "turbofan").training["data_dir"]),
+             "epochs": epochs, "teacher": out / "turbofan", "members": 1})
+    export(out / "turbofan-monitor")
+
+    console.rule("modelyard demo 3/3: news topic classifier")
     data_args, note = news_data_args()
     console.print(note)
     train(task="news", out=out / "news", **{**_train_defaults(), **data_args, "epochs": news_epochs,

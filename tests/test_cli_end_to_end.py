@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from serving.predictor import TurbofanPredictor
-from tests.conftest import REPO, free_port, real_cmapss, run_cli
+from tests.conftest import REPO, assert_clean_failure, free_port, real_cmapss, run_cli
 from training.checkpoint import verify_checkpoint
 
 REPORT_KEYS = {"rmse", "nasa_score", "alert_precision", "alert_recall", "alert_f1", "baseline"}
@@ -91,6 +91,28 @@ def test_training_variants(tmp_path, synthetic_cmapss, extra):
         assert not detector["alarm_when_high"] and 0 < detector["threshold"] < 125
 
 
+def test_a_single_lstm_distils_the_ensemble(trained, tmp_path):
+    """--teacher: the student trains on the teacher's engines with its normaliser and window, and the manifest says
+    which weights taught it; settings that would make the two models see different inputs are refused."""
+    teacher = trained[0]
+    data = teacher.parent / "data"
+    out = tmp_path / "student"
+    common = ["train", "turbofan", "--data-dir", data, "--teacher", teacher, "--max-steps", "8", "--batch-size", "64"]
+    result = run_cli(*common, "--out", out, "--members", "1", "--no-evaluate")
+    assert result.returncode == 0, result.stderr[-3000:]
+    student, parent = verify_checkpoint(out), verify_checkpoint(teacher)
+    assert student.model["members"] == 1 and parent.model["members"] == 3
+    assert student.training["teacher"]["weights_sha256"] == parent.files["model.safetensors"].sha256
+    for key in ("train_units", "val_units"):
+        assert student.training[key] == parent.training[key]
+    assert student.preprocessing["normalizer"] == parent.preprocessing["normalizer"]
+    assert_clean_failure(run_cli(*common, "--out", tmp_path / "w", "--window", "12"),
+                         "the teacher reads windows of 30 cycles")
+    assert_clean_failure(run_cli(*common, "--out", tmp_path / "s", "--subset", "FD002"), "trained on other data")
+    assert_clean_failure(run_cli(*common, "--out", tmp_path / "r", "--objective", "reconstruction"),
+                         "does not apply to --objective reconstruction")
+
+
 def test_demo_trains_both_models_then_serves_the_api_and_the_app(tmp_path, tiny_encoders):
     """`make demo`'s command with one turbofan epoch and a tiny news encoder: real data when MODELYARD_DATA has it.
     It must end up serving the news API and the Gradio app, and stop both on Ctrl-C."""
@@ -115,7 +137,7 @@ def test_demo_trains_both_models_then_serves_the_api_and_the_app(tmp_path, tiny_
                 pass
         text = "".join(seen)
         assert "turbofan evaluation" in text and "news evaluation" in text
-        assert text.count("max abs difference ONNX Runtime vs torch") == 2
+        assert text.count("max abs difference ONNX Runtime vs torch") == 3  # ensemble, its student, news
         request = urllib.request.Request(f"http://127.0.0.1:{api_port}/classify", headers={"Content-Type":
                                          "application/json"}, data=json.dumps({"texts": ["Team wins"]}).encode())
         with urllib.request.urlopen(request, timeout=30) as response:
@@ -139,8 +161,10 @@ def test_demo_trains_both_models_then_serves_the_api_and_the_app(tmp_path, tiny_
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(60) == 0
-    for name in ("turbofan", "news"):
+    for name in ("turbofan", "turbofan-monitor", "news"):
         assert {"model.onnx", "report.json"} <= set(verify_checkpoint(out / name).files)
+    student = verify_checkpoint(out / "turbofan-monitor")  # what the monitor ran: the ensemble distilled
+    assert student.model["members"] == 1 and student.training["teacher"]["model"]["members"] == 3
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{api_port}/readyz", timeout=2)
 

@@ -1,6 +1,8 @@
 """The default turbofan model is an ensemble of LSTMs in one module: members train on their own losses and
 predictions are their mean."""
 
+import copy
+
 import torch
 
 from training.models import build_model
@@ -39,3 +41,14 @@ def test_single_member_keeps_the_plain_lstm_layout():
     """Checkpoints written before ensembles (no `members` in the manifest) load into the same names."""
     names = set(build_model({"arch": "lstm", "n_features": 5, "window": 8}).state_dict())
     assert "blocks.0.lstm.weight_ih_l0" in names and "head.mlp.0.weight" in names
+
+
+def test_a_student_is_fitted_to_its_teacher_not_to_the_target():
+    """Distillation (--teacher): the loss compares the student with the teacher on the same noisy window, so a
+    student identical to its teacher has nothing left to learn however far both are from the true RUL."""
+    torch.manual_seed(0)
+    teacher = build_model({"arch": "lstm", "n_features": 5, "window": 8, "dropout": 0.0, "members": 1}).eval()
+    student = copy.deepcopy(teacher).train()
+    batch = (torch.randn(6, 8, 5), torch.full((6,), 50.0))
+    assert rul_loss(student, batch) > 1e-3
+    assert rul_loss(student, batch, teacher=lambda windows: teacher(windows).float()) == 0.0
