@@ -4,6 +4,10 @@ Starts `bentoml serve` for a news checkpoint, then keeps CONCURRENCY requests in
 a fixed time with an asyncio HTTP client, and prints p50/p95/p99 latency and requests/s. Targets on a 2-core CPU:
 p50 <= 15 ms at concurrency 1 (ONNX), and adaptive batching giving >= 3x the requests/s at concurrency 32.
 
+First it times the predictor alone (tokenizer + model, no HTTP) on batches of 1 and 32 texts: the batch-32 cost
+per text bounds what any server can reach, so the HTTP table's "ceiling x" column is that bound divided by the
+measured concurrency-1 rate (batching cannot beat it, however the server is built).
+
     python bench/serve_news.py [--checkpoint runs/demo/news] [--seconds 10] [--concurrency 1 8 32]
 
 Without --checkpoint (or when it does not exist) it makes an untrained MiniLM checkpoint first: latency does not
@@ -63,6 +67,24 @@ def text_of_tokens(ckpt: Path, tokens: int) -> str:
     return text
 
 
+def predictor_alone(ckpt: Path, runtime: str, text: str, batches: tuple[int, ...] = (1, 32),
+                    texts: int = 320) -> dict[int, float]:
+    """Milliseconds per text of NewsPredictor.predict (tokenizer and model, in this process) per batch size."""
+    from serving.predictor import NewsPredictor
+
+    predictor = NewsPredictor(ckpt, runtime)
+    per_text = {}
+    for batch in batches:
+        for _ in range(2):
+            predictor.predict([text] * batch)  # warm-up: first calls allocate
+        calls = max(3, texts // batch)
+        start = time.perf_counter()
+        for _ in range(calls):
+            predictor.predict([text] * batch)
+        per_text[batch] = (time.perf_counter() - start) * 1000 / (calls * batch)
+    return per_text
+
+
 async def load(url: str, text: str, concurrency: int, seconds: float) -> tuple[list[float], float, int]:
     """Latencies of the answered requests, answered requests/s, and how many the server shed with 503 (BentoML's
     batcher refuses work that could not finish within the endpoint's max_latency_ms)."""
@@ -103,13 +125,23 @@ def main() -> None:
     parser.add_argument("--runtimes", nargs="+", default=["onnx", "torch"])
     parser.add_argument("--port", type=int, default=3155)
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 140)  # piped output: no wrapped columns
     with tempfile.TemporaryDirectory() as work:
         ckpt = ensure_checkpoint(args.checkpoint, Path(work))
         text = text_of_tokens(ckpt, TOKENS)
+        alone = Table(title=f"news predictor alone (tokenizer + model, no HTTP), one {TOKENS}-token text repeated")
+        for column in ("runtime", "ms/text batch 1", "ms/text batch 32", "texts/s batch 32", "batch 32 vs 1"):
+            alone.add_column(column, justify="right")
+        ceiling = {}
+        for runtime in args.runtimes:
+            per_text = predictor_alone(ckpt, runtime, text)
+            ceiling[runtime] = 1000 / per_text[32]
+            alone.add_row(runtime, f"{per_text[1]:.1f}", f"{per_text[32]:.1f}", f"{ceiling[runtime]:.1f}",
+                          f"{per_text[1] / per_text[32]:.2f}x")
+        console.print(alone)
         table = Table(title=f"news API over HTTP, one {TOKENS}-token text per request, {args.seconds:.0f} s per row")
         for column in ("runtime", "concurrency", "answered", "shed (503)", "p50 ms", "p95 ms", "p99 ms",
-                       "requests/s", "x concurrency 1"):
+                       "requests/s", "x concurrency 1", "ceiling x"):
             table.add_column(column, justify="right")
         for runtime in args.runtimes:
             log = Path(work) / f"serve-{runtime}.log"
@@ -123,10 +155,12 @@ def main() -> None:
                     p50, p95, p99 = np.percentile(np.array(latencies) * 1000, [50, 95, 99])
                     base = base or rate
                     table.add_row(runtime, str(concurrency), str(len(latencies)), str(shed), f"{p50:.1f}",
-                                  f"{p95:.1f}", f"{p99:.1f}", f"{rate:.1f}", f"{rate / base:.2f}")
+                                  f"{p95:.1f}", f"{p99:.1f}", f"{rate:.1f}", f"{rate / base:.2f}",
+                                  f"{ceiling[runtime] / base:.2f}")
                     console.print(f"{runtime} c={concurrency}: p50 {p50:.1f} ms, {rate:.1f} req/s, {shed} shed")
             finally:
                 stop_server(server)
+        console.print(alone)
         console.print(table)
         console.print(f"checkpoint: {ckpt}")
 
