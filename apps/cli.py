@@ -1,174 +1,195 @@
-"""The `modelyard` command line."""
+"""The `modelyard` command line.
+
+`train TASK` and `serve TASK` are built from declarations: the engine's options (training.config.ENGINE_OPTIONS)
+and the task recipe's OPTIONS for training, the service module's OPTIONS for serving, each tab's OPTIONS for `app`.
+Adding a task adds its commands; nothing here names one.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Any
 
+import click
 import numpy as np
-import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(help="modelyard: train, evaluate, export and serve models.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
-data_app = typer.Typer(help="Data utilities.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
-stream_app = typer.Typer(help="Kafka streaming: the embedded broker and the turbofan sensor replay.",
-                         no_args_is_help=True)
-app.add_typer(stream_app, name="stream")
+from apps import actions
+from apps.actions import CommandError, fmt
+from apps.commands import LazyGroup, build_command
+from training.options import Option
+
+SETTINGS = {"max_content_width": 120, "help_option_names": ["-h", "--help"]}
 console = Console()
 err = Console(stderr=True)
 
 
+@click.group(context_settings=SETTINGS, no_args_is_help=True)
+def app() -> None:
+    """modelyard: train, evaluate, export and serve models."""
+
+
+@app.group("data", no_args_is_help=True)
+def data_app() -> None:
+    """Data utilities."""
+
+
+@app.group("stream", no_args_is_help=True)
+def stream_app() -> None:
+    """Kafka streaming: the embedded broker, the turbofan sensor replay and the monitor."""
+
+
 def fail(message: str, code: int = 1) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+    raise click.exceptions.Exit(code)
 
 
-@app.command()
-def train(
-    task: Annotated[str, typer.Argument(help="task name: turbofan | news")],
-    out: Annotated[Path, typer.Option(help="checkpoint directory to write")],
-    data_dir: Annotated[Path | None, typer.Option(help="dataset folder (default: $MODELYARD_DATA/<task data>)")] = None,
-    subset: Annotated[str, typer.Option(help="C-MAPSS subset FD001..FD004")] = "FD001",
-    synthetic: Annotated[bool, typer.Option(help="train on generated data in the real file format")] = False,
-    model: Annotated[str | None, typer.Option(help="turbofan: lstm, transformer, lstm_autoencoder; news: a Hugging "
-                                                   "Face encoder id or local path (default all-MiniLM-L6-v2)")] = None,
-    objective: Annotated[str | None, typer.Option(help="turbofan: rul (default) or reconstruction")] = None,
-    alert_rul: Annotated[float, typer.Option(help="turbofan: alarm horizon in cycles (truth: true RUL <= it)")] = 30.0,
-    members: Annotated[int | None, typer.Option(help="turbofan lstm: LSTMs averaged in one model (default 3)")] = None,
-    window: Annotated[int | None, typer.Option(help="turbofan: cycles per model input window (default 30)")] = None,
-    teacher: Annotated[Path | None, typer.Option(help="turbofan: a trained RUL checkpoint whose predictions this "
-                                                      "model learns to copy (distillation, e.g. with --members 1)")]
-    = None,
-    train_file: Annotated[Path | None, typer.Option(help="news: training CSV (default DATA_DIR/train.csv)")] = None,
-    eval_file: Annotated[Path | None, typer.Option(help="news: evaluation CSV (default DATA_DIR/test.csv)")] = None,
-    train_rows: Annotated[int | None, typer.Option(help="news: when train and eval file are one file, this many "
-                                                        "rows (stratified) train and the rest evaluate")] = None,
-    max_length: Annotated[int | None, typer.Option(help="news: tokens per text (default 128)")] = None,
-    layers: Annotated[int | None, typer.Option(help="news: keep the encoder's first N layers (default all)")] = None,
-    lowercase: Annotated[bool, typer.Option(help="news: lowercase texts")] = False,
-    remove_stopwords: Annotated[bool, typer.Option(help="news: drop English stopwords (scikit-learn list)")] = False,
-    augment: Annotated[str | None, typer.Option(help="news: delete,swap or all (token deletion, adjacent swaps)")]
-    = None,
-    backend: Annotated[str, typer.Option(help="torch | colossalai | fairscale")] = "torch",
-    strategy: Annotated[str | None, typer.Option(help="torch: ddp fsdp; colossalai: ddp zero1 zero2 gemini hybrid "
-                                                      "fsdp; fairscale: oss pipe fsdp")] = None,
-    tp: Annotated[int, typer.Option(help="tensor-parallel size (colossalai hybrid)")] = 1,
-    pp: Annotated[int, typer.Option(help="pipeline-parallel size (colossalai hybrid)")] = 1,
-    offload: Annotated[bool, typer.Option(help="keep optimizer state in CPU memory (colossalai zero2/gemini)")] = False,
-    nproc: Annotated[int, typer.Option(help="processes on this machine")] = 1,
-    nnodes: Annotated[int, typer.Option(help="machines taking part")] = 1,
-    node_rank: Annotated[int | None, typer.Option(help="this machine's rank (static rendezvous)")] = None,
-    rdzv_endpoint: Annotated[str | None, typer.Option(help="HOST:PORT every machine can reach")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    precision: Annotated[str, typer.Option(help="fp32 | bf16 | fp16")] = "fp32",
-    grad_accum: Annotated[int, typer.Option(help="micro-batches per optimizer step")] = 1,
-    epochs: Annotated[int | None, typer.Option(help="epochs (task default otherwise)")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="stop after this many optimizer steps")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="micro-batch per process")] = None,
-    lr: Annotated[float | None, typer.Option(help="peak learning rate")] = None,
-    checkpointing: Annotated[bool, typer.Option(help="activation checkpointing on each model block")] = False,
-    early_stop_patience: Annotated[int | None, typer.Option(help="epochs without validation gain")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
-    resume: Annotated[bool, typer.Option(help="continue from OUT/state")] = False,
-    evaluate_after: Annotated[bool, typer.Option("--evaluate/--no-evaluate", help="write the report")] = True,
-) -> None:
-    """Train TASK and write a verified checkpoint (and, by default, its evaluation report) to OUT."""
-    from training.config import TrainConfig
-    from training.engine.backends import DEFAULT_STRATEGY, StrategyUnavailable
-    from training.launch import TrainingFailed, run_training
-
-    if precision not in ("fp32", "bf16", "fp16"):
-        fail(f"--precision must be fp32, bf16 or fp16, not {precision!r}")
-    for name, value in (("--nproc", nproc), ("--nnodes", nnodes), ("--grad-accum", grad_accum), ("--tp", tp),
-                        ("--pp", pp), ("--members", 1 if members is None else members),
-                        ("--window", 1 if window is None else window), ("--layers", 1 if layers is None else layers)):
-        if value < 1:
-            fail(f"{name} must be at least 1")
-    cfg = TrainConfig(task=task, out=str(out), data_dir=str(data_dir) if data_dir else None, subset=subset,
-                      synthetic=synthetic, model=model, objective=objective, backend=backend,
-                      strategy=strategy or DEFAULT_STRATEGY.get(backend, "ddp"), tp=tp, pp=pp, offload=offload,
-                      nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, device=device,
-                      precision=precision, grad_accum=grad_accum, epochs=epochs, max_steps=max_steps,
-                      batch_size=batch_size, lr=lr, checkpointing=checkpointing,
-                      early_stop_patience=early_stop_patience, seed=seed, resume=resume, evaluate=evaluate_after,
-                      task_options={"alert_rul": alert_rul, "members": members, "window": window,
-                                    "teacher": _path(teacher),
-                                    "train_file": _path(train_file), "eval_file": _path(eval_file),
-                                    "train_rows": train_rows, "max_length": max_length, "layers": layers,
-                                    "lowercase": lowercase, "remove_stopwords": remove_stopwords, "augment": augment})
-    if synthetic:
-        console.print(f"data: generated {task} data (synthetic, real file format)")
+def _reported(action, *args: Any) -> Any:
     try:
-        run_training(cfg)
-    except (StrategyUnavailable, TrainingFailed, FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
-        fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-    if node_rank:  # another machine's launcher: node 0 owns the checkpoint and its report
-        console.print(f"node {node_rank}: training finished; node 0 wrote {out}")
-        return
-    console.print(f"checkpoint: {out}")
-    _print_train_summary(out)
-    if evaluate_after:
-        evaluate(out, None)
-
-
-@app.command()
-def evaluate(
-    ckpt: Annotated[Path, typer.Argument(help="checkpoint directory")],
-    data_dir: Annotated[Path | None, typer.Option(help="dataset folder (default: the one used for training)")] = None,
-) -> None:
-    """Evaluate a checkpoint on its task's test data: writes CKPT/report.json and plots, prints a summary."""
-    from training.checkpoint import CheckpointError, read_manifest
-    from training.data.errors import DataFormatError
-    from training.tasks import get_task
-
-    try:
-        task = get_task(read_manifest(ckpt).task)
-        with console.status("evaluating"):
-            report = task.evaluate(ckpt, data_dir)
-    except (CheckpointError, DataFormatError, FileNotFoundError, ValueError) as exc:
+        return action(*args)
+    except CommandError as exc:
         fail(str(exc))
-    table = Table(title=f"{report['task']} evaluation ({report.get('subset', '')})")
-    table.add_column("metric")
-    table.add_column("model", justify="right")
-    table.add_column("baseline", justify="right")
-    baseline = report.get("baseline", {})
-    for key, value in report.items():
-        if isinstance(value, float) or value is None and key in ("rmse", "nasa_score"):
-            table.add_row(key, _fmt(value), _fmt(baseline.get(key)))
-    console.print(table)
-    console.print(f"report: {ckpt / 'report.json'}")
-    for plot in report.get("plots", []):
-        console.print(f"plot:   {ckpt / plot}")
 
 
-@app.command()
-def export(
-    ckpt: Annotated[Path, typer.Argument(help="checkpoint directory")],
-    format: Annotated[str, typer.Option(help="onnx")] = "onnx",
-) -> None:
-    """Export the checkpoint's model (CKPT/model.onnx) and print the ONNX-vs-torch max abs difference."""
-    from training.checkpoint import CheckpointError
-    from training.export import export_onnx
+# --- train TASK ---------------------------------------------------------------------------------------------------
 
-    if format != "onnx":
-        fail(f"unsupported export format {format!r}; only onnx")
+def train_command(task: str) -> click.Command:
+    from training.config import ENGINE_OPTIONS
+    from training.tasks import get_task, summary
+
+    recipe = get_task(task)
+    engine_names = {option.name for option in ENGINE_OPTIONS}
+
+    def run(**values: Any) -> None:
+        engine = {k: v for k, v in values.items() if k in engine_names}
+        options = {k: v for k, v in values.items() if k not in engine_names}
+        _reported(actions.train, task, engine, options)
+
+    return build_command(task, f"Train {task}: {summary(task)} Writes a verified checkpoint (and, unless "
+                               "--no-evaluate, its evaluation report) to OUT.",
+                         [("Engine options", ENGINE_OPTIONS), (f"{task} options", recipe.OPTIONS)], run)
+
+
+def _task_group(name: str, help_text: str, names, build) -> click.Group:
+    from training.tasks import summary
+
+    return LazyGroup(name, names=names, build=build, summary=summary, help=help_text, no_args_is_help=True)
+
+
+# --- serve TASK ---------------------------------------------------------------------------------------------------
+
+SERVE_OPTIONS = (
+    Option("checkpoint", Path, None, "checkpoint directory (verified before serving)", required=True),
+    Option("port", int, 3000, "HTTP port", minimum=1),
+    Option("host", str, "127.0.0.1", "interface to bind"),
+    Option("runtime", str, "onnx", "ONNX Runtime (needs `modelyard export`) or torch", choices=("onnx", "torch")),
+)
+
+
+def serve_command(task: str) -> click.Command:
+    from serving.server import service_module
+
+    service = service_module(task)
+
+    def run(checkpoint: Path, port: int, host: str, runtime: str, **options: Any) -> None:
+        serve(task, checkpoint, port, host, runtime, options)
+
+    return build_command(task, f"Serve a {task} checkpoint over HTTP with BentoML: POST {service.ROUTE} "
+                               "(/healthz /readyz /metrics, OpenAPI at /docs).",
+                         [("Server options", SERVE_OPTIONS), (f"{task} service options", service.OPTIONS)], run)
+
+
+def serve(task: str, checkpoint: Path, port: int, host: str, runtime: str, options: dict[str, Any]) -> None:
+    import tempfile
+
+    from apps.signals import interrupt_on_sigterm
+    from serving.predictor import ONNX_FILE
+    from serving.server import ServerFailed, service_module, start_server, stop_server, wait_ready
+    from training.checkpoint import CheckpointError, verify_checkpoint
+
     try:
-        diff = export_onnx(ckpt)
+        manifest = verify_checkpoint(checkpoint)
+        if manifest.task != task:
+            raise ValueError(f"{checkpoint} holds a {manifest.task} model, not a {task} model")
+        if runtime == "onnx" and ONNX_FILE not in manifest.files:
+            raise ValueError(f"{checkpoint / ONNX_FILE}: missing; run `modelyard export {checkpoint}` first "
+                             f"or use --runtime torch")
     except (CheckpointError, ValueError) as exc:
         fail(str(exc))
-    console.print(f"wrote {ckpt / 'model.onnx'}")
-    console.print(f"max abs difference ONNX Runtime vs torch: {diff:.3e}")
+    log = Path(tempfile.gettempdir()) / f"modelyard-serve-{task}-{port}.log"
+    process = start_server(task, checkpoint, port, runtime, host, options, log=log)
+    url = f"http://{host}:{port}"
+    interrupt_on_sigterm()
+    try:
+        wait_ready(url, process, log=log)
+        console.print(f"{task} API ready ({runtime}): POST {url}{service_module(task).ROUTE}   docs: {url}/docs   "
+                      f"metrics: {url}/metrics")
+        console.print(f"server log: {log}; Ctrl-C stops it")
+        process.wait()
+        fail(f"the service exited with code {process.returncode}; see {log}")
+    except ServerFailed as exc:
+        fail(f"{exc} (log: {log})")
+    except KeyboardInterrupt:
+        console.print("stopping the service")
+    finally:
+        stop_server(process)
+
+
+# --- app ----------------------------------------------------------------------------------------------------------
+
+APP_OPTIONS = (
+    Option("port", int, 7860, "HTTP port", minimum=1),
+    Option("host", str, "127.0.0.1", "interface to bind"),
+    Option("runtime", str, "onnx", "runtime for in-process predictions", choices=("onnx", "torch")),
+)
+
+
+def app_command() -> click.Command:
+    from apps.tabs import tab_modules
+
+    def run(port: int, host: str, **values: Any) -> None:
+        from apps.gradio_app import build_app
+        from training.checkpoint import CheckpointError
+
+        try:
+            demo_app = build_app(values)
+        except (CheckpointError, ValueError) as exc:
+            fail(str(exc))
+        console.print(f"app: http://{host}:{port}  (Ctrl-C stops it)")
+        demo_app.launch(server_name=host, server_port=port, share=False, show_error=True, quiet=True)
+
+    sections = [("App options", APP_OPTIONS), *((f"{tab.TITLE} tab", tab.OPTIONS) for tab in tab_modules())]
+    return build_command("app", "Start the Gradio demo app with a tab for each model whose API (or checkpoint) is "
+                                "given.", sections, run)
+
+
+# --- evaluate, export, compare ------------------------------------------------------------------------------------
+
+PATH = click.Path(path_type=Path)
 
 
 @app.command()
-def compare(
-    checkpoints: Annotated[list[Path], typer.Argument(help="checkpoint directories, each evaluated")],
-) -> None:
+@click.argument("ckpt", type=PATH)
+@click.option("--data-dir", type=PATH, help="dataset folder (default: the one used for training)")
+def evaluate(ckpt: Path, data_dir: Path | None) -> None:
+    """Evaluate a checkpoint on its task's test data: writes CKPT/report.json and plots, prints a summary."""
+    _reported(actions.evaluate, ckpt, data_dir)
+
+
+@app.command()
+@click.argument("ckpt", type=PATH)
+@click.option("--format", "format_", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+def export(ckpt: Path, format_: str) -> None:
+    """Export the checkpoint's model (CKPT/model.onnx) and print the ONNX-vs-torch max abs difference."""
+    _reported(actions.export, ckpt)
+
+
+@app.command()
+@click.argument("checkpoints", type=PATH, nargs=-1, required=True)
+def compare(checkpoints: tuple[Path, ...]) -> None:
     """Print checkpoints side by side: quality metrics, parameters, training time and latency."""
     from safetensors import safe_open
 
@@ -197,90 +218,18 @@ def compare(
         table.add_column(str(ckpt), justify="right", overflow="fold")
     keys = list(dict.fromkeys(k for column in columns for k in column))
     for key in keys:
-        table.add_row(key, *[_fmt(c.get(key)) if not isinstance(c.get(key), str) else c[key] for c in columns])
+        table.add_row(key, *[fmt(c.get(key)) if not isinstance(c.get(key), str) else c[key] for c in columns])
     console.print(table)
 
 
 _COMPARED_METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "rmse", "nasa_score", "alert_f1")
 
 
-@app.command()
-def serve(
-    task: Annotated[str, typer.Argument(help="news | turbofan")],
-    checkpoint: Annotated[Path, typer.Option(help="checkpoint directory (verified before serving)")],
-    port: Annotated[int, typer.Option(help="HTTP port on 127.0.0.1")] = 3000,
-    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
-    runtime: Annotated[str, typer.Option(help="onnx (ONNX Runtime) | torch")] = "onnx",
-    max_texts: Annotated[int, typer.Option(help="news: most texts in one request")] = 64,
-    max_chars: Annotated[int, typer.Option(help="news: most characters in one text")] = 10_000,
-) -> None:
-    """Serve a checkpoint over HTTP with BentoML (adaptive batching, /healthz /readyz /metrics, OpenAPI at /docs)."""
-    import tempfile
-
-    from apps.signals import interrupt_on_sigterm
-    from serving.predictor import ONNX_FILE, RUNTIMES
-    from serving.server import ServerFailed, service_for, start_server, stop_server, wait_ready
-    from training.checkpoint import CheckpointError, verify_checkpoint
-
-    try:
-        route = service_for(task)[1]
-        if runtime not in RUNTIMES:
-            raise ValueError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
-        manifest = verify_checkpoint(checkpoint)
-        if manifest.task != task:
-            raise ValueError(f"{checkpoint} holds a {manifest.task} model, not a {task} model")
-        if runtime == "onnx" and ONNX_FILE not in manifest.files:
-            raise ValueError(f"{checkpoint / ONNX_FILE}: missing; run `modelyard export {checkpoint}` first "
-                             f"or use --runtime torch")
-    except (CheckpointError, ValueError) as exc:
-        fail(str(exc))
-    log = Path(tempfile.gettempdir()) / f"modelyard-serve-{task}-{port}.log"
-    process = start_server(task, checkpoint, port, runtime, host, max_texts, max_chars, log=log)
-    url = f"http://{host}:{port}"
-    interrupt_on_sigterm()
-    try:
-        wait_ready(url, process, log=log)
-        console.print(f"{task} API ready ({runtime}): POST {url}{route}   docs: {url}/docs   metrics: {url}/metrics")
-        console.print(f"server log: {log}; Ctrl-C stops it")
-        process.wait()
-        fail(f"the service exited with code {process.returncode}; see {log}")
-    except ServerFailed as exc:
-        fail(f"{exc} (log: {log})")
-    except KeyboardInterrupt:
-        console.print("stopping the service")
-    finally:
-        stop_server(process)
-
-
-@app.command("app")
-def app_command(
-    news_checkpoint: Annotated[Path | None, typer.Option(help="news checkpoint for in-process predictions")] = None,
-    api_url: Annotated[str | None, typer.Option(help="news API base URL (from `modelyard serve news`)")] = None,
-    port: Annotated[int, typer.Option(help="HTTP port on 127.0.0.1")] = 7860,
-    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
-    runtime: Annotated[str, typer.Option(help="onnx | torch (in-process predictions)")] = "onnx",
-    bootstrap_servers: Annotated[str | None, typer.Option(help="Kafka for the Turbofan monitor tab")] = None,
-    monitor_metrics: Annotated[str | None, typer.Option(help="the monitor's metrics URL (.../metrics)")] = None,
-) -> None:
-    """Start the Gradio demo app: a News tab (its API with --api-url, else the checkpoint in-process) and a live
-    Turbofan monitor tab (with --bootstrap-servers and --monitor-metrics)."""
-    from apps.gradio_app import build_app
-    from training.checkpoint import CheckpointError
-
-    try:
-        demo_app = build_app(news_checkpoint, api_url, runtime, bootstrap_servers, monitor_metrics)
-    except (CheckpointError, ValueError) as exc:
-        fail(str(exc))
-    console.print(f"app: http://{host}:{port}  (Ctrl-C stops it)")
-    demo_app.launch(server_name=host, server_port=port, share=False, show_error=True, quiet=True)
-
-
 @data_app.command("synth")
-def data_synth(
-    task: Annotated[str, typer.Argument(help="task name: turbofan | news")],
-    out: Annotated[Path, typer.Option(help="folder to write the generated files into")],
-    seed: Annotated[int, typer.Option()] = 0,
-) -> None:
+@click.argument("task")
+@click.option("--out", type=PATH, required=True, help="folder to write the generated files into")
+@click.option("--seed", type=int, default=0, show_default=True)
+def data_synth(task: str, out: Path, seed: int) -> None:
     """Write generated data in the task's real file format."""
     from training.tasks import get_task
 
@@ -292,12 +241,14 @@ def data_synth(
         console.print(f"wrote {path}")
 
 
+# --- streaming ----------------------------------------------------------------------------------------------------
+
 @stream_app.command("broker")
-def stream_broker(
-    port: Annotated[int, typer.Option(help="Kafka port on --host")] = 9092,
-    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
-    data_dir: Annotated[Path, typer.Option(help="where the broker keeps its data")] = Path("runs/broker"),
-) -> None:
+@click.option("--port", type=int, default=9092, show_default=True, help="Kafka port on --host")
+@click.option("--host", default="127.0.0.1", show_default=True, help="interface to bind")
+@click.option("--data-dir", type=PATH, default=Path("runs/broker"), show_default=True,
+              help="where the broker keeps its data")
+def stream_broker(port: int, host: str, data_dir: Path) -> None:
     """Run the embedded Kafka-protocol broker (noida-db) until Ctrl-C or SIGTERM."""
     import time
 
@@ -322,16 +273,18 @@ def stream_broker(
 
 
 @stream_app.command("replay")
-def stream_replay(
-    data_dir: Annotated[Path, typer.Option(help="C-MAPSS folder")],
-    bootstrap_servers: Annotated[str, typer.Option(help="Kafka bootstrap servers")] = "127.0.0.1:9092",
-    subset: Annotated[str, typer.Option(help="FD001..FD004")] = "FD001",
-    split: Annotated[str, typer.Option(help="train | test")] = "test",
-    rate: Annotated[float, typer.Option(help="messages per second (0: as fast as possible)")] = 100.0,
-    engines: Annotated[str | None, typer.Option(help="comma-separated engine ids (default: all)")] = None,
-    loop: Annotated[bool, typer.Option(help="start over after the last cycle (engine ids + 1000 per pass)")] = False,
-    connect_timeout: Annotated[float, typer.Option(help="seconds to wait for the broker")] = 15.0,
-) -> None:
+@click.option("--data-dir", type=PATH, required=True, help="C-MAPSS folder")
+@click.option("--bootstrap-servers", default="127.0.0.1:9092", show_default=True, help="Kafka bootstrap servers")
+@click.option("--subset", default="FD001", show_default=True, help="FD001..FD004")
+@click.option("--split", default="test", show_default=True, help="train | test")
+@click.option("--rate", type=float, default=100.0, show_default=True,
+              help="messages per second (0: as fast as possible)")
+@click.option("--engines", help="comma-separated engine ids (default: all)")
+@click.option("--loop", is_flag=True, help="start over after the last cycle (engine ids + 1000 per pass)")
+@click.option("--connect-timeout", type=float, default=15.0, show_default=True,
+              help="seconds to wait for the broker")
+def stream_replay(data_dir: Path, bootstrap_servers: str, subset: str, split: str, rate: float, engines: str | None,
+                  loop: bool, connect_timeout: float) -> None:
     """Publish one JSON message per engine cycle to turbofan.sensors, keyed by engine id."""
     import signal
     import threading
@@ -357,19 +310,20 @@ def stream_replay(
 
 
 @stream_app.command("monitor")
-def stream_monitor(
-    checkpoint: Annotated[Path, typer.Option(help="turbofan checkpoint (with model.onnx, or --runtime torch)")],
-    bootstrap_servers: Annotated[str, typer.Option(help="Kafka bootstrap servers")] = "127.0.0.1:9092",
-    group: Annotated[str, typer.Option(help="consumer group id")] = "turbofan-monitor",
-    instance_id: Annotated[str | None, typer.Option(help="stable id of this monitor in its group (Kafka static "
-                                                         "membership): a restart takes its partitions back at once; "
-                                                         "give each monitor its own")] = None,
-    consecutive: Annotated[int, typer.Option(help="cycles in alarm before an alert fires")] = 3,
-    hysteresis: Annotated[float | None, typer.Option(help="margin past the threshold to resolve")] = None,
-    runtime: Annotated[str, typer.Option(help="onnx | torch")] = "onnx",
-    metrics_port: Annotated[int | None, typer.Option(help="serve Prometheus /metrics on this port")] = None,
-    log_every: Annotated[float, typer.Option(help="seconds between status lines")] = 10.0,
-) -> None:
+@click.option("--checkpoint", type=PATH, required=True, help="turbofan checkpoint (with model.onnx, or --runtime "
+                                                              "torch)")
+@click.option("--bootstrap-servers", default="127.0.0.1:9092", show_default=True, help="Kafka bootstrap servers")
+@click.option("--group", default="turbofan-monitor", show_default=True, help="consumer group id")
+@click.option("--instance-id", help="stable id of this monitor in its group (Kafka static membership): a restart "
+                                    "takes its partitions back at once; give each monitor its own")
+@click.option("--consecutive", type=click.IntRange(min=1), default=3, show_default=True,
+              help="cycles in alarm before an alert fires")
+@click.option("--hysteresis", type=float, help="margin past the threshold to resolve")
+@click.option("--runtime", type=click.Choice(["onnx", "torch"]), default="onnx", show_default=True)
+@click.option("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+@click.option("--log-every", type=float, default=10.0, show_default=True, help="seconds between status lines")
+def stream_monitor(checkpoint: Path, bootstrap_servers: str, group: str, instance_id: str | None, consecutive: int,
+                   hysteresis: float | None, runtime: str, metrics_port: int | None, log_every: float) -> None:
     """Score turbofan.sensors with the checkpoint's detector; alerts to turbofan.alerts, bad messages to
     turbofan.dlq; offsets committed after the alerts are produced. Runs until Ctrl-C or SIGTERM."""
     import logging
@@ -384,8 +338,6 @@ def stream_monitor(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)  # the client logs every connection at INFO
     try:
-        if consecutive < 1:
-            raise ValueError("--consecutive must be at least 1")
         wait_for_broker(bootstrap_servers, timeout=15)
         ensure_topics(bootstrap_servers)
         monitor = TurbofanMonitor(MonitorSettings(bootstrap_servers, checkpoint, group, instance_id, runtime,
@@ -404,97 +356,60 @@ def stream_monitor(
     console.print(f"monitor stopped: {monitor.summary()}")
 
 
+# --- demo ---------------------------------------------------------------------------------------------------------
+
 @app.command()
-def demo(
-    out: Annotated[Path, typer.Option(help="where the demo writes its checkpoints")] = Path("runs/demo"),
-    epochs: Annotated[int | None, typer.Option(help="turbofan training epochs (recipe default otherwise)")] = None,
-    news_epochs: Annotated[int, typer.Option(help="news fine-tuning epochs")] = 1,
-    news_model: Annotated[str | None, typer.Option(help="news encoder (default all-MiniLM-L6-v2)")] = None,
-    serve_models: Annotated[bool, typer.Option("--serve/--no-serve", help="then serve the API and the app until "
-                                                                         "Ctrl-C")] = True,
-    api_port: Annotated[int, typer.Option(help="news API port (the turbofan API takes the next one)")] = 3000,
-    app_port: Annotated[int, typer.Option(help="Gradio app port")] = 7860,
-    kafka_port: Annotated[int, typer.Option(help="embedded Kafka broker port")] = 9092,
-    metrics_port: Annotated[int, typer.Option(help="monitor metrics port")] = 9108,
-) -> None:
-    """Train, evaluate and export the turbofan and news models (real data when available, generated otherwise),
-    then run them until Ctrl-C: Kafka broker, turbofan replay and monitor, both BentoML APIs, the Gradio app."""
-    from apps.demo import news_data_args, ports_in_use, real_data
+@click.option("--out", type=PATH, default=Path("runs/demo"), show_default=True,
+              help="where the demo writes its checkpoints")
+@click.option("--tasks", help="comma-separated tasks (default: every task)")
+@click.option("--retrain", is_flag=True, help="train again even where a checkpoint made by the same code, data and "
+                                              "settings exists")
+@click.option("--epochs", type=click.IntRange(min=1), help="epochs for every training run (each task's time-boxed "
+                                                           "demo recipe otherwise)")
+@click.option("--model", "models", multiple=True, help="TASK=NAME_OR_PATH: another model for a task (e.g. "
+                                                       "news=distilbert-base-uncased); repeatable")
+@click.option("--serve/--no-serve", "serve_models", default=True, show_default=True,
+              help="then serve the APIs, the stream monitor and the app until Ctrl-C")
+@click.option("--api-port", type=int, default=3000, show_default=True,
+              help="first API port; each task's API takes the next one")
+@click.option("--app-port", type=int, default=7860, show_default=True, help="Gradio app port")
+@click.option("--kafka-port", type=int, default=9092, show_default=True, help="embedded Kafka broker port")
+@click.option("--metrics-port", type=int, default=9108, show_default=True, help="monitor metrics port")
+def demo(out: Path, tasks: str | None, retrain: bool, epochs: int | None, models: tuple[str, ...], serve_models: bool,
+         api_port: int, app_port: int, kafka_port: int, metrics_port: int) -> None:
+    """Train, evaluate and export every model (real data when available, generated otherwise; each time-boxed),
+    reusing checkpoints made by the same code, data and settings; then serve them until Ctrl-C: Kafka broker,
+    turbofan replay and monitor, one BentoML API per model, the Gradio app with a tab per model."""
+    from apps.demo import DemoError, DemoSettings, run_demo
 
-    ports = {"news": api_port, "turbofan": api_port + 1, "app": app_port, "kafka": kafka_port,
-             "metrics": metrics_port}
-    if serve_models and (taken := ports_in_use(ports)):
-        fail(f"port {', '.join(taken)} already in use on 127.0.0.1; choose other ports or --no-serve")
-    root = real_data("cmapss", "train_FD001.txt*")
-    console.rule("modelyard demo 1/3: turbofan remaining-useful-life model (an ensemble of LSTMs)")
-    console.print(f"data: real NASA C-MAPSS FD001 from {root}" if root else
-                  "data: generated C-MAPSS-format data (set MODELYARD_DATA to a folder with cmapss/ for real data)")
-    train(task="turbofan", out=out / "turbofan",
-          **{**_train_defaults(), "data_dir": root, "synthetic": root is None, "epochs": epochs})
-    export(out / "turbofan")
-
-    console.rule("modelyard demo 2/3: one LSTM distilled from the ensemble, for the stream monitor")
-    from training.checkpoint import read_manifest
-
-    train(task="turbofan", out=out / "turbofan-monitor",
-          **{**_train_defaults(), "data_dir": Path(read_manifest(out / "turbofan").training["data_dir"]),
-             "epochs": epochs, "teacher": out / "turbofan", "members": 1})
-    export(out / "turbofan-monitor")
-
-    console.rule("modelyard demo 3/3: news topic classifier")
-    data_args, note = news_data_args()
-    console.print(note)
-    train(task="news", out=out / "news", **{**_train_defaults(), **data_args, "epochs": news_epochs,
-                                            "model": news_model})
-    export(out / "news")
-    if serve_models:
-        from apps.demo import serve_until_interrupted
-
-        try:
-            serve_until_interrupted(out, ports, console)
-        except OSError as exc:  # a port taken between the check above and now
-            fail(f"could not start the demo services: {exc}")
+    bad = [item for item in models if "=" not in item]
+    if bad:
+        fail(f"--model {bad[0]}: expected TASK=NAME_OR_PATH")
+    try:
+        run_demo(DemoSettings(out=out, tasks=tasks.split(",") if tasks else None, retrain=retrain, epochs=epochs,
+                              models=dict(item.split("=", 1) for item in models), serve=serve_models,
+                              api_port=api_port, app_port=app_port, kafka_port=kafka_port,
+                              metrics_port=metrics_port), console)
+    except (DemoError, CommandError, ValueError, OSError) as exc:
+        fail(str(exc))
 
 
-def _path(path: Path | None) -> str | None:
-    return str(path.resolve()) if path else None
+def cli() -> click.Group:
+    from serving.server import SERVICES
+    from training.tasks import task_names
 
-
-def _train_defaults() -> dict:
-    """train()'s defaults, so demo() can call it as a function rather than through typer."""
-    import inspect
-
-    skip = {"task", "out"}
-    return {name: p.default for name, p in inspect.signature(train).parameters.items() if name not in skip}
-
-
-def _print_train_summary(out: Path) -> None:
-    from training.checkpoint import read_manifest
-
-    manifest = read_manifest(out)
-    t = manifest.training
-    table = Table(title="training summary")
-    table.add_column("item")
-    table.add_column("value", justify="right")
-    rows = [("backend / strategy", f"{t['backend']} / {t['strategy']}"), ("processes", str(t["nproc"] * t["nnodes"])),
-            ("precision", t["precision"]), ("epochs run", str(t["epochs_run"])), ("optimizer steps", str(t["steps"])),
-            ("train time (s)", f"{t['train_seconds']:.1f}"), ("samples/s", f"{t['samples_per_second']:.0f}"),
-            ("stopped early", str(t["stopped_early"]))]
-    rows += [(key, _fmt(value)) for key, value in manifest.metrics.items()]
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-
-
-def _fmt(value: object) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4f}" if isinstance(value, float) else json.dumps(value)
+    root = app
+    root.add_command(_task_group("train", "Train a task's model (modelyard train TASK --help: its options).",
+                                 task_names, train_command))
+    root.add_command(_task_group("serve", "Serve a task's checkpoint over HTTP (modelyard serve TASK --help).",
+                                 lambda: list(SERVICES), serve_command))
+    root.add_command(app_command())
+    return root
 
 
 def main() -> None:
     try:
-        app()
+        cli()(prog_name="modelyard")
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)

@@ -1,35 +1,161 @@
-"""What `modelyard demo` needs besides training: where real data is, and serving the results until Ctrl-C."""
+"""`modelyard demo`: train (or reuse), evaluate and export every task's demo runs, then serve them all until Ctrl-C.
+
+Each recipe says what its demo trains (`demo_runs()`, time-boxed); a checkpoint is reused when it verifies and its
+manifest's fingerprint (code, data, settings) is the one this run would make. Serving: the embedded Kafka broker, a
+looping replay of the turbofan test engines, the stream monitor, one BentoML API per task and the Gradio app.
+"""
 
 from __future__ import annotations
 
-import os
+import shutil
 import tempfile
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.table import Table
 
-DEMO_NEWS_TRAIN_ROWS = 6000  # of AG News test.csv's 7,600 (the only real split here); the other 1,600 evaluate
+from apps import actions
 
-
-def real_data(subdir: str, pattern: str) -> Path | None:
-    root = os.environ.get("MODELYARD_DATA")
-    folder = Path(root) / subdir if root else None
-    return folder if folder and any(folder.glob(pattern)) else None
+MONITOR_RUN = "turbofan-monitor"  # the checkpoint the stream monitor scores with (training.tasks.turbofan.demo_runs)
 
 
-def news_data_args() -> tuple[dict[str, Any], str]:
-    """Real AG News test.csv split 6,000/1,600 when available; generated AG News-format data otherwise."""
-    folder = real_data("ag_news", "test.csv*")
-    if folder is None:
-        return {"synthetic": True}, "data: generated AG News-format data (set MODELYARD_DATA for real AG News)"
-    test = next(folder.glob("test.csv*"))
-    return ({"train_file": test, "eval_file": test, "train_rows": DEMO_NEWS_TRAIN_ROWS},
-            f"data: real AG News {test}: {DEMO_NEWS_TRAIN_ROWS} stratified rows train, the rest evaluate")
+class DemoError(RuntimeError):
+    pass
 
 
-PORT_OPTIONS = {"news": "--api-port", "turbofan": "--api-port + 1", "app": "--app-port", "kafka": "--kafka-port",
-                "metrics": "--metrics-port"}
+@dataclass
+class DemoSettings:
+    out: Path = Path("runs/demo")
+    tasks: list[str] | None = None  # None: every task
+    retrain: bool = False
+    epochs: int | None = None  # for every run, instead of the recipes' time boxes
+    models: dict[str, str] = field(default_factory=dict)  # task -> --model value
+    serve: bool = True
+    api_port: int = 3000
+    app_port: int = 7860
+    kafka_port: int = 9092
+    metrics_port: int = 9108
+    replay_rate: float = 200.0
+
+
+@dataclass
+class DemoModel:
+    task: str
+    name: str
+    ckpt: Path
+    reused: bool
+    serve: bool
+
+
+def run_demo(settings: DemoSettings, console: Console) -> None:
+    from training.tasks import task_names
+
+    tasks = settings.tasks or task_names()
+    unknown = sorted(set(tasks) - set(task_names())) + sorted(set(settings.models) - set(task_names()))
+    if unknown:
+        raise DemoError(f"unknown task {', '.join(unknown)}; tasks: {', '.join(task_names())}")
+    ports = demo_ports(settings, tasks)
+    if settings.serve and (taken := ports_in_use(ports)):
+        raise DemoError(f"port {', '.join(taken)} already in use on 127.0.0.1; choose other ports or --no-serve")
+    models = train_all(settings, tasks, console)
+    if settings.serve:
+        serve_until_interrupted(settings, models, ports, console)
+    else:
+        console.print(summary_table(models, {}))
+
+
+# --- training -----------------------------------------------------------------------------------------------------
+
+def train_all(settings: DemoSettings, tasks: list[str], console: Console) -> list[DemoModel]:
+    from training.tasks import get_task
+
+    runs = [(task, run) for task in tasks for run in get_task(task).demo_runs()]
+    models: list[DemoModel] = []
+    retrained: set[str] = set()
+    for step, (task, run) in enumerate(runs, start=1):
+        console.rule(f"modelyard demo {step}/{len(runs)}: {task}: {run.title}")
+        if run.data_note:
+            console.print(run.data_note)
+        ckpt = settings.out / run.name
+        depends = {value[1:] for value in run.options.values() if isinstance(value, str) and value.startswith("@")}
+        options = {k: settings.out / v[1:] if isinstance(v, str) and v.startswith("@") else v
+                   for k, v in run.options.items()}
+        if task in settings.models:
+            options["model"] = settings.models[task]
+        engine = {**run.engine, "out": ckpt}
+        if settings.epochs is not None:
+            engine["epochs"] = settings.epochs
+        reason = "--retrain" if settings.retrain else stale_reason(task, engine, options, depends & retrained)
+        if reason is None:
+            console.print(f"reusing {ckpt}: made by this code from the same data and settings "
+                          "(--retrain trains again)")
+        else:
+            console.print(f"training: {reason}")
+            actions.train(task, engine, options)
+            actions.export(ckpt)
+            retrained.add(run.name)
+        models.append(DemoModel(task, run.name, ckpt, reason is None, run.serve))
+    return models
+
+
+def stale_reason(task: str, engine: dict[str, Any], options: dict[str, Any], retrained_deps: set[str]) -> str | None:
+    """Why the checkpoint in engine["out"] cannot be reused, or None when it can."""
+    from training.checkpoint import CheckpointError, verify_checkpoint
+    from training.launch import planned
+
+    ckpt = Path(engine["out"])
+    if retrained_deps:
+        return f"{', '.join(sorted(retrained_deps))} was trained again"
+    try:
+        manifest = verify_checkpoint(ckpt)
+    except CheckpointError as exc:
+        return "no checkpoint yet" if not (ckpt / "manifest.json").exists() else str(exc)
+    missing = {"report.json", "model.onnx"} - set(manifest.files)
+    if missing:
+        return f"{ckpt} has no {' or '.join(sorted(missing))}"
+    expected = planned(actions.train_config(task, engine, options)).fingerprint
+    recorded = manifest.training.get("fingerprint") or {}
+    changed = [part for part in ("code", "data", "settings") if recorded.get(part) != expected[part]]
+    return f"the {' and '.join(changed)} changed since {ckpt} was made" if changed else None
+
+
+def headline(model: DemoModel) -> tuple[str, Any]:
+    from training.checkpoint import read_manifest
+    from training.tasks import get_task
+
+    key, label = get_task(model.task).HEADLINE
+    return label, read_manifest(model.ckpt).metrics.get(key)
+
+
+def summary_table(models: list[DemoModel], urls: dict[str, str]) -> Table:
+    table = Table(title="modelyard demo: models")
+    for column in ("task", "checkpoint", "headline metric", "value", "API"):
+        table.add_column(column, justify="right" if column == "value" else "left", overflow="fold")
+    for model in models:
+        label, value = headline(model)
+        api = urls.get(model.task, "-") if model.serve else "stream monitor" if model.name == MONITOR_RUN else "-"
+        table.add_row(model.task, f"{model.ckpt}{' (reused)' if model.reused else ''}", label, actions.fmt(value),
+                      api)
+    return table
+
+
+# --- serving ------------------------------------------------------------------------------------------------------
+
+PORT_OPTIONS = {"app": "--app-port", "kafka": "--kafka-port", "metrics": "--metrics-port"}
+
+
+def demo_ports(settings: DemoSettings, tasks: list[str]) -> dict[str, int]:
+    """Each task with an HTTP service gets the next port from --api-port; the stream parts only come with turbofan."""
+    from serving.server import SERVICES
+
+    ports = {task: settings.api_port + i for i, task in enumerate(t for t in tasks if t in SERVICES)}
+    ports["app"] = settings.app_port
+    if "turbofan" in tasks:
+        ports.update(kafka=settings.kafka_port, metrics=settings.metrics_port)
+    return ports
 
 
 def ports_in_use(ports: dict[str, int]) -> list[str]:
@@ -44,19 +170,18 @@ def ports_in_use(ports: dict[str, int]) -> list[str]:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
-                taken.append(f"{port} ({PORT_OPTIONS[name]})")
+                taken.append(f"{port} ({PORT_OPTIONS.get(name, f'the {name} API, from --api-port')})")
     return taken
 
 
-def serve_until_interrupted(out: Path, ports: dict[str, int], console: Console, replay_rate: float = 200.0) -> None:
+def serve_until_interrupted(settings: DemoSettings, models: list[DemoModel], ports: dict[str, int],
+                            console: Console) -> None:
     """Everything the trained models feed, until Ctrl-C or SIGTERM: the embedded Kafka broker, a replay of the
-    turbofan test engines (looping), the monitor raising alerts, the news and turbofan BentoML APIs, and the Gradio
-    app with its News and Turbofan monitor tabs."""
+    turbofan test engines (looping), the monitor raising alerts, one BentoML API per task, and the Gradio app."""
     import signal
-    import threading
 
     from apps.gradio_app import build_app
-    from serving.server import start_server, stop_server, wait_ready
+    from serving.server import service_module, start_server, stop_server, wait_ready
     from streaming.broker import EmbeddedBroker, ensure_topics
     from streaming.monitor import MonitorSettings, TurbofanMonitor, serve_metrics
     from streaming.replay import load_replay, replay
@@ -75,45 +200,51 @@ def serve_until_interrupted(out: Path, ports: dict[str, int], console: Console, 
         return step
 
     logs = Path(tempfile.gettempdir())
-    servers, app, threads = [], None, []
-    import shutil
-
-    shutil.rmtree(out / "broker", ignore_errors=True)  # a fresh stream: replayed engines start again at cycle 1
-    broker = EmbeddedBroker(out / "broker", ports["kafka"])
-    monitor = None
+    served = {model.task: model.ckpt for model in models if model.serve and model.task in ports}
+    servers: dict[str, Any] = {}
+    app, threads, broker, monitor = None, [], None, None
+    urls = {task: f"http://127.0.0.1:{ports[task]}" for task in served}
+    tab_values: dict[str, Any] = {f"{task}_api": url for task, url in urls.items()}
     try:
-        bootstrap = broker.start()
-        ensure_topics(bootstrap)
-        training = read_manifest(out / "turbofan").training
-        fleet = load_replay(Path(training["data_dir"]), training["subset"], "test")
-        threads.append(threading.Thread(target=replay, args=(bootstrap, fleet, replay_rate, True),
-                                        kwargs={"stop": stop, "progress": False}, daemon=True))
-        # The monitor scores every message: it runs the distilled single LSTM, a third of the ensemble's cost.
-        monitor = TurbofanMonitor(MonitorSettings(bootstrap, out / "turbofan-monitor", group="demo-monitor",
-                                                  instance_id="demo-monitor-1"))
-        serve_metrics(monitor, ports["metrics"])
-        threads.append(threading.Thread(target=monitor.run, daemon=True))
-        for thread in threads:
-            thread.start()
-        urls = {}
-        for task in ("news", "turbofan"):
+        # Every API starts at once: model loading overlaps, and a second demo is serving within seconds of the
+        # slowest service's start-up rather than the sum of all of them.
+        for task, ckpt in served.items():
             log = logs / f"modelyard-demo-{task}-{ports[task]}.log"
-            servers.append(started(start_server(task, out / task, ports[task], log=log)))
-            urls[task] = f"http://127.0.0.1:{ports[task]}"
-            started(wait_ready(urls[task], servers[-1], log=log))
-        metrics = f"http://127.0.0.1:{ports['metrics']}/metrics"
-        app = started(build_app(news_api=urls["news"], bootstrap_servers=bootstrap, monitor_metrics=metrics))
+            servers[task] = (start_server(task, ckpt, ports[task], log=log), log)
+        monitor_ckpt = next((m.ckpt for m in models if m.name == MONITOR_RUN), None)
+        if monitor_ckpt is not None:
+            shutil.rmtree(settings.out / "broker", ignore_errors=True)  # a fresh stream: engines start at cycle 1
+            broker = EmbeddedBroker(settings.out / "broker", ports["kafka"])
+            bootstrap = started(broker.start())
+            ensure_topics(bootstrap)
+            training = read_manifest(monitor_ckpt).training
+            fleet = load_replay(Path(training["data_dir"]), training["subset"], "test")
+            threads.append(threading.Thread(target=replay, args=(bootstrap, fleet, settings.replay_rate, True),
+                                            kwargs={"stop": stop, "progress": False}, daemon=True))
+            monitor = TurbofanMonitor(MonitorSettings(bootstrap, monitor_ckpt, group="demo-monitor",
+                                                      instance_id="demo-monitor-1"))
+            serve_metrics(monitor, ports["metrics"])
+            threads.append(threading.Thread(target=monitor.run, daemon=True))
+            for thread in threads:
+                thread.start()
+            tab_values.update(bootstrap_servers=bootstrap,
+                              monitor_metrics=f"http://127.0.0.1:{ports['metrics']}/metrics")
+        for task, (process, log) in servers.items():
+            started(wait_ready(urls[task], process, log=log))
+        app = started(build_app(tab_values))
         started(app.launch(server_name="127.0.0.1", server_port=ports["app"], prevent_thread_lock=True, quiet=True))
         console.rule("modelyard demo is running")
-        console.print(f"Kafka broker (embedded):  {bootstrap}  topics turbofan.sensors / .alerts / .dlq")
-        console.print(f"replay: {training['subset']} test engines at {replay_rate:.0f} messages/s, looping")
-        console.print(f"monitor ({out / 'turbofan-monitor'}) metrics: {metrics}")
-        console.print(f"news API (BentoML):       POST {urls['news']}/classify   OpenAPI: {urls['news']}/docs")
-        console.print(f"turbofan API (BentoML):   POST {urls['turbofan']}/score   OpenAPI: {urls['turbofan']}/docs")
+        console.print(summary_table(models, {t: f"POST {urls[t]}{service_module(t).ROUTE}" for t in urls}))
+        if broker is not None:
+            console.print(f"Kafka broker (embedded):  {broker.bootstrap_servers}  topics turbofan.sensors / .alerts "
+                          f"/ .dlq; replay of the {training['subset']} test engines at {settings.replay_rate:.0f} "
+                          f"messages/s, looping; monitor metrics: {tab_values['monitor_metrics']}")
+        console.print(f"OpenAPI documents: {', '.join(f'{url}/docs' for url in urls.values())}")
         console.print(f"demo app (Gradio):        http://127.0.0.1:{ports['app']}")
         console.print(f"service logs in {logs}.  Ctrl-C stops everything.")
         while not stop.wait(0.5):
-            if any(server.poll() is not None for server in servers) or broker.process.poll() is not None:
+            if any(process.poll() is not None for process, _ in servers.values()) or (
+                    broker is not None and broker.process.poll() is not None):
                 console.print("[red]a demo service exited; stopping the rest[/]")
                 break
         else:
@@ -129,6 +260,7 @@ def serve_until_interrupted(out: Path, ports: dict[str, int], console: Console, 
             thread.join(15)
         if app is not None:
             app.close()
-        for server in servers:
-            stop_server(server)
-        broker.stop()
+        for process, _ in servers.values():
+            stop_server(process)
+        if broker is not None:
+            broker.stop()

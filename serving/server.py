@@ -1,7 +1,12 @@
-"""Start a BentoML service process for a checkpoint and wait until it answers /readyz."""
+"""Start a BentoML service process for a checkpoint and wait until it answers /readyz.
+
+Each task's service is a module (serving.<task>_service) that declares SERVICE (its class name), ROUTE (the
+prediction route) and OPTIONS (its settings, read from the environment this module hands over).
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
@@ -10,35 +15,36 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
-# task -> (BentoML service, its prediction route)
-SERVICES = {"news": ("serving.news_service:NewsClassifier", "/classify"),
-            "turbofan": ("serving.turbofan_service:TurbofanScorer", "/score")}
+from serving.settings import settings_env
+from training.processes import dies_with_parent
+
+SERVICES = {"news": "serving.news_service", "turbofan": "serving.turbofan_service"}
 
 
 class ServerFailed(RuntimeError):
     pass
 
 
-def service_for(task: str) -> tuple[str, str]:
+def service_module(task: str) -> ModuleType:
     if task not in SERVICES:
         raise ValueError(f"no HTTP service for task {task!r}; available: {', '.join(SERVICES)}")
-    return SERVICES[task]
+    return importlib.import_module(SERVICES[task])
 
 
 def start_server(task: str, ckpt: Path, port: int, runtime: str = "onnx", host: str = "127.0.0.1",
-                 max_texts: int | None = None, max_chars: int | None = None, log: Path | None = None,
-                 threads: int | None = None) -> subprocess.Popen:
-    """`bentoml serve` in its own process group (so it and its worker stop together), bound to `host`."""
+                 options: dict[str, Any] | None = None, log: Path | None = None) -> subprocess.Popen:
+    """`bentoml serve` in its own process group (so it and its worker stop together), bound to `host`; it ends
+    when this process dies, however it dies. `options`: the service's declared OPTIONS by name."""
     env = {**os.environ, "MODELYARD_CHECKPOINT": str(Path(ckpt).resolve()), "MODELYARD_RUNTIME": runtime,
-           "BENTOML_DO_NOT_TRACK": "true"}  # no usage reporting: this machine may have no network at all
-    for key, value in (("MODELYARD_MAX_TEXTS", max_texts), ("MODELYARD_MAX_CHARS", max_chars),
-                       ("MODELYARD_THREADS", threads)):
-        if value is not None:
-            env[key] = str(value)
+           "BENTOML_DO_NOT_TRACK": "true",  # no usage reporting: this machine may have no network at all
+           **settings_env(options or {})}
+    target = f"{SERVICES[task]}:{service_module(task).SERVICE}"
     output = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - owned by the child from here on
-    return subprocess.Popen([sys.executable, "-m", "bentoml", "serve", service_for(task)[0], "--host", host,
-                             "--port", str(port)], env=env, stdout=output, stderr=subprocess.STDOUT,
+    command = [sys.executable, "-m", "bentoml", "serve", target, "--host", host, "--port", str(port)]
+    return subprocess.Popen(dies_with_parent(command), env=env, stdout=output, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 

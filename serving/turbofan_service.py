@@ -3,7 +3,8 @@ autoencoder's reconstruction error), a health score and the checkpoint detector'
 
 Each cycle is 24 numbers in C-MAPSS column order (3 operating settings, then sensors s1..s21). Send a window or an
 engine's whole history: the model reads the last `window` cycles, repeating the first one when there are fewer (as
-in training). Settings come from MODELYARD_CHECKPOINT / MODELYARD_RUNTIME, which `modelyard serve` sets.
+in training). Settings come from MODELYARD_CHECKPOINT / MODELYARD_RUNTIME and OPTIONS, which `modelyard serve`
+sets.
 """
 
 from __future__ import annotations
@@ -15,9 +16,16 @@ import bentoml
 import numpy as np
 from pydantic import BaseModel, Field
 
-MAX_CYCLES = int(os.environ.get("MODELYARD_MAX_CYCLES", "5000"))
+from serving.openapi import document_truthfully
+from serving.settings import read_settings
+from training.options import Option
 
-Cycle = Annotated[list[Annotated[float, Field(allow_inf_nan=False)]], Field(min_length=24, max_length=24)]
+SERVICE, ROUTE = "TurbofanScorer", "/score"
+OPTIONS = (Option("max_cycles", int, 5000, "most cycles in one request", minimum=1),)
+MAX_CYCLES = read_settings(OPTIONS)["max_cycles"]
+
+# strict: JSON booleans are not numbers here (pydantic would read true as 1.0).
+Cycle = Annotated[list[Annotated[float, Field(allow_inf_nan=False, strict=True)]], Field(min_length=24, max_length=24)]
 
 
 class EngineScore(BaseModel):
@@ -28,6 +36,7 @@ class EngineScore(BaseModel):
     cycles_used: int
 
 
+@document_truthfully
 @bentoml.service(name="turbofan_scorer", workers=1, traffic={"timeout": 30})
 class TurbofanScorer:
     def __init__(self) -> None:

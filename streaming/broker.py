@@ -13,6 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from training.processes import dies_with_parent
+
 TOPICS = {"sensors": "turbofan.sensors", "alerts": "turbofan.alerts", "dlq": "turbofan.dlq"}
 
 
@@ -44,9 +46,11 @@ class EmbeddedBroker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         _check_port_free(self.host, self.port)
         log = open(self.data_dir / "broker.log", "ab")  # noqa: SIM115 - the child owns it
-        self.process = subprocess.Popen(
-            [str(broker_binary()), "start", "--data-dir", str(self.data_dir), "--host", self.host, "--only", "kafka",
-             "--kafka-port", str(self.port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        command = [str(broker_binary()), "start", "--data-dir", str(self.data_dir), "--host", self.host, "--only",
+                   "kafka", "--kafka-port", str(self.port)]
+        # It ends with this process even when that one is killed outright: an orphan would hold the port.
+        self.process = subprocess.Popen(dies_with_parent(command), stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
         wait_for_broker(self.bootstrap_servers, timeout, self.process, self.data_dir / "broker.log")
         return self.bootstrap_servers
 

@@ -7,7 +7,10 @@ the alerts, flush, and only then commit the offsets (at-least-once).
 Recovery: when a partition is assigned (first start, restart after a crash, rebalance), its engines' windows and
 alert states are rebuilt by re-reading the partition from its beginning up to the committed offset without emitting
 anything, so the monitor neither misses nor re-fires an alert. Messages after the committed offset that were
-processed before a crash are processed again; their alerts carry the same idempotent key (engine + episode).
+processed before a crash are processed again; their alerts carry the same idempotent key (engine + episode). Dead
+letters are keyed by their source (topic:partition:offset, the original key in a header), and before re-sending
+one after an assignment the monitor reads which of that partition's messages the DLQ already holds (records since
+the first uncommitted message), so a crash leaves each bad message in the DLQ once.
 """
 
 from __future__ import annotations
@@ -95,6 +98,10 @@ class TurbofanMonitor:
         self.last_cycle: dict[int, int] = {}
         # partition -> first offset this group has not processed yet (None: to be looked up after an assignment)
         self.replay_until: dict[Any, int | None] = {}
+        # partition -> create time (ms) of its first message not committed before this assignment; and the
+        # offsets of that partition which the DLQ already holds (read when the first bad message needs them)
+        self.resume_ms: dict[Any, int] = {}
+        self.in_dlq: dict[Any, set[int]] = {}
         self.stats = MonitorStats()
         self.latest: dict[int, dict[str, Any]] = {}  # engine -> last assessment (for dashboards)
         self._stop = threading.Event()
@@ -117,6 +124,8 @@ class TurbofanMonitor:
                 for tp in assigned:
                     monitor._forget(tp.partition)
                     monitor.replay_until[tp] = None
+                    monitor.resume_ms.pop(tp, None)
+                    monitor.in_dlq.pop(tp, None)
                     monitor.consumer.seek_to_beginning(tp)
 
         consumer = KafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, group_id=self.settings.group,
@@ -182,6 +191,8 @@ class TurbofanMonitor:
         for tp, records in batches.items():
             for record in records:
                 silent = record.offset < self.replay_until.get(tp, 0)
+                if not silent:
+                    self.resume_ms.setdefault(tp, record.timestamp)
                 reading = self._validate(record, silent)
                 if reading is not None:
                     readings.append((reading, record.partition, silent))
@@ -245,11 +256,62 @@ class TurbofanMonitor:
         self.stats.latencies.append(now - alert.event_time)
 
     def _dead_letter(self, record, reason: str) -> None:
-        headers = [("error", reason.encode()), ("source", f"{record.topic}:{record.partition}:{record.offset}"
-                                                            .encode())]
-        self.producer.send(TOPICS["dlq"], key=record.key, value=record.value if record.value is not None else b"",
-                           headers=headers)
+        from kafka import TopicPartition
+
+        tp = TopicPartition(record.topic, record.partition)
+        if tp not in self.in_dlq:
+            self.in_dlq[tp] = self._dead_lettered_offsets(tp, self.resume_ms.get(tp, record.timestamp))
+        if record.offset in self.in_dlq[tp]:  # sent before a crash, between the flush and the commit
+            return
+        source = f"{record.topic}:{record.partition}:{record.offset}"
+        headers = [("error", reason.encode()), ("source", source.encode()), ("group", self.settings.group.encode()),
+                   ("original_key", record.key or b"")]
+        self.producer.send(TOPICS["dlq"], key=source.encode(), value=record.value if record.value is not None
+                           else b"", headers=headers)
+        self.in_dlq[tp].add(record.offset)
         self.stats.dlq += 1
+
+    # Producer clocks may differ by this much: DLQ records are read from this long before the first uncommitted
+    # message's create time.
+    CLOCK_SLACK_MS = 60_000
+
+    def _dead_lettered_offsets(self, tp, since_ms: int) -> set[int]:
+        """Offsets of source partition `tp` that this group has already dead-lettered since `since_ms`."""
+        from kafka import KafkaConsumer, TopicPartition
+        from kafka.errors import UnsupportedVersionError
+
+        reader = KafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, group_id=None,
+                               enable_auto_commit=False)
+        try:
+            parts = [TopicPartition(TOPICS["dlq"], p) for p in sorted(reader.partitions_for_topic(TOPICS["dlq"])
+                                                                      or [])]
+            if not parts:
+                return set()
+            reader.assign(parts)
+            ends = reader.end_offsets(parts)
+            try:
+                starts = reader.offsets_for_times({p: max(0, since_ms - self.CLOCK_SLACK_MS) for p in parts})
+            except UnsupportedVersionError:  # a broker without time lookups: read the whole topic
+                starts = {p: reader.beginning_offsets([p])[p] for p in parts}
+            for p in parts:
+                start = starts.get(p)
+                reader.seek(p, ends[p] if start is None else getattr(start, "offset", start))
+            source_prefix, group = f"{tp.topic}:{tp.partition}:", self.settings.group.encode()
+            offsets: set[int] = set()
+            deadline = time.monotonic() + 30
+            while any(reader.position(p) < ends[p] for p in parts):
+                if time.monotonic() > deadline:  # an unreadable DLQ must not stop scoring; at worst a duplicate
+                    log.warning("could not read %s to its end; a bad message may be dead-lettered twice", TOPICS["dlq"])
+                    break
+                for records in reader.poll(500).values():
+                    for record in records:
+                        headers = dict(record.headers or [])
+                        source = headers.get("source", b"").decode(errors="replace")
+                        if headers.get("group") == group and source.startswith(source_prefix):
+                            offsets.add(int(source.rsplit(":", 1)[1]))
+            return offsets
+        finally:
+            reader.close()
 
     # --- metrics --------------------------------------------------------------------------------------------------
     def _update_lag(self) -> None:
@@ -282,6 +344,13 @@ def serve_metrics(monitor: TurbofanMonitor, port: int, host: str = "127.0.0.1") 
                                       value=stats.dlq)
             rate = stats.messages / max(time.monotonic() - stats.started, 1e-9)
             yield GaugeMetricFamily("modelyard_monitor_messages_per_second", "mean since start", value=rate)
+            # The alarm rule, so a dashboard can mark it beside the scores: the score it compares and how.
+            rule = GaugeMetricFamily("modelyard_monitor_alarm_threshold", "score at which an engine is in alarm",
+                                     labels=["score", "direction", "alert_rul"])
+            rule.add_metric(["reconstruction_error" if monitor.rule.alarm_when_high else "predicted_rul",
+                             "above" if monitor.rule.alarm_when_high else "below",
+                             str(monitor.predictor.detector.get("alert_rul", ""))], monitor.rule.threshold)
+            yield rule
             latency = SummaryMetricFamily("modelyard_monitor_event_to_alert_seconds",
                                           "sensor event time to alert produced", labels=["quantile"])
             if stats.latencies:

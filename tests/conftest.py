@@ -38,28 +38,78 @@ def cmapss_dir(synthetic_cmapss) -> Path:
 _HANDED_OUT: set[int] = set()
 
 
-def free_port() -> int:
-    """A free port with its next one free too (the demo serves turbofan on --api-port + 1), drawn below the
-    kernel's ephemeral range: a port bind(0) gives can be taken by any outgoing connection before the server under
-    test binds it, which failed CI once."""
+def free_port(count: int = 2) -> int:
+    """A free port with the `count - 1` ports after it free too (the demo gives each task's API the next port),
+    drawn below the kernel's ephemeral range: a port bind(0) gives can be taken by any outgoing connection before
+    the server under test binds it, which failed CI once."""
     import random
     import socket
 
     port_range = Path("/proc/sys/net/ipv4/ip_local_port_range")
     low = int(port_range.read_text().split()[0]) if port_range.exists() else 32768
     for _ in range(1000):
-        port = random.randrange(max(1024, low - 12000), low - 1, 2)
-        if {port, port + 1} & _HANDED_OUT:
+        port = random.randrange(max(1024, low - 12000), low - count, 2)
+        block = set(range(port, port + count))
+        if block & _HANDED_OUT:
             continue
         try:
-            for candidate in (port, port + 1):
+            for candidate in block:
                 with socket.socket() as sock:
                     sock.bind(("127.0.0.1", candidate))
         except OSError:
             continue
-        _HANDED_OUT.update({port, port + 1})
+        _HANDED_OUT.update(block)
         return port
-    raise RuntimeError("no free port pair below the ephemeral range")
+    raise RuntimeError("no free port block below the ephemeral range")
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (children, their children, ...), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    """The pids of `pids` still running (zombies count as gone)."""
+    running = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            running.add(pid)
+    return running
+
+
+def sigkill_leaves_no_children(process: subprocess.Popen, what: str) -> None:
+    """SIGKILL `process` (no chance to clean up) and check that every process below it goes by itself."""
+    children = descendants(process.pid)
+    process.kill()
+    process.wait(30)
+    assert children, f"no {what} ran below the command"
+    assert not wait_gone(children), f"{what} outlived its SIGKILLed launcher"
+
+
+def wait_gone(pids: set[int], timeout: float = 30.0) -> set[int]:
+    """Wait until none of `pids` runs; returns those still running at the timeout."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return alive(pids)
 
 
 def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -146,3 +196,37 @@ def post(url: str, body: object = None, raw: bytes | None = None) -> tuple[int, 
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+
+
+def assert_api_honours_its_document(url: str, max_examples: int = 60) -> None:
+    """schemathesis against the service's own OpenAPI document (/docs.json), valid and invalid inputs (coverage and
+    fuzzing phases, every check): no 5xx, and every status code and body as the document declares."""
+    command = [str(Path(sys.executable).parent / "schemathesis"), "run", f"{url}/docs.json", "--url", url,
+               "--checks", "all", "--phases", "coverage,fuzzing", "--max-examples", str(max_examples),
+               "--seed", "1", "--generation-database", "none", "--no-color", "--request-timeout", "60"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "No issues found" in result.stdout, result.stdout[-3000:]
+
+
+@pytest.fixture(scope="session")
+def cifar_dir(tmp_path_factory) -> Path:
+    """Generated CIFAR-10 in the binary format (the real JPEGs are kept for the slow accuracy runs)."""
+    from training.data.cifar10 import synthesize_cifar
+
+    out = tmp_path_factory.mktemp("cifar-synth")
+    synthesize_cifar(out, n_train=1200, n_test=300, seed=4)
+    return out
+
+
+TINY_IMAGE = ["--width", "8", "--batch-size", "64"]  # a FastNet small enough for a few seconds of training
+
+
+@pytest.fixture(scope="session")
+def image_ckpt(tmp_path_factory, cifar_dir) -> Path:
+    """A tiny FastNet trained briefly on generated CIFAR-10, evaluated and exported (serving and app tests)."""
+    out = tmp_path_factory.mktemp("image-served") / "ckpt"
+    result = run_cli("train", "image", "--out", out, "--data-dir", cifar_dir, "--epochs", "4", *TINY_IMAGE)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert run_cli("export", out).returncode == 0
+    return out

@@ -13,7 +13,16 @@ import urllib.request
 import pytest
 
 from serving.predictor import TurbofanPredictor
-from tests.conftest import REPO, assert_clean_failure, free_port, real_cmapss, run_cli
+from tests.conftest import (
+    REPO,
+    assert_clean_failure,
+    descendants,
+    free_port,
+    post,
+    real_cmapss,
+    run_cli,
+    sigkill_leaves_no_children,
+)
 from training.checkpoint import verify_checkpoint
 
 REPORT_KEYS = {"rmse", "nasa_score", "alert_precision", "alert_recall", "alert_f1", "baseline"}
@@ -113,60 +122,115 @@ def test_a_single_lstm_distils_the_ensemble(trained, tmp_path):
                          "does not apply to --objective reconstruction")
 
 
-def test_demo_trains_both_models_then_serves_the_api_and_the_app(tmp_path, tiny_encoders):
-    """`make demo`'s command with one turbofan epoch and a tiny news encoder: real data when MODELYARD_DATA has it.
-    It must end up serving the news API and the Gradio app, and stop both on Ctrl-C."""
-    out, api_port, app_port, kafka_port, metrics_port = tmp_path / "demo", free_port(), free_port(), free_port(), \
-        free_port()
-    process = subprocess.Popen([sys.executable, "-m", "apps.cli", "demo", "--out", str(out), "--epochs", "1",
-                                "--news-model", str(tiny_encoders["bert"]), "--api-port", str(api_port),
-                                "--app-port", str(app_port), "--kafka-port", str(kafka_port),
-                                "--metrics-port", str(metrics_port)], cwd=REPO, stdout=subprocess.PIPE,
+def start_demo(out, ports: dict[str, int], *extra: str) -> tuple[subprocess.Popen, queue.Queue]:
+    process = subprocess.Popen([sys.executable, "-m", "apps.cli", "demo", "--out", str(out), "--api-port",
+                                str(ports["api"]), "--app-port", str(ports["app"]), "--kafka-port", str(ports["kafka"]),
+                                "--metrics-port", str(ports["metrics"]), *extra], cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
-    seen = []
+    return process, lines
+
+
+def wait_serving(process: subprocess.Popen, lines: queue.Queue, timeout: float) -> tuple[str, float]:
+    """The demo's output up to its 'Ctrl-C stops everything' line, and the seconds it took."""
+    seen, start = [], time.monotonic()
+    while not any("Ctrl-C stops everything" in line for line in seen):
+        assert process.poll() is None, "".join(seen) + process.stderr.read()[-3000:]
+        assert time.monotonic() - start < timeout, "".join(seen)
+        try:
+            seen.append(lines.get(timeout=1))
+        except queue.Empty:
+            pass
+    return "".join(seen), time.monotonic() - start
+
+
+def check_demo_services(ports: dict[str, int]) -> None:
+    api = ports["api"]
+    status, body = post(f"http://127.0.0.1:{api}/score", {"cycles": [[1.0] * 24]})  # turbofan: the first task
+    assert status == 200 and "health" in body, body
+    status, body = post(f"http://127.0.0.1:{api + 1}/classify", {"texts": ["Team wins"]})
+    assert status == 200 and body[0]["label"] in ("World", "Sports", "Business", "Sci/Tech"), body
+    with urllib.request.urlopen(f"http://127.0.0.1:{ports['app']}/", timeout=30) as response:
+        assert response.status == 200
+    deadline = time.monotonic() + 60  # the replay is flowing through the monitor
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=10) as response:
+            scored = [line for line in response.read().decode().splitlines()
+                      if line.startswith("modelyard_monitor_messages_total")]
+        if scored and float(scored[0].split()[-1]) > 0:
+            return
+        time.sleep(1)
+    pytest.fail("the monitor scored nothing")
+
+
+def test_demo_trains_serves_dies_with_its_children_and_comes_back_reusing_its_models(tmp_path, tiny_encoders):
+    """`make demo`'s command with one epoch per run and a tiny news encoder (real data when MODELYARD_DATA has it):
+    it trains, serves every API, the monitor and the app; SIGKILLed, it leaves no process behind; started again it
+    reuses every checkpoint (same code, data and settings) and serves within two minutes; Ctrl-C stops it."""
+    out = tmp_path / "demo"
+    ports = {"api": free_port(5), "app": free_port(), "kafka": free_port(), "metrics": free_port()}
+    args = ("--epochs", "1", "--model", f"news={tiny_encoders['bert']}")
+    process, lines = start_demo(out, ports, *args)
     try:
-        deadline = time.monotonic() + 900
-        while not any("Ctrl-C stops everything" in line for line in seen):
-            assert process.poll() is None, "".join(seen) + process.stderr.read()[-3000:]
-            assert time.monotonic() < deadline, "".join(seen)
-            try:
-                seen.append(lines.get(timeout=1))
-            except queue.Empty:
-                pass
-        text = "".join(seen)
+        text, _ = wait_serving(process, lines, timeout=900)
         assert "turbofan evaluation" in text and "news evaluation" in text
         assert text.count("max abs difference ONNX Runtime vs torch") == 3  # ensemble, its student, news
-        request = urllib.request.Request(f"http://127.0.0.1:{api_port}/classify", headers={"Content-Type":
-                                         "application/json"}, data=json.dumps({"texts": ["Team wins"]}).encode())
-        with urllib.request.urlopen(request, timeout=30) as response:
-            assert json.loads(response.read())[0]["label"] in ("World", "Sports", "Business", "Sci/Tech")
-        with urllib.request.urlopen(f"http://127.0.0.1:{app_port}/", timeout=30) as response:
-            assert response.status == 200
-        request = urllib.request.Request(f"http://127.0.0.1:{api_port + 1}/score", headers={"Content-Type":
-                                         "application/json"}, data=json.dumps({"cycles": [[1.0] * 24]}).encode())
-        with urllib.request.urlopen(request, timeout=30) as response:
-            assert "health" in json.loads(response.read())
-        deadline = time.monotonic() + 60  # the replay is flowing through the monitor
-        while time.monotonic() < deadline:
-            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
-                scored = [line for line in response.read().decode().splitlines()
-                          if line.startswith("modelyard_monitor_messages_total")]
-            if scored and float(scored[0].split()[-1]) > 0:
-                break
-            time.sleep(1)
-        else:
-            pytest.fail("the monitor scored nothing")
+        for label in ("test RMSE (cycles)", "test accuracy"):  # the summary: each headline metric beside its URL
+            assert label in text
+        assert f"POST http://127.0.0.1:{ports['api'] + 1}/classify" in text
+        check_demo_services(ports)
+        assert len(descendants(process.pid)) >= 3, "expected the broker and the BentoML servers below the demo"
+        sigkill_leaves_no_children(process, "the demo's services")
     finally:
-        process.send_signal(signal.SIGINT)
-        assert process.wait(60) == 0
+        process.kill()
     for name in ("turbofan", "turbofan-monitor", "news"):
         assert {"model.onnx", "report.json"} <= set(verify_checkpoint(out / name).files)
     student = verify_checkpoint(out / "turbofan-monitor")  # what the monitor ran: the ensemble distilled
     assert student.model["members"] == 1 and student.training["teacher"]["model"]["members"] == 3
+    made = {name: (out / name / "model.safetensors").stat().st_mtime for name in ("turbofan", "news")}
+
+    process, lines = start_demo(out, ports, *args)
+    try:
+        text, seconds = wait_serving(process, lines, timeout=300)
+        assert text.count("reusing") == 3 and "training:" not in text, text
+        assert seconds < 120, f"the second demo took {seconds:.0f} s to serve"
+        check_demo_services(ports)
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 0
+    assert {name: (out / name / "model.safetensors").stat().st_mtime for name in made} == made
     with pytest.raises(OSError):
-        urllib.request.urlopen(f"http://127.0.0.1:{api_port}/readyz", timeout=2)
+        urllib.request.urlopen(f"http://127.0.0.1:{ports['api']}/readyz", timeout=2)
+
+
+def test_demo_retrains_what_changed(tmp_path, tiny_encoders):
+    """A checkpoint made by the same code, data and settings is reused; other settings (here --epochs) or other
+    code make it stale."""
+    from apps.actions import train_config
+    from apps.demo import stale_reason
+    from training.fingerprint import code_digest
+    from training.tasks import news
+
+    out = tmp_path / "demo"
+    common = ["demo", "--out", out, "--tasks", "news", "--no-serve", "--model", f"news={tiny_encoders['bert']}"]
+    assert run_cli(*common, "--epochs", "1").returncode == 0
+    again = run_cli(*common, "--epochs", "1")
+    assert again.returncode == 0 and "reusing" in again.stdout and "training:" not in again.stdout, again.stdout
+    run = news.demo_runs()[0]
+    options = {**run.options, "model": str(tiny_encoders["bert"])}
+    engine = {**run.engine, "out": out / "news", "epochs": 1}
+    assert stale_reason("news", engine, options, set()) is None
+    assert stale_reason("news", {**engine, "epochs": 2}, options, set()) == \
+        f"the settings changed since {out / 'news'} was made"
+    assert "was trained again" in stale_reason("news", engine, options, {"news-teacher"})
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "a.py").write_text("x = 1\n")
+    before = code_digest(code)
+    (code / "a.py").write_text("x = 2\n")
+    assert code_digest(code) != before
+    assert train_config("news", engine, options).task_options["model"] == str(tiny_encoders["bert"])
 
 
 @pytest.mark.slow
@@ -189,7 +253,7 @@ def test_demo_refuses_a_port_in_use_before_training(tmp_path):
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", app_port))
         holder.listen()
-        result = run_cli("demo", "--out", tmp_path / "demo", "--app-port", app_port, "--api-port", free_port(),
+        result = run_cli("demo", "--out", tmp_path / "demo", "--app-port", app_port, "--api-port", free_port(5),
                          "--kafka-port", free_port(), "--metrics-port", free_port(), timeout=120)
     assert result.returncode == 1
     assert f"port {app_port} (--app-port) already in use" in result.stderr

@@ -146,11 +146,51 @@ def alerts_equal_offline_alarms_and_poison_goes_to_the_dlq(broker, turbofan_ckpt
     reasons = sorted(dict(r.headers)["error"].decode() for r in dead)
     assert len(dead) == 4 and any("not JSON" in r for r in reasons) and any("out-of-order" in r for r in reasons)
     assert any("schema_version 9" in r for r in reasons) and any("sensors.0" in r for r in reasons)
+    for record in dead:  # keyed by its source message; the original key kept in a header
+        headers = dict(record.headers)
+        assert record.key == headers["source"] and headers["original_key"] == str(first["engine_id"]).encode()
+    assert len({record.key for record in dead}) == 4
+
+
+def send_poison(bootstrap: str, engine: int, count: int = 3) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    for i in range(count):
+        producer.send(TOPICS["sensors"], key=str(engine).encode(), value=f"{{poison {i}".encode())
+    producer.flush()
+    producer.close()
+
+
+def dead_letters_by_source(bootstrap: str) -> dict[bytes, int]:
+    counts: dict[bytes, int] = {}
+    for record in read_topic(bootstrap, TOPICS["dlq"]):
+        source = dict(record.headers)["source"]
+        counts[source] = counts.get(source, 0) + 1
+    return counts
+
+
+def test_a_crash_before_the_commit_leaves_each_bad_message_in_the_dlq_once(broker, turbofan_ckpt, stream):
+    """The monitor dead-letters 3 bad messages and dies before committing (the window a SIGKILL can hit): its
+    successor processes them again, and the DLQ still holds each bad message once."""
+    half = len(stream) // 2
+    replay(broker.bootstrap_servers, stream.iloc[:half], progress=False)
+    send_poison(broker.bootstrap_servers, int(stream["unit"].iloc[0]))
+    replay(broker.bootstrap_servers, stream.iloc[half:], progress=False)
+    crashing = monitor(broker, turbofan_ckpt, group="dlq-crash")
+    crashing.consumer.commit = lambda *args, **kwargs: None  # dies after each flush, before any commit
+    crashing.run(max_idle_s=3.0)
+    assert crashing.stats.dlq == 3
+    successor = monitor(broker, turbofan_ckpt, group="dlq-crash")
+    successor.run(max_idle_s=3.0)
+    assert successor.stats.messages == len(stream) and successor.stats.dlq == 0
+    assert list(dead_letters_by_source(broker.bootstrap_servers).values()) == [1, 1, 1]
 
 
 def test_kill_9_and_restart_neither_misses_nor_refires(broker, turbofan_ckpt, stream, expected_alerts):
     command = [sys.executable, "-m", "apps.cli", "stream", "monitor", "--checkpoint", str(turbofan_ckpt),
                "--bootstrap-servers", broker.bootstrap_servers, "--group", "crash", "--instance-id", "monitor-1"]
+    send_poison(broker.bootstrap_servers, int(stream["unit"].iloc[0]))
     first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert "monitoring" in first.stdout.readline()
     producer = threading.Thread(target=replay, args=(broker.bootstrap_servers, stream),
@@ -171,6 +211,7 @@ def test_kill_9_and_restart_neither_misses_nor_refires(broker, turbofan_ckpt, st
             time.sleep(0.5)
         time.sleep(2)  # nothing more may follow: no re-fired episode
         assert alerts_by_key(broker.bootstrap_servers) == expected_alerts
+        assert list(dead_letters_by_source(broker.bootstrap_servers).values()) == [1, 1, 1]
     finally:
         second.send_signal(signal.SIGTERM)
         assert second.wait(30) == 0, second.stderr.read()[-2000:]
@@ -206,6 +247,27 @@ def test_two_monitors_in_one_group_split_partitions_and_agree(broker, turbofan_c
     assert np.isfinite(a.stats.messages + b.stats.messages)
 
 
+def drawn_chart(driver) -> dict:
+    """What the Turbofan tab's chart really draws, read from its SVG: per engine line the number of segments and
+    of point markers, the tick labels of both axes, and whether the alarm threshold is drawn dashed."""
+    return driver.execute_script("""
+        const svg = document.querySelector('#turbofan-chart svg');
+        const result = {engines: {}, x_ticks: [], y_ticks: [], threshold_dashed: false};
+        if (!svg) return result;
+        for (const group of svg.querySelectorAll('g[id^="engine-"]')) {
+            const path = group.querySelector('path[clip-path]') || group.querySelector('path');
+            const d = path ? path.getAttribute('d') || '' : '';
+            result.engines[group.id] = {segments: (d.match(/L/g) || []).length,
+                                        points: group.querySelectorAll('use').length};
+        }
+        for (const axis of ['x', 'y'])
+            result[axis + '_ticks'] = [...svg.querySelectorAll(`g[id^="${axis}tick_"] text`)].map(t => t.textContent);
+        const threshold = svg.querySelector('g[id="alarm-threshold"] path');
+        result.threshold_dashed = !!threshold && (threshold.getAttribute('style') || '').includes('dasharray');
+        return result;
+    """)
+
+
 def test_dashboard_shows_live_scores_and_an_alert_in_a_headless_browser(broker, turbofan_ckpt, stream, expected_alerts,
                                                                        browser, tmp_path):
     import urllib.request
@@ -238,7 +300,25 @@ def test_dashboard_shows_live_scores_and_an_alert_in_a_headless_browser(broker, 
         tab = wait.until(lambda d: next((e for e in d.find_elements(By.XPATH, "//button[contains(., 'Turbofan')]")
                                          if e.is_displayed()), None))
         browser.execute_script("arguments[0].click()", tab)  # the page may still be laying out
-        replay(broker.bootstrap_servers, stream, rate=3000, progress=False)
+        streaming = threading.Thread(target=replay, args=(broker.bootstrap_servers, stream),
+                                     kwargs={"rate": 400, "progress": False})
+        streaming.start()  # about 20 s of live fleet: the chart is read while engines stream
+
+        def lines_drawn(d) -> dict | None:
+            chart = drawn_chart(d)
+            return chart if sum(line["points"] >= 3 for line in chart["engines"].values()) >= 2 else None
+
+        try:
+            chart = wait.until(lines_drawn)
+        finally:
+            browser.save_screenshot(str(tmp_path / "turbofan-tab.png"))
+        for engine, line in chart["engines"].items():  # a line through the polled cycles, a point at each
+            assert line["segments"] == max(0, line["points"] - 1), (engine, line)
+        for axis in ("x", "y"):  # numeric axes: a few increasing numbers, not one label per category
+            values = [float(text.replace("\u2212", "-")) for text in chart[f"{axis}_ticks"]]
+            assert 3 <= len(values) <= 15 and values == sorted(values), (axis, chart[f"{axis}_ticks"])
+        assert chart["threshold_dashed"], "the alarm threshold is not marked"
+        streaming.join(120)
         # Wait for the whole backlog's alerts: the table draws only the newest rows in view, so a key read while
         # the monitor is still raising alerts may have scrolled out of the page by the time it is checked.
         deadline = time.monotonic() + 120

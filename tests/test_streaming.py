@@ -15,7 +15,7 @@ from streaming.broker import TOPICS, EmbeddedBroker, ensure_topics
 from streaming.monitor import EngineWindow
 from streaming.replay import RateLimiter, load_replay, replay
 from streaming.schema import MessageError, parse_reading, reading_from_row
-from tests.conftest import REPO, assert_clean_failure, free_port, run_cli
+from tests.conftest import REPO, assert_clean_failure, free_port, run_cli, sigkill_leaves_no_children
 from training.data.cmapss import windows_per_cycle
 
 ROW = [3, 17, -0.0007, -0.0004, 100.0, *([518.67] * 21)]
@@ -111,6 +111,24 @@ def test_broker_command_starts_prints_bootstrap_and_stops_on_sigterm(tmp_path):
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
     assert "Traceback" not in process.stderr.read()
+
+
+def test_a_sigkilled_broker_command_leaves_no_broker_holding_its_port(tmp_path):
+    """The noida-db binary dies with its launcher however the launcher dies, and the next broker can take the
+    port (an orphan kept it, and the next start failed)."""
+    port = free_port()
+    command = [sys.executable, "-m", "apps.cli", "stream", "broker", "--port", str(port)]
+    process = subprocess.Popen([*command, "--data-dir", str(tmp_path / "one")], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+    assert "bootstrap servers" in process.stdout.readline()
+    sigkill_leaves_no_children(process, "the broker binary")
+    again = subprocess.Popen([*command, "--data-dir", str(tmp_path / "two")], cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert f"bootstrap servers 127.0.0.1:{port}" in again.stdout.readline(), again.stderr.read()
+    finally:
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(30) == 0
 
 
 def test_alert_fires_once_per_episode_after_k_cycles_and_resolves_with_hysteresis():

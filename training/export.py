@@ -13,6 +13,7 @@ from torch import nn
 
 from training.checkpoint import CheckpointManifest, load_checkpoint, read_manifest, record_files
 from training.models import build_model
+from training.models.image import ARCHS as IMAGE_ARCHS
 from training.models.text_classifier import ARCH as TEXT_CLASSIFIER
 
 ONNX_FILE = "model.onnx"
@@ -60,7 +61,31 @@ class WindowSignature(OnnxSignature):
         return (torch.randn(batch, self.window, self.n_features, generator=generator),)
 
 
+class _FlipAveraged(nn.Module):
+    """Test-time flip averaging inside the exported graph, so every runtime serves what evaluation measured."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return (self.model(image) + self.model(image.flip(3))) / 2
+
+
+class ImageSignature(OnnxSignature):
+    def __init__(self, module: nn.Module, size: int) -> None:
+        super().__init__(module, ["image"], {"image": {0: "batch"}, "logits": {0: "batch"}}, "logits")
+        self.size = size
+
+    def example(self, batch: int, length: int, seed: int) -> tuple[torch.Tensor, ...]:
+        generator = torch.Generator().manual_seed(seed)
+        return (torch.randn(batch, 3, self.size, self.size, generator=generator),)
+
+
 def signature(manifest: CheckpointManifest, model: nn.Module) -> OnnxSignature:
+    if manifest.model["arch"] in IMAGE_ARCHS:
+        module = _FlipAveraged(model).eval() if manifest.preprocessing.get("tta") else model
+        return ImageSignature(module, int(manifest.preprocessing["image_size"]))
     if manifest.model["arch"] == TEXT_CLASSIFIER:
         names = ["input_ids", "attention_mask"]
         axes = {**{name: {0: "batch", 1: "sequence"} for name in names}, "logits": {0: "batch"}}

@@ -18,7 +18,10 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, r
 from training.config import TrainConfig
 from training.engine.backends import backend_class
 from training.engine.distributed import DistContext, free_port, resolve_device
-from training.tasks import get_task
+from training.engine.trainer import EPOCHS_DIR
+from training.fingerprint import run_fingerprint
+from training.processes import die_with_parent_now
+from training.tasks import get_task, task_options
 
 
 class TrainingFailed(RuntimeError):
@@ -44,6 +47,17 @@ def resolve_data_dir(cfg: TrainConfig) -> Path:
                             f"{task.DATA_SUBDIR}/, or use --synthetic for generated data")
 
 
+def planned(cfg: TrainConfig) -> TrainConfig:
+    """cfg as it will run: the task's options completed with their defaults, the data folder found (generated data
+    written where asked for), and the fingerprint of code, data and settings that the manifest will record."""
+    cfg.task_options = task_options(cfg.task, cfg.task_options)
+    cfg.data_dir = str(resolve_data_dir(cfg).resolve())
+    task = get_task(cfg.task)
+    files = task.data_files(cfg) if hasattr(task, "data_files") else None
+    cfg.fingerprint = run_fingerprint(cfg.to_dict(), Path(cfg.data_dir), files)
+    return cfg
+
+
 def run_training(cfg: TrainConfig) -> Path:
     """Train and save a checkpoint in cfg.out; raises StrategyUnavailable/TrainingFailed with a one-line reason."""
     device = resolve_device(cfg.device)
@@ -54,9 +68,10 @@ def run_training(cfg: TrainConfig) -> Path:
                              f"{torch.cuda.device_count()} visible")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg.data_dir = str(resolve_data_dir(cfg).resolve())
+    planned(cfg)
     if not cfg.resume:  # a fresh run must not inherit an older run's log or resume state
         shutil.rmtree(out / "state", ignore_errors=True)
+        shutil.rmtree(out / EPOCHS_DIR, ignore_errors=True)
         (out / "train_log.jsonl").unlink(missing_ok=True)
     config_path = out / "train_config.json"
     cfg.save(config_path)
@@ -95,15 +110,8 @@ def _elastic_launch(cfg: TrainConfig, config_path: Path) -> None:
 def _die_with_launcher() -> None:
     """torch's elastic agent starts each rank in a new session, so a launcher killed with SIGKILL leaves its ranks
     training on and writing state under a resumed run. On Linux, have the kernel kill this rank with its launcher."""
-    if sys.platform != "linux" or "TORCHELASTIC_RUN_ID" not in os.environ:
-        return
-    import ctypes
-    import signal
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() == 1:  # the launcher died before the request took effect
-        os._exit(1)
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        die_with_parent_now()
 
 
 @record

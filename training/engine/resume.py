@@ -24,7 +24,8 @@ from training.config import TrainConfig
 from training.engine.distributed import DistContext
 
 # A run resumes only under the settings that shaped its optimizer state and data order.
-_MUST_MATCH = ("task", "backend", "strategy", "tp", "pp", "seed", "grad_accum", "batch_size", "model", "objective")
+_MUST_MATCH = ("task", "backend", "strategy", "tp", "pp", "seed", "grad_accum", "batch_size", "optimizer",
+               "task_options")
 
 
 @dataclass

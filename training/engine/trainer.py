@@ -22,12 +22,22 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from training.checkpoint import save_weights
 from training.config import TrainConfig
 from training.data.batching import BucketBatchSampler
 from training.engine.backends import Backend
 from training.engine.backends.base import OptimizerSpec, PipelineLoss
 from training.engine.distributed import DistContext
 from training.engine.resume import ResumeState, load_resume_state, rng_state, save_resume_state, set_rng_state
+
+# Optimizers by --optimizer name: class, fixed arguments, and learning rate / weight decay when a task names none.
+OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any], dict[str, float]]] = {
+    "adamw": (torch.optim.AdamW, {}, {"lr": 1e-3, "weight_decay": 1e-4}),
+    "sgd": (torch.optim.SGD, {"momentum": 0.9, "nesterov": True}, {"lr": 0.05, "weight_decay": 5e-4}),
+}
+
+
+EPOCHS_DIR = "epochs"
 
 
 @dataclass
@@ -39,12 +49,20 @@ class TrainingJob:
     monitor: str  # key of validate()'s result used for early stopping and best-model selection
     mode: str = "min"
     batch_size: int = 256
-    lr: float = 1e-3
+    lr: float = 1e-3  # for `optimizer`; another optimizer takes its entry in `optimizer_defaults`
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    optimizer_defaults: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> {lr, weight_decay}
     epochs: int = 30
     warmup_steps: int = 50
     collate: Callable[[list[Any]], tuple[torch.Tensor, ...]] | None = None  # None: stack tensors
     lengths: Sequence[int] | None = None  # per-sample lengths: length-bucketed batches instead of plain shuffling
     pipeline: PipelineLoss | None = None  # how pipeline-parallel stages feed and score the model; None: cannot pipe
+    # Parameter groups with learning rates of their own (transfer learning: a frozen body, a new head):
+    # group_of(plain parameter name) -> group index; lr_scales(epoch) -> a factor per group index.
+    group_of: Callable[[str], int] | None = None
+    lr_scales: Callable[[int], Sequence[float]] | None = None
+    snapshot_epochs: bool = False  # keep every epoch's weights in OUT/epochs/ (for curves of test metrics)
 
 
 @dataclass
@@ -67,6 +85,37 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def optimizer_spec(job: TrainingJob, cfg: TrainConfig) -> OptimizerSpec:
+    """--optimizer (else the task's), with --lr/--weight-decay, else that optimizer's defaults for this task."""
+    name = cfg.optimizer or job.optimizer
+    cls, fixed, generic = OPTIMIZERS[name]
+    task_defaults = {"lr": job.lr, "weight_decay": job.weight_decay} if name == job.optimizer else {}
+    chosen = {**generic, **job.optimizer_defaults.get(name, {}), **task_defaults}
+    lr = cfg.lr if cfg.lr is not None else chosen["lr"]
+    decay = cfg.weight_decay if cfg.weight_decay is not None else chosen["weight_decay"]
+    return OptimizerSpec(cls, {**fixed, "lr": lr, "weight_decay": decay}, job.group_of)
+
+
+class TimeBudget:
+    """Fits the run into --time-limit seconds without cutting the learning-rate schedule short: after a few steps,
+    and again after every epoch (validation included), the steps that fit in the time left at the pace so far
+    become the run's total, so the cosine decay still reaches its end. Every rank takes rank 0's plan: ranks
+    stepping with different learning rates would drift apart."""
+
+    FIRST_PLAN_STEP = 10
+
+    def __init__(self, limit: float | None, requested_steps: int) -> None:
+        self.limit, self.requested = limit, requested_steps
+
+    def plan(self, step: int, elapsed: float, device: torch.device) -> int:
+        pace = elapsed / max(step, 1)
+        fit = step + int(max(0.0, self.limit - elapsed) / max(pace, 1e-9))
+        planned = torch.tensor(max(step, min(self.requested, fit)), dtype=torch.int64, device=device)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.broadcast(planned, src=0)
+        return int(planned)
+
+
 def _better(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value < best if mode == "min" else value > best)
 
@@ -82,9 +131,8 @@ def fit(job: TrainingJob, cfg: TrainConfig, ctx: DistContext, backend: Backend) 
     if resume is not None:
         job.model.load_state_dict(resume.model)
     batch_size = cfg.batch_size or job.batch_size
-    lr = cfg.lr if cfg.lr is not None else job.lr
-
-    optimizer = OptimizerSpec(torch.optim.AdamW, {"lr": lr, "weight_decay": cfg.weight_decay})
+    optimizer = optimizer_spec(job, cfg)
+    lr = optimizer.kwargs["lr"]
     model = backend.wrap(job.model, optimizer, batch_size)
     if resume is not None:
         backend.load_optimizer_state_dict(resume.optimizer)
@@ -106,7 +154,13 @@ def fit(job: TrainingJob, cfg: TrainConfig, ctx: DistContext, backend: Backend) 
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(job.warmup_steps, total_steps // 10)
 
     state = resume.trainer if resume is not None else {"epoch": 0, "step": 0, "best": None, "bad_epochs": 0,
-                                                          "best_metrics": {}, "history": [], "train_seconds": 0.0}
+                                                          "best_metrics": {}, "history": [], "train_seconds": 0.0,
+                                                          "elapsed": 0.0}
+    budget = TimeBudget(cfg.time_limit, total_steps)
+    state.setdefault("elapsed", state["train_seconds"])  # state saved before time limits existed
+    clock_start = time.perf_counter() - state["elapsed"]  # wall time of the whole fit, earlier runs included
+    if cfg.time_limit and state["step"]:  # resumed: plan from the time already spent
+        total_steps = budget.plan(state["step"], state["elapsed"], ctx.device)
     if resume is not None:
         set_rng_state(resume.rng)
         if ctx.is_main:  # the log restarts from what the saved state had seen; later epochs are re-run
@@ -129,6 +183,7 @@ def fit(job: TrainingJob, cfg: TrainConfig, ctx: DistContext, backend: Backend) 
         # Summed on the device: reading a loss back every step would stall a GPU on each micro-batch.
         loss_sum, loss_count = torch.zeros((), dtype=torch.float64, device=ctx.device), 0
         micro, grad_norm = 0, None
+        scales = job.lr_scales(epoch) if job.lr_scales is not None else None
         for batch in loader:
             if state["step"] >= total_steps:
                 break
@@ -143,12 +198,16 @@ def fit(job: TrainingJob, cfg: TrainConfig, ctx: DistContext, backend: Backend) 
             if not boundary:
                 continue
             for group in backend.param_groups:
-                group["lr"] = lr * lr_factor(state["step"], warmup, total_steps)
+                scale = scales[group.get("group_index", 0)] if scales is not None else 1.0
+                group["lr"] = lr * lr_factor(state["step"], warmup, total_steps) * scale
             grad_norm = backend.step()
             state["step"] += 1
             progress.update(1)
+            if cfg.time_limit and state["step"] == TimeBudget.FIRST_PLAN_STEP:
+                total_steps = budget.plan(state["step"], time.perf_counter() - clock_start, ctx.device)
+                progress.total = total_steps
             if ctx.is_main and state["step"] % 25 == 0:
-                progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{backend.param_groups[0]['lr']:.2e}",
+                progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{max(g['lr'] for g in backend.param_groups):.2e}",
                                      refresh=False)  # redraws follow mininterval, not every update
         loop_seconds = time.perf_counter() - epoch_start
         state["train_seconds"] += loop_seconds
@@ -159,9 +218,13 @@ def fit(job: TrainingJob, cfg: TrainConfig, ctx: DistContext, backend: Backend) 
         with torch.no_grad(), backend.autocast():
             metrics = job.validate(backend.eval_model())
         record = {"epoch": epoch + 1, "step": state["step"], "train_loss": train_loss,
-                  "lr": backend.param_groups[0]["lr"], "grad_norm": grad_norm, **metrics,
+                  "lr": max(g["lr"] for g in backend.param_groups), "grad_norm": grad_norm, **metrics,
                   "epoch_seconds": round(time.perf_counter() - epoch_start, 3)}
         state["history"].append(record)
+        state["elapsed"] = time.perf_counter() - clock_start
+        if cfg.time_limit:
+            total_steps = budget.plan(state["step"], state["elapsed"], ctx.device)
+            progress.total = total_steps
         # Gathered after validation: gathered before it, FSDP2's next forward failed here (a KeyError in its
         # parameter state, torch 2.14 on gloo).
         weights = backend.model_state_dict()  # collective: every rank calls it
@@ -171,6 +234,9 @@ def fit(job: TrainingJob, cfg: TrainConfig, ctx: DistContext, backend: Backend) 
                 best_state = {name: tensor.clone() for name, tensor in weights.items()}
         else:
             state["bad_epochs"] += 1
+        if job.snapshot_epochs and ctx.is_main:
+            (out / EPOCHS_DIR).mkdir(exist_ok=True)
+            save_weights(out / EPOCHS_DIR / f"epoch-{epoch + 1}.safetensors", weights)
         state["epoch"] = epoch + 1
         patience = cfg.early_stop_patience
         stopped_early = patience is not None and state["bad_epochs"] >= patience

@@ -1,15 +1,43 @@
-"""Task recipes by name. Each module provides NAME, DATA_SUBDIR, HF_MODEL, build_job, save, evaluate, synthesize."""
+"""Task recipes by name, imported only when used (each pulls in its own libraries).
+
+A recipe module provides NAME, DATA_SUBDIR, HF_MODEL, OPTIONS (its command-line options, training.options.Option),
+HEADLINE (the report metric that sums it up), build_job, save, evaluate, synthesize and demo_runs.
+"""
 
 from __future__ import annotations
 
+import ast
+import importlib
+import importlib.util
+from pathlib import Path
 from types import ModuleType
+from typing import Any
 
-from training.tasks import news, turbofan
+from training.options import resolve
 
-TASKS: dict[str, ModuleType] = {turbofan.NAME: turbofan, news.NAME: news}
+TASKS: dict[str, str] = {
+    "turbofan": "training.tasks.turbofan",
+    "news": "training.tasks.news",
+}
+
+
+def task_names() -> list[str]:
+    return list(TASKS)
 
 
 def get_task(name: str) -> ModuleType:
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))}")
-    return TASKS[name]
+        raise ValueError(f"unknown task {name!r}; available: {', '.join(TASKS)}")
+    return importlib.import_module(TASKS[name])
+
+
+def summary(name: str) -> str:
+    """The first line of the recipe's docstring, read without importing it (for listings)."""
+    origin = importlib.util.find_spec(TASKS[name]).origin
+    doc = ast.get_docstring(ast.parse(Path(origin).read_text())) or ""
+    return doc.splitlines()[0] if doc else ""
+
+
+def task_options(name: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The task's option values: `given` completed with its declared defaults; undeclared names refused."""
+    return resolve(get_task(name).OPTIONS, given, f"task {name}")

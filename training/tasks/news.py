@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import classification_report, confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import classification_report, confusion_matrix
 from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.utils.data import Dataset
@@ -24,9 +24,12 @@ from training.config import TrainConfig
 from training.data.ag_news import LABELS, NewsSplit, cleaner, find_split, read_news_csv
 from training.data.batching import pad_batch
 from training.data.text_augment import augment_ids, parse_augment
+from training.demo_runs import DemoRun, real_data_folder
 from training.engine.trainer import FitResult, PipelineLoss, TrainingJob
+from training.metrics.classification import class_metrics
 from training.models import build_model
 from training.models.text_classifier import default_encoder, from_pretrained, model_config
+from training.options import Option
 
 NAME = "news"
 DATA_SUBDIR = "ag_news"
@@ -34,6 +37,19 @@ HF_MODEL = True  # a transformers encoder: colossalai hybrid can split it with s
 MAX_LENGTH, VAL_FRACTION, TRAIN_FRACTION = 128, 0.1, 0.8
 DEFAULTS = {"batch_size": 32, "lr": 1e-4, "epochs": 3}
 TOKENIZER_DIR = "tokenizer"
+OPTIONS = (
+    Option("model", str, None, "a Hugging Face encoder id or local folder (default all-MiniLM-L6-v2, offline)"),
+    Option("train_file", Path, None, "training CSV (default DATA_DIR/train.csv)"),
+    Option("eval_file", Path, None, "evaluation CSV (default DATA_DIR/test.csv)"),
+    Option("train_rows", int, None, "when train and eval file are one file, this many rows (stratified) train and "
+                                    "the rest evaluate", minimum=1),
+    Option("max_length", int, MAX_LENGTH, "tokens per text", minimum=8),
+    Option("layers", int, None, "keep the encoder's first N layers (default all)", minimum=1),
+    Option("lowercase", bool, False, "lowercase texts"),
+    Option("remove_stopwords", bool, False, "drop English stopwords (scikit-learn list)"),
+    Option("augment", str, None, "delete,swap or all (token deletion, adjacent swaps)"),
+)
+HEADLINE = ("accuracy", "test accuracy")
 
 
 # --- data ---------------------------------------------------------------------------------------------------------
@@ -135,12 +151,6 @@ def predict_logits(model: nn.Module, ids: list[list[int]], pad_id: int, batch: i
     return restored
 
 
-def class_metrics(labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    precision, recall, f1, _ = precision_recall_fscore_support(labels, predicted, average="macro", zero_division=0)
-    return {"accuracy": float((labels == predicted).mean()), "macro_precision": float(precision),
-            "macro_recall": float(recall), "macro_f1": float(f1)}
-
-
 def make_validation(ids: list[list[int]], labels: np.ndarray, pad_id: int):
     def validate(model: nn.Module) -> dict[str, float]:
         logits = predict_logits(model, ids, pad_id)
@@ -160,12 +170,11 @@ class NewsRun:
 
 
 def build_job(cfg: TrainConfig) -> tuple[TrainingJob, NewsRun, dict[str, Any]]:
-    options = {"max_length": int(cfg.task_options.get("max_length") or MAX_LENGTH),
-               "lowercase": bool(cfg.task_options.get("lowercase")),
-               "remove_stopwords": bool(cfg.task_options.get("remove_stopwords")),
-               "augment": list(parse_augment(cfg.task_options.get("augment")))}
+    opts = cfg.task_options
+    options = {"max_length": int(opts["max_length"]), "lowercase": bool(opts["lowercase"]),
+               "remove_stopwords": bool(opts["remove_stopwords"]), "augment": list(parse_augment(opts["augment"]))}
     data = load_splits(data_source(cfg))
-    model, tokenizer = from_pretrained(cfg.model or default_encoder(), list(LABELS), cfg.task_options.get("layers"))
+    model, tokenizer = from_pretrained(opts["model"] or default_encoder(), list(LABELS), opts["layers"])
     clean = cleaner(options)
     train_ids = encode(tokenizer, clean(data.train.texts), options["max_length"])
     val_ids = encode(tokenizer, clean(data.val.texts), options["max_length"])
@@ -191,7 +200,7 @@ def save(cfg: TrainConfig, run: NewsRun, config: dict[str, Any], result: FitResu
         model=config,
         preprocessing={"labels": list(LABELS), "tokenizer_dir": TOKENIZER_DIR, **run.options},
         training={**{k: v for k, v in cfg.to_dict().items() if k not in ("out", "resume")},
-                  "base_model": cfg.model or "all-MiniLM-L6-v2",
+                  "base_model": cfg.task_options["model"] or "all-MiniLM-L6-v2",
                   "data": run.data.source,
                   "data_fingerprint": {"train": run.data.train.fingerprint, "val": run.data.val.fingerprint},
                   "rows": {"train": len(run.data.train.texts), "val": len(run.data.val.texts),
@@ -214,7 +223,7 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
     """Accuracy, macro P/R/F1, per-class report, confusion matrix plot and the most confident mistakes, beside the
     TF-IDF + logistic-regression baseline trained on the same rows."""
     from training.baselines.tfidf import train_tfidf_baseline
-    from training.reports.news_plots import plot_confusion_matrix
+    from training.reports.classification_plots import plot_confusion_matrix
 
     manifest, weights = load_checkpoint(ckpt)
     pre = manifest.preprocessing
@@ -285,3 +294,21 @@ def synthesize(out: Path, seed: int = 0) -> list[Path]:
     from training.data.ag_news import synthesize_news
 
     return synthesize_news(out, seed=seed)
+
+
+# --- the demo -----------------------------------------------------------------------------------------------------
+
+DEMO_TRAIN_ROWS = 6000  # of AG News test.csv's 7,600 (the only real split here); the other 1,600 evaluate
+
+
+def demo_runs() -> list[DemoRun]:
+    """MiniLM fine-tuned for one epoch on 6,000 rows of the real AG News test.csv (the other 1,600 evaluate), or on
+    generated AG News-format data."""
+    folder = real_data_folder(DATA_SUBDIR, "test.csv*")
+    if folder is None:
+        return [DemoRun(NAME, "news topic classifier", {"synthetic": True, "epochs": 1, "time_limit": 150},
+                        data_note="data: generated AG News-format data (set MODELYARD_DATA for real AG News)")]
+    test = next(folder.glob("test.csv*"))
+    return [DemoRun(NAME, "news topic classifier", {"epochs": 1, "time_limit": 150},
+                    {"train_file": test, "eval_file": test, "train_rows": DEMO_TRAIN_ROWS},
+                    f"data: real AG News {test}: {DEMO_TRAIN_ROWS} stratified rows train, the rest evaluate")]

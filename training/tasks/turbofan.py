@@ -18,10 +18,19 @@ from torch.utils.data import TensorDataset
 from training.baselines.health_index import HealthIndexBaseline
 from training.checkpoint import CheckpointManifest, load_checkpoint, record_files, save_checkpoint, write_json_atomic
 from training.config import TrainConfig
-from training.data.cmapss import CmapssSubset, TurbofanPreprocessor, load_subset, rul_targets, windows_per_cycle
+from training.data.cmapss import (
+    SUBSETS,
+    CmapssSubset,
+    TurbofanPreprocessor,
+    load_subset,
+    rul_targets,
+    windows_per_cycle,
+)
+from training.demo_runs import DemoRun, real_data_folder
 from training.engine.trainer import FitResult, TrainingJob
 from training.metrics.rul import alert_metrics, best_threshold, nasa_score, rmse, threshold_alarms
 from training.models import build_model
+from training.options import Option
 
 NAME = "turbofan"
 DATA_SUBDIR = "cmapss"
@@ -34,6 +43,19 @@ DROPOUT, INPUT_NOISE = 0.2, 0.1
 ENSEMBLE_MEMBERS = 3  # LSTMs averaged in the default model (see TurbofanLSTM); --members changes it
 MODELS = {"rul": ("lstm", "transformer"), "reconstruction": ("lstm_autoencoder",)}
 DEFAULTS = {"batch_size": 256, "lr": 2e-3, "epochs": 15}
+OPTIONS = (
+    Option("subset", str, "FD001", "C-MAPSS subset", choices=SUBSETS),
+    Option("model", str, None, "lstm or transformer (RUL); lstm_autoencoder (reconstruction)",
+           choices=("lstm", "transformer", "lstm_autoencoder")),
+    Option("objective", str, "rul", "rul: predict remaining useful life; reconstruction: anomaly score",
+           choices=tuple(MODELS)),
+    Option("members", int, None, f"lstm: LSTMs averaged in one model (default {ENSEMBLE_MEMBERS})", minimum=1),
+    Option("window", int, None, f"cycles per model input window (default {WINDOW})", minimum=1),
+    Option("alert_rul", float, ALERT_RUL, "alarm horizon in cycles (truth: true RUL <= it)", minimum=0),
+    Option("teacher", Path, None, "a trained RUL checkpoint whose predictions this model learns to copy "
+                                  "(distillation, e.g. with --members 1)"),
+)
+HEADLINE = ("rmse", "test RMSE (cycles)")
 
 
 # --- data ---------------------------------------------------------------------------------------------------------
@@ -121,10 +143,10 @@ def split_arrays(data: TurbofanData, units: np.ndarray) -> tuple[np.ndarray, np.
 # --- model --------------------------------------------------------------------------------------------------------
 
 def model_config(cfg: TrainConfig, n_features: int, window: int = WINDOW) -> dict[str, Any]:
-    objective = cfg.objective or "rul"
+    objective = cfg.task_options["objective"]
     if objective not in MODELS:
         raise ValueError(f"unknown turbofan objective {objective!r}; expected rul or reconstruction")
-    arch = cfg.model or MODELS[objective][0]
+    arch = cfg.task_options["model"] or MODELS[objective][0]
     if arch not in MODELS[objective]:
         raise ValueError(f"--model {arch} does not fit objective {objective}; choose {', '.join(MODELS[objective])}")
     config: dict[str, Any] = {"arch": arch, "n_features": n_features, "window": window, "dropout": DROPOUT}
@@ -176,11 +198,12 @@ def make_validation(windows: np.ndarray, rul: np.ndarray, objective: str):
 # --- train --------------------------------------------------------------------------------------------------------
 
 def build_job(cfg: TrainConfig) -> tuple[TrainingJob, TurbofanData, dict[str, Any]]:
-    objective = cfg.objective or "rul"
-    teacher = Teacher(Path(cfg.task_options["teacher"])) if cfg.task_options.get("teacher") else None
+    opts = cfg.task_options
+    objective = opts["objective"]
+    teacher = Teacher(Path(opts["teacher"])) if opts["teacher"] else None
     if teacher is not None and objective != "rul":
         raise ValueError("--teacher distils a RUL model; it does not apply to --objective reconstruction")
-    data = load_data(Path(cfg.data_dir), cfg.subset, cfg.seed, cfg.task_options.get("window"), teacher)
+    data = load_data(Path(cfg.data_dir), opts["subset"], cfg.seed, opts["window"], teacher)
     config = model_config(cfg, data.preprocessor.n_features, data.window)
     train_x, train_y, _ = split_arrays(data, data.train_units)
     val_x, val_y, _ = split_arrays(data, data.val_units)
@@ -212,7 +235,7 @@ def detector_for(model: nn.Module, data: TurbofanData, objective: str, alert_rul
 
 
 def save(cfg: TrainConfig, data: TurbofanData, config: dict[str, Any], result: FitResult) -> Path:
-    objective = cfg.objective or "rul"
+    objective = cfg.task_options["objective"]
     model = build_model(config)
     model.load_state_dict(result.best_state)
     manifest = CheckpointManifest(
@@ -220,11 +243,11 @@ def save(cfg: TrainConfig, data: TurbofanData, config: dict[str, Any], result: F
         model=config,
         preprocessing={"objective": objective, "window": data.window, "rul_cap": RUL_CAP,
                        "normalizer": data.preprocessor.to_dict(),
-                       "detector": detector_for(model, data, objective,
-                                                float(cfg.task_options.get("alert_rul", ALERT_RUL)))},
+                       "detector": detector_for(model, data, objective, float(cfg.task_options["alert_rul"]))},
         training={**{k: v for k, v in cfg.to_dict().items() if k not in ("out", "resume")},
-                  "data_fingerprint": data.subset.fingerprint, "train_units": data.train_units.tolist(),
-                  "val_units": data.val_units.tolist(), "teacher": data.teacher,
+                  "subset": data.subset.name, "data_fingerprint": data.subset.fingerprint,
+                  "train_units": data.train_units.tolist(), "val_units": data.val_units.tolist(),
+                  "teacher": data.teacher,
                   "epochs_run": result.epochs_run, "steps": result.steps,
                   "train_seconds": round(result.train_seconds, 2), "stopped_early": result.stopped_early,
                   "samples_per_second": round(result.samples_per_second, 1)},
@@ -300,3 +323,18 @@ def synthesize(out: Path, seed: int = 0) -> list[Path]:
     for i, subset in enumerate(SUBSETS):
         synthesize_subset(out, subset, seed=seed + i)
     return sorted(out.glob("*_FD00*.txt"))
+
+
+# --- the demo -----------------------------------------------------------------------------------------------------
+
+def demo_runs() -> list[DemoRun]:
+    """The ensemble the API serves, and a single LSTM distilled from it for the stream monitor, which scores every
+    message (a third of the ensemble's cost). Real FD001 when MODELYARD_DATA has it."""
+    folder = real_data_folder(DATA_SUBDIR, "train_FD001.txt*")
+    data = {"data_dir": folder} if folder else {"synthetic": True}
+    note = (f"data: real NASA C-MAPSS FD001 from {folder}" if folder else
+            "data: generated C-MAPSS-format data (set MODELYARD_DATA to a folder with cmapss/ for real data)")
+    return [DemoRun(NAME, "remaining-useful-life model (an ensemble of LSTMs)", {**data, "time_limit": 150},
+                    data_note=note),
+            DemoRun(f"{NAME}-monitor", "one LSTM distilled from the ensemble, for the stream monitor",
+                    {**data, "time_limit": 60}, {"teacher": f"@{NAME}", "members": 1}, note, serve=False)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -14,16 +14,37 @@ from torch import nn
 from training.config import TrainConfig
 from training.engine.distributed import DistContext
 
+_WRAPPER_PREFIXES = ("module.", "_checkpoint_wrapped_module.", "_fpw_module.", "_fsdp_wrapped_module.", "_orig_mod.")
+
+
+def plain_name(name: str) -> str:
+    """A parameter's name without the prefixes wrappers add (DDP, checkpoint_wrapper, fairscale, torch.compile)."""
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """Optimizer class and arguments; sharding optimizers (FairScale OSS) construct it per parameter shard."""
+    """Optimizer class and arguments; sharding optimizers (FairScale OSS) construct it per parameter shard.
+    `group_of` puts each parameter (by its plain name) into a numbered group whose learning rate the training loop
+    scales on its own (see TrainingJob.lr_scales); None: one group."""
 
     cls: type[torch.optim.Optimizer]
     kwargs: dict[str, Any]
+    group_of: Callable[[str], int] | None = None
 
-    def build(self, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-        return self.cls(params, **self.kwargs)
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        named = [(plain_name(n), p) for n, p in model.named_parameters() if p.requires_grad]
+        if self.group_of is None:
+            return [{"params": [p for _, p in named], "group_index": 0}]
+        groups: dict[int, list[nn.Parameter]] = {}
+        for name, param in named:
+            groups.setdefault(self.group_of(name), []).append(param)
+        return [{"params": groups[i], "group_index": i} for i in sorted(groups)]
+
+    def build(self, model: nn.Module) -> torch.optim.Optimizer:
+        return self.cls(self.param_groups(model), **self.kwargs)
 
 
 @dataclass(frozen=True)
@@ -155,17 +176,10 @@ def cpu_fp32(value: torch.Tensor) -> torch.Tensor:
 
 
 def unwrap_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """State dict without wrapper prefixes (DDP's `module.`, checkpoint_wrapper's `_checkpoint_wrapped_module.`)."""
-    state = model.state_dict()
-    cleaned = {}
-    for key, value in state.items():
-        key = key.replace("_checkpoint_wrapped_module.", "").replace("_fpw_module.", "")
-        cleaned[key] = cpu_fp32(value)
-    return cleaned
-
-
-def iter_params(model: nn.Module) -> Iterator[nn.Parameter]:
-    return (p for p in model.parameters() if p.requires_grad)
+    """State dict without wrapper prefixes (checkpoint_wrapper's `_checkpoint_wrapped_module.`, fairscale's);
+    callers pass the module inside DDP."""
+    return {key.replace("_checkpoint_wrapped_module.", "").replace("_fpw_module.", ""): cpu_fp32(value)
+            for key, value in model.state_dict().items()}
 
 
 def full_model_state(module: nn.Module) -> dict[str, torch.Tensor]:

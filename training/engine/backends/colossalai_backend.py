@@ -24,7 +24,6 @@ from training.engine.backends.base import (
     cpu_fp32,
     full_model_state,
     full_optimizer_state,
-    iter_params,
     load_full_optimizer_state,
     model_blocks,
     unwrap_state_dict,
@@ -49,6 +48,9 @@ class ColossalAIBackend(Backend):
         if strategy == "gemini" and device != "cuda":
             raise StrategyUnavailable("colossalai gemini keeps parameters in CUDA memory chunks and needs a GPU; "
                                       "on the CPU use --strategy zero2 (add --offload to keep optimizer state in RAM)")
+        if strategy == "gemini" and cfg.optimizer == "sgd":
+            raise StrategyUnavailable("colossalai gemini steps only its own Adam kernels (HybridAdam); use "
+                                      "--optimizer adamw with it, or zero2 for SGD")
         if strategy == "gemini" and cfg.precision == "fp32":
             raise StrategyUnavailable("colossalai gemini trains in fp16 or bf16 (with fp32 master weights); "
                                       "pass --precision bf16 or --precision fp16")
@@ -120,15 +122,18 @@ class ColossalAIBackend(Backend):
             blocks = model_blocks(model)
             policy = ModuleWrapPolicy({type(block) for block in blocks}) if blocks is not None else None
             plugin = TorchFSDPPlugin(auto_wrap_policy=policy)
-            # The plugin re-runs the optimizer's __init__ with its own `defaults` over the FSDP parameters; torch's
-            # AdamW rejects the `decoupled_weight_decay` key its defaults carry (torch>=2.6), Adam takes it.
-            optimizer = OptimizerSpec(torch.optim.Adam, {**optimizer.kwargs, "decoupled_weight_decay": True})
+            if optimizer.cls is torch.optim.AdamW:
+                # The plugin re-runs the optimizer's __init__ with its own `defaults` over the FSDP parameters;
+                # torch's AdamW rejects the `decoupled_weight_decay` key its defaults carry (torch>=2.6), Adam
+                # takes it.
+                optimizer = OptimizerSpec(torch.optim.Adam, {**optimizer.kwargs, "decoupled_weight_decay": True},
+                                          optimizer.group_of)
         else:
             plugin = GeminiPlugin(precision=precision, max_norm=self.cfg.max_grad_norm,
                                   placement_policy="static", offload_optim_frac=1.0 if self.cfg.offload else 0.0)
             optimizer = self._gemini_optimizer(optimizer)
         self.booster = Booster(plugin=plugin)
-        self.model, self.optimizer, *_ = self.booster.boost(model, optimizer.build(iter_params(model)))
+        self.model, self.optimizer, *_ = self.booster.boost(model, optimizer.build(model))
         if self.strategy == "fsdp":
             # FSDP1 loss scaling must agree on inf/nan across shards; the plugin leaves precision to autocast.
             from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
@@ -143,7 +148,7 @@ class ColossalAIBackend(Backend):
         from colossalai.nn.optimizer import HybridAdam
 
         kwargs = {k: v for k, v in optimizer.kwargs.items() if k in ("lr", "betas", "eps", "weight_decay")}
-        return OptimizerSpec(HybridAdam, {**kwargs, "adamw_mode": True})
+        return OptimizerSpec(HybridAdam, {**kwargs, "adamw_mode": True}, optimizer.group_of)
 
     @property
     def data_parallel(self) -> tuple[int, int]:

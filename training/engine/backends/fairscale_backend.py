@@ -50,13 +50,13 @@ class FairScaleBackend(Backend):
             from fairscale.optim.grad_scaler import ShardedGradScaler
 
             # OSS builds one optimizer per rank over that rank's parameter shard.
-            self.optimizer = OSS(model.parameters(), optim=optimizer.cls, **optimizer.kwargs)
+            self.optimizer = OSS(optimizer.param_groups(model), optim=optimizer.cls, **optimizer.kwargs)
             self.model = ShardedDataParallel(model, self.optimizer)
             self.scaler = ShardedGradScaler(enabled=self.cfg.precision == "fp16")
         elif self.strategy == "pipe":
             self.module = model  # keeps the original parameter names for checkpoints
             self.model = _PipelinedModel(model, self.ctx.device, self.cfg.checkpointing)
-            self.optimizer = optimizer.build(self.model.parameters())
+            self.optimizer = optimizer.build(self.module)
             self.scaler = torch.amp.GradScaler(self.ctx.device.type, enabled=False)
         else:
             from fairscale.nn.data_parallel import FullyShardedDataParallel
@@ -65,9 +65,11 @@ class FairScaleBackend(Backend):
             mixed = self.cfg.precision == "fp16"
             # fairscale 0.4.13 casts fp16 gradients back to fp32 only after a reduce-scatter; with one process there
             # is none and the fp32 optimizer meets fp16 gradients. Reducing in fp32 casts them first.
+            # Parameter groups need the parameters under their own names: flattening merges them.
             self.model = FullyShardedDataParallel(model, mixed_precision=mixed,
-                                                  fp32_reduce_scatter=mixed and self.ctx.world_size == 1)
-            self.optimizer = optimizer.build(self.model.parameters())
+                                                  fp32_reduce_scatter=mixed and self.ctx.world_size == 1,
+                                                  flatten_parameters=optimizer.group_of is None)
+            self.optimizer = optimizer.build(self.model)
             # FSDP's fp16 mode reduces gradients in fp16; torch's GradScaler refuses to unscale those, fairscale's
             # sharded scaler takes them (and agrees on inf/nan across shards).
             self.scaler = ShardedGradScaler(enabled=self.cfg.precision == "fp16")

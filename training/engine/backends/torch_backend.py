@@ -14,7 +14,6 @@ from training.engine.backends.base import (
     OptimizerSpec,
     full_model_state,
     full_optimizer_state,
-    iter_params,
     load_full_optimizer_state,
     model_blocks,
     unwrap_state_dict,
@@ -39,7 +38,7 @@ class TorchBackend(Backend):
             for block in model_blocks(model) or []:
                 fully_shard(block, mp_policy=policy)
             self.model = fully_shard(model, mp_policy=policy)
-        self.optimizer = optimizer.build(iter_params(self.model))
+        self.optimizer = optimizer.build(self.model)
         enabled = self.cfg.precision == "fp16"
         self.scaler = torch.amp.GradScaler(self.ctx.device.type, enabled=enabled)
         return self.model

@@ -1,0 +1,127 @@
+"""What `train`, `evaluate` and `export` do, printing as they go; the command line and the demo both call these.
+
+Each raises `CommandError` with a one-line reason for anything a user can fix (bad data, an impossible strategy, a
+damaged checkpoint), which the command line prints without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+class CommandError(RuntimeError):
+    pass
+
+
+def train_config(task: str, engine: dict[str, Any], options: dict[str, Any]):
+    """A TrainConfig from the engine's option values and the task's (undeclared task options refused)."""
+    from training.config import TrainConfig
+    from training.engine.backends import DEFAULT_STRATEGY
+    from training.tasks import task_options
+
+    values = {k: v for k, v in engine.items() if v is not None}
+    values["out"] = str(values["out"])
+    if values.get("data_dir") is not None:
+        values["data_dir"] = str(values["data_dir"])
+    backend = values.get("backend", "torch")
+    values["strategy"] = values.get("strategy") or DEFAULT_STRATEGY.get(backend, "ddp")
+    try:
+        return TrainConfig(task=task, **values, task_options=task_options(task, options))
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def train(task: str, engine: dict[str, Any], options: dict[str, Any]) -> Path:
+    """Train TASK into engine["out"], print the training summary, then (unless evaluate is off) the report."""
+    from training.data.errors import DataFormatError
+    from training.engine.backends import StrategyUnavailable
+    from training.launch import TrainingFailed, run_training
+
+    cfg = train_config(task, engine, options)
+    if cfg.synthetic:
+        console.print(f"data: generated {task} data (synthetic, real file format)")
+    try:
+        run_training(cfg)
+    except (StrategyUnavailable, TrainingFailed, DataFormatError, FileNotFoundError, ValueError, RuntimeError,
+            OSError) as exc:
+        text = str(exc).strip()
+        raise CommandError(text.splitlines()[0] if text else type(exc).__name__) from None
+    out = Path(cfg.out)
+    if cfg.node_rank:  # another machine's launcher: node 0 owns the checkpoint and its report
+        console.print(f"node {cfg.node_rank}: training finished; node 0 wrote {out}")
+        return out
+    console.print(f"checkpoint: {out}")
+    print_train_summary(out)
+    if cfg.evaluate:
+        evaluate(out)
+    return out
+
+
+def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
+    from training.checkpoint import CheckpointError, read_manifest
+    from training.data.errors import DataFormatError
+    from training.tasks import get_task
+
+    try:
+        task = get_task(read_manifest(ckpt).task)
+        with console.status("evaluating"):
+            report = task.evaluate(Path(ckpt), data_dir)
+    except (CheckpointError, DataFormatError, FileNotFoundError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+    table = Table(title=f"{report['task']} evaluation ({report.get('subset', '')})")
+    table.add_column("metric")
+    table.add_column("model", justify="right")
+    table.add_column("baseline", justify="right")
+    baseline = report.get("baseline", {})
+    for key, value in report.items():
+        if isinstance(value, float) or value is None and key in ("rmse", "nasa_score"):
+            table.add_row(key, fmt(value), fmt(baseline.get(key)))
+    console.print(table)
+    console.print(f"report: {Path(ckpt) / 'report.json'}")
+    for plot in report.get("plots", []):
+        console.print(f"plot:   {Path(ckpt) / plot}")
+    return report
+
+
+def export(ckpt: Path) -> float:
+    from training.checkpoint import CheckpointError
+    from training.export import export_onnx
+
+    try:
+        diff = export_onnx(Path(ckpt))
+    except (CheckpointError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+    console.print(f"wrote {Path(ckpt) / 'model.onnx'}")
+    console.print(f"max abs difference ONNX Runtime vs torch: {diff:.3e}")
+    return diff
+
+
+def print_train_summary(out: Path) -> None:
+    from training.checkpoint import read_manifest
+
+    manifest = read_manifest(out)
+    t = manifest.training
+    table = Table(title="training summary")
+    table.add_column("item")
+    table.add_column("value", justify="right")
+    rows = [("backend / strategy", f"{t['backend']} / {t['strategy']}"), ("processes", str(t["nproc"] * t["nnodes"])),
+            ("precision", t["precision"]), ("epochs run", str(t["epochs_run"])), ("optimizer steps", str(t["steps"])),
+            ("train time (s)", f"{t['train_seconds']:.1f}"), ("samples/s", f"{t['samples_per_second']:.0f}"),
+            ("stopped early", str(t["stopped_early"]))]
+    rows += [(key, fmt(value)) for key, value in manifest.metrics.items()]
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def fmt(value: object) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else json.dumps(value)

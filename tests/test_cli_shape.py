@@ -1,0 +1,86 @@
+"""The command line is built from declarations: `train TASK` takes the engine's options and that task's own, `serve
+TASK` the server's and that service's, `app` each tab's; every task, service and tab declares what the CLI needs."""
+
+import importlib
+from dataclasses import fields
+
+import pytest
+
+from apps.tabs import TABS
+from serving.server import SERVICES
+from tests.conftest import assert_clean_failure, run_cli
+from training.config import ENGINE_OPTIONS, TrainConfig
+from training.options import Option, resolve
+from training.tasks import TASKS, get_task
+
+
+def test_train_lists_every_task_and_each_task_shows_engine_options_then_its_own():
+    listing = run_cli("train", "--help")
+    assert listing.returncode == 0 and all(task in listing.stdout for task in TASKS), listing.stdout
+    for task in TASKS:
+        result = run_cli("train", task, "--help")
+        assert result.returncode == 0, result.stderr
+        text = result.stdout
+        engine, own = text.index("Engine options:"), text.index(f"{task} options:")
+        assert engine < own
+        for option in ENGINE_OPTIONS:
+            assert option.flag in text[engine:own], option.flag
+        for option in get_task(task).OPTIONS:
+            assert option.flag in text[own:], option.flag
+        others = {o.flag for t in TASKS if t != task for o in get_task(t).OPTIONS}
+        mine = {o.flag for o in get_task(task).OPTIONS}
+        for flag in others - mine:
+            assert f"{flag} " not in text, f"{flag} of another task in train {task} --help"
+
+
+def test_an_option_of_another_task_is_refused_in_one_line(tmp_path):
+    result = run_cli("train", "news", "--out", tmp_path / "x", "--subset", "FD002")
+    assert_clean_failure(result, "No such option '--subset'")
+    result = run_cli("train", "turbofan", "--out", tmp_path / "x", "--max-length", "64")
+    assert_clean_failure(result, "No such option '--max-length'")
+    assert_clean_failure(run_cli("train", "nosuchtask", "--out", tmp_path), "nosuchtask")
+
+
+def test_serve_takes_the_server_options_and_that_services_own():
+    for task in SERVICES:
+        result = run_cli("serve", task, "--help")
+        assert result.returncode == 0, result.stderr
+        for flag in ("--checkpoint", "--port", "--host", "--runtime"):
+            assert flag in result.stdout
+        service = importlib.import_module(SERVICES[task])
+        for option in service.OPTIONS:
+            assert option.flag in result.stdout
+    assert "--max-texts" not in run_cli("serve", "turbofan", "--help").stdout
+
+
+def test_app_takes_each_tabs_options_and_the_old_news_flag():
+    text = run_cli("app", "--help").stdout
+    for path in TABS.values():
+        for option in importlib.import_module(path).OPTIONS:
+            assert option.flag in text
+    assert "--api-url" in text  # the documented name of --news-api keeps working
+    assert_clean_failure(run_cli("app"), "no tab to show")
+
+
+def test_every_task_service_and_tab_declares_what_the_product_needs():
+    config_fields = {f.name for f in fields(TrainConfig)}
+    assert all(option.name in config_fields for option in ENGINE_OPTIONS)
+    for task in TASKS:
+        recipe = get_task(task)
+        assert recipe.NAME == task and all(isinstance(o, Option) for o in recipe.OPTIONS)
+        assert len(recipe.HEADLINE) == 2 and recipe.demo_runs()
+        for name in ("build_job", "save", "evaluate", "synthesize"):
+            assert callable(getattr(recipe, name))
+    for path in SERVICES.values():
+        service = importlib.import_module(path)
+        assert hasattr(service, service.SERVICE) and service.ROUTE.startswith("/")
+    for path in TABS.values():
+        tab = importlib.import_module(path)
+        assert tab.TITLE and callable(tab.build) and callable(tab.wanted)
+
+
+def test_options_fill_defaults_and_refuse_what_is_not_declared():
+    options = (Option("window", int, 30), Option("teacher", str, None))
+    assert resolve(options, {"teacher": "x"}, "task t") == {"window": 30, "teacher": "x"}
+    with pytest.raises(ValueError, match="task t has no option --max-length"):
+        resolve(options, {"max_length": 64}, "task t")
