@@ -41,6 +41,8 @@ demo: setup
 bench: setup
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/serve_news.py --checkpoint $(DEMO_OUT)/news
+	$(BIN)/python bench/train_image.py
+	$(BIN)/python bench/serve_image.py --checkpoint $(DEMO_OUT)/image
 	$(BIN)/python bench/stream_monitor.py --checkpoint $(DEMO_OUT)/turbofan-monitor
 
 lint: setup

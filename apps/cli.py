@@ -56,6 +56,31 @@ def _reported(action, *args: Any) -> Any:
 
 # --- train TASK ---------------------------------------------------------------------------------------------------
 
+CONFIG_OPTION = Option("config", Path, None, "a JSON file of option values (e.g. what modelyard tune wrote to "
+                                            "best.json); options given on the command line win")
+
+
+def _with_config(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with those left at their defaults taken from --config FILE, when given."""
+    path = values.pop("config", None)
+    if path is None:
+        return values
+    try:
+        loaded = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        fail(f"{path}: not a readable JSON file of option values ({exc})")
+    if not isinstance(loaded, dict):
+        fail(f"{path}: expected a JSON object of option values")
+    unknown = sorted(set(loaded) - set(values))
+    if unknown:
+        fail(f"{path}: no option {', '.join('--' + k.replace('_', '-') for k in unknown)} for this command")
+    context = click.get_current_context()
+    for name, value in loaded.items():
+        if context.get_parameter_source(name) in (click.core.ParameterSource.DEFAULT, None):
+            values[name] = value
+    return values
+
+
 def train_command(task: str) -> click.Command:
     from training.config import ENGINE_OPTIONS
     from training.tasks import get_task, summary
@@ -64,19 +89,64 @@ def train_command(task: str) -> click.Command:
     engine_names = {option.name for option in ENGINE_OPTIONS}
 
     def run(**values: Any) -> None:
+        values = _with_config(values)
         engine = {k: v for k, v in values.items() if k in engine_names}
         options = {k: v for k, v in values.items() if k not in engine_names}
         _reported(actions.train, task, engine, options)
 
     return build_command(task, f"Train {task}: {summary(task)} Writes a verified checkpoint (and, unless "
                                "--no-evaluate, its evaluation report) to OUT.",
-                         [("Engine options", ENGINE_OPTIONS), (f"{task} options", recipe.OPTIONS)], run)
+                         [("Engine options", (*ENGINE_OPTIONS, CONFIG_OPTION)), (f"{task} options", recipe.OPTIONS)],
+                         run)
+
+
+# --- tune TASK ----------------------------------------------------------------------------------------------------
+
+TUNE_OPTIONS = (
+    Option("trials", int, 20, "training runs to try", minimum=1),
+    Option("timeout", float, None, "stop starting trials after this many seconds", minimum=1),
+)
+
+
+def tune_command(task: str) -> click.Command:
+    from training.config import ENGINE_OPTIONS
+    from training.tasks import get_task, summary
+
+    recipe = get_task(task)
+    engine_names = {option.name for option in ENGINE_OPTIONS}
+
+    def run(trials: int, timeout: float | None, **values: Any) -> None:
+        from training.tune import tune
+
+        engine = {k: v for k, v in values.items() if k in engine_names}
+        options = {k: v for k, v in values.items() if k not in engine_names}
+        try:
+            base = actions.train_config(task, engine, options)
+            result = tune(task, base, trials, timeout, seed=base.seed)
+        except (CommandError, ValueError, RuntimeError, OSError) as exc:
+            fail(str(exc).strip().splitlines()[0])
+        console.print(f"{result.trials} trials ({result.pruned} pruned) in {result.seconds:.0f} s; best "
+                      f"{recipe.TUNE_MONITOR[0]} {result.best_value:.4f} with {json.dumps(result.best_options)}")
+        for path in result.files:
+            console.print(f"wrote {path}")
+        console.print(f"train with it: modelyard train {task} --config {Path(base.out) / 'best.json'} --out DIR")
+
+    return build_command(task, f"Search {task}'s hyperparameters with Optuna: {summary(task)} Each trial is a "
+                               "training run under OUT/trials; the options below fix what the search does not vary.",
+                         [("Tune options", TUNE_OPTIONS), ("Engine options", ENGINE_OPTIONS),
+                          (f"{task} options", recipe.OPTIONS)], run)
 
 
 def _task_group(name: str, help_text: str, names, build) -> click.Group:
     from training.tasks import summary
 
     return LazyGroup(name, names=names, build=build, summary=summary, help=help_text, no_args_is_help=True)
+
+
+def _tunable_tasks() -> list[str]:
+    from training.tasks import declares, task_names
+
+    return [name for name in task_names() if declares(name, "tune_space")]
 
 
 # --- serve TASK ---------------------------------------------------------------------------------------------------
@@ -189,7 +259,8 @@ def export(ckpt: Path, format_: str) -> None:
 
 @app.command()
 @click.argument("checkpoints", type=PATH, nargs=-1, required=True)
-def compare(checkpoints: tuple[Path, ...]) -> None:
+@click.option("--plot", type=PATH, help="also write a PNG overlaying their validation curves (per epoch)")
+def compare(checkpoints: tuple[Path, ...], plot: Path | None) -> None:
     """Print checkpoints side by side: quality metrics, parameters, training time and latency."""
     from safetensors import safe_open
 
@@ -220,6 +291,13 @@ def compare(checkpoints: tuple[Path, ...]) -> None:
     for key in keys:
         table.add_row(key, *[fmt(c.get(key)) if not isinstance(c.get(key), str) else c[key] for c in columns])
     console.print(table)
+    if plot is not None:
+        from training.reports.comparison_plots import plot_validation_curves
+
+        try:
+            console.print(f"plot: {plot_validation_curves(plot, list(checkpoints))}")
+        except ValueError as exc:
+            fail(str(exc))
 
 
 _COMPARED_METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "rmse", "nasa_score", "alert_f1")
@@ -368,6 +446,8 @@ def stream_monitor(checkpoint: Path, bootstrap_servers: str, group: str, instanc
                                                            "demo recipe otherwise)")
 @click.option("--model", "models", multiple=True, help="TASK=NAME_OR_PATH: another model for a task (e.g. "
                                                        "news=distilbert-base-uncased); repeatable")
+@click.option("--set", "sets", multiple=True, help="TASK.OPTION=VALUE: an engine or task option for that task's runs "
+                                                   "(e.g. image.width=16, news.time_limit=60); repeatable")
 @click.option("--serve/--no-serve", "serve_models", default=True, show_default=True,
               help="then serve the APIs, the stream monitor and the app until Ctrl-C")
 @click.option("--api-port", type=int, default=3000, show_default=True,
@@ -375,19 +455,29 @@ def stream_monitor(checkpoint: Path, bootstrap_servers: str, group: str, instanc
 @click.option("--app-port", type=int, default=7860, show_default=True, help="Gradio app port")
 @click.option("--kafka-port", type=int, default=9092, show_default=True, help="embedded Kafka broker port")
 @click.option("--metrics-port", type=int, default=9108, show_default=True, help="monitor metrics port")
-def demo(out: Path, tasks: str | None, retrain: bool, epochs: int | None, models: tuple[str, ...], serve_models: bool,
-         api_port: int, app_port: int, kafka_port: int, metrics_port: int) -> None:
+def demo(out: Path, tasks: str | None, retrain: bool, epochs: int | None, models: tuple[str, ...],
+         sets: tuple[str, ...], serve_models: bool, api_port: int, app_port: int, kafka_port: int,
+         metrics_port: int) -> None:
     """Train, evaluate and export every model (real data when available, generated otherwise; each time-boxed),
     reusing checkpoints made by the same code, data and settings; then serve them until Ctrl-C: Kafka broker,
     turbofan replay and monitor, one BentoML API per model, the Gradio app with a tab per model."""
     from apps.demo import DemoError, DemoSettings, run_demo
 
-    bad = [item for item in models if "=" not in item]
-    if bad:
-        fail(f"--model {bad[0]}: expected TASK=NAME_OR_PATH")
+    overrides: dict[str, dict[str, str]] = {}
+    for item in models:
+        if "=" not in item:
+            fail(f"--model {item}: expected TASK=NAME_OR_PATH")
+        task, value = item.split("=", 1)
+        overrides.setdefault(task, {})["model"] = value
+    for item in sets:
+        key, _, value = item.partition("=")
+        if "." not in key or not _:
+            fail(f"--set {item}: expected TASK.OPTION=VALUE")
+        task, name = key.split(".", 1)
+        overrides.setdefault(task, {})[name] = value
     try:
         run_demo(DemoSettings(out=out, tasks=tasks.split(",") if tasks else None, retrain=retrain, epochs=epochs,
-                              models=dict(item.split("=", 1) for item in models), serve=serve_models,
+                              overrides=overrides, serve=serve_models,
                               api_port=api_port, app_port=app_port, kafka_port=kafka_port,
                               metrics_port=metrics_port), console)
     except (DemoError, CommandError, ValueError, OSError) as exc:
@@ -403,6 +493,8 @@ def cli() -> click.Group:
                                  task_names, train_command))
     root.add_command(_task_group("serve", "Serve a task's checkpoint over HTTP (modelyard serve TASK --help).",
                                  lambda: list(SERVICES), serve_command))
+    root.add_command(_task_group("tune", "Search a task's hyperparameters with Optuna (modelyard tune TASK --help).",
+                                 _tunable_tasks, tune_command))
     root.add_command(app_command())
     return root
 

@@ -32,7 +32,7 @@ class DemoSettings:
     tasks: list[str] | None = None  # None: every task
     retrain: bool = False
     epochs: int | None = None  # for every run, instead of the recipes' time boxes
-    models: dict[str, str] = field(default_factory=dict)  # task -> --model value
+    overrides: dict[str, dict[str, str]] = field(default_factory=dict)  # task -> {option: value} (--set, --model)
     serve: bool = True
     api_port: int = 3000
     app_port: int = 7860
@@ -54,7 +54,7 @@ def run_demo(settings: DemoSettings, console: Console) -> None:
     from training.tasks import task_names
 
     tasks = settings.tasks or task_names()
-    unknown = sorted(set(tasks) - set(task_names())) + sorted(set(settings.models) - set(task_names()))
+    unknown = sorted(set(tasks) - set(task_names())) + sorted(set(settings.overrides) - set(task_names()))
     if unknown:
         raise DemoError(f"unknown task {', '.join(unknown)}; tasks: {', '.join(task_names())}")
     ports = demo_ports(settings, tasks)
@@ -83,11 +83,12 @@ def train_all(settings: DemoSettings, tasks: list[str], console: Console) -> lis
         depends = {value[1:] for value in run.options.values() if isinstance(value, str) and value.startswith("@")}
         options = {k: settings.out / v[1:] if isinstance(v, str) and v.startswith("@") else v
                    for k, v in run.options.items()}
-        if task in settings.models:
-            options["model"] = settings.models[task]
         engine = {**run.engine, "out": ckpt}
         if settings.epochs is not None:
             engine["epochs"] = settings.epochs
+        for name, value in settings.overrides.get(task, {}).items():
+            target, option = option_named(task, name)
+            (engine if target == "engine" else options)[name] = parse_value(option, value)
         reason = "--retrain" if settings.retrain else stale_reason(task, engine, options, depends & retrained)
         if reason is None:
             console.print(f"reusing {ckpt}: made by this code from the same data and settings "
@@ -99,6 +100,30 @@ def train_all(settings: DemoSettings, tasks: list[str], console: Console) -> lis
             retrained.add(run.name)
         models.append(DemoModel(task, run.name, ckpt, reason is None, run.serve))
     return models
+
+
+def option_named(task: str, name: str):
+    """('engine' | 'task', the Option) for an option name of the engine or of `task`'s recipe."""
+    from training.config import ENGINE_OPTIONS
+    from training.tasks import get_task
+
+    for target, options in (("engine", ENGINE_OPTIONS), ("task", get_task(task).OPTIONS)):
+        for option in options:
+            if option.name == name.replace("-", "_"):
+                return target, option
+    raise DemoError(f"--set {task}.{name}: neither an engine option nor one of {task}'s")
+
+
+def parse_value(option, text: str):
+    """A --set value as its option's type."""
+    if option.type is bool:
+        if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise DemoError(f"--set ...{option.name}={text}: expected true or false")
+        return text.lower() in ("1", "true", "yes")
+    try:
+        return option.type(text)
+    except ValueError:
+        raise DemoError(f"--set ...{option.name}={text}: expected {option.type.__name__}") from None
 
 
 def stale_reason(task: str, engine: dict[str, Any], options: dict[str, Any], retrained_deps: set[str]) -> str | None:
@@ -204,7 +229,9 @@ def serve_until_interrupted(settings: DemoSettings, models: list[DemoModel], por
     servers: dict[str, Any] = {}
     app, threads, broker, monitor = None, [], None, None
     urls = {task: f"http://127.0.0.1:{ports[task]}" for task in served}
+    # Each tab reads its task's API, and its checkpoint for what the API does not serve (examples, report plots).
     tab_values: dict[str, Any] = {f"{task}_api": url for task, url in urls.items()}
+    tab_values.update({f"{task}_checkpoint": ckpt for task, ckpt in served.items()})
     try:
         # Every API starts at once: model loading overlaps, and a second demo is serving within seconds of the
         # slowest service's start-up rather than the sum of all of them.

@@ -154,14 +154,18 @@ class TurbofanPredictor:
         return results
 
 
-PREDICTORS = {NewsPredictor.task: NewsPredictor, TurbofanPredictor.task: TurbofanPredictor}
+PREDICTORS = {"news": "serving.predictor:NewsPredictor", "turbofan": "serving.predictor:TurbofanPredictor",
+              "image": "serving.image_predictor:ImagePredictor"}
 
 
 def load_predictor(ckpt: Path | str, runtime: str = "onnx"):
     """The predictor for whatever task the checkpoint holds."""
+    import importlib
+
     from training.checkpoint import read_manifest
 
     task = read_manifest(Path(ckpt)).task
     if task not in PREDICTORS:
         raise CheckpointError(f"{ckpt}: no predictor for task {task!r} (known: {', '.join(PREDICTORS)})")
-    return PREDICTORS[task](ckpt, runtime)
+    module, name = PREDICTORS[task].split(":")
+    return getattr(importlib.import_module(module), name)(ckpt, runtime)

@@ -122,7 +122,7 @@ def test_a_single_lstm_distils_the_ensemble(trained, tmp_path):
                          "does not apply to --objective reconstruction")
 
 
-def start_demo(out, ports: dict[str, int], *extra: str) -> tuple[subprocess.Popen, queue.Queue]:
+def start_demo(out, ports: dict, *extra: str) -> tuple[subprocess.Popen, queue.Queue]:
     process = subprocess.Popen([sys.executable, "-m", "apps.cli", "demo", "--out", str(out), "--api-port",
                                 str(ports["api"]), "--app-port", str(ports["app"]), "--kafka-port", str(ports["kafka"]),
                                 "--metrics-port", str(ports["metrics"]), *extra], cwd=REPO, stdout=subprocess.PIPE,
@@ -145,12 +145,19 @@ def wait_serving(process: subprocess.Popen, lines: queue.Queue, timeout: float) 
     return "".join(seen), time.monotonic() - start
 
 
-def check_demo_services(ports: dict[str, int]) -> None:
+def check_demo_services(ports: dict) -> None:
     api = ports["api"]
     status, body = post(f"http://127.0.0.1:{api}/score", {"cycles": [[1.0] * 24]})  # turbofan: the first task
     assert status == 200 and "health" in body, body
     status, body = post(f"http://127.0.0.1:{api + 1}/classify", {"texts": ["Team wins"]})
     assert status == 200 and body[0]["label"] in ("World", "Sports", "Business", "Sci/Tech"), body
+    import base64
+
+    from training.data.cifar10 import CLASSES
+
+    png = base64.b64encode((ports["out"] / "image" / "examples" / "cat.png").read_bytes()).decode()
+    status, body = post(f"http://127.0.0.1:{api + 2}/classify", {"images": [png]})
+    assert status == 200 and body[0]["top"][0]["label"] in CLASSES, body
     with urllib.request.urlopen(f"http://127.0.0.1:{ports['app']}/", timeout=30) as response:
         assert response.status == 200
     deadline = time.monotonic() + 60  # the replay is flowing through the monitor
@@ -169,13 +176,15 @@ def test_demo_trains_serves_dies_with_its_children_and_comes_back_reusing_its_mo
     it trains, serves every API, the monitor and the app; SIGKILLed, it leaves no process behind; started again it
     reuses every checkpoint (same code, data and settings) and serves within two minutes; Ctrl-C stops it."""
     out = tmp_path / "demo"
-    ports = {"api": free_port(5), "app": free_port(), "kafka": free_port(), "metrics": free_port()}
-    args = ("--epochs", "1", "--model", f"news={tiny_encoders['bert']}")
+    ports = {"api": free_port(5), "app": free_port(), "kafka": free_port(), "metrics": free_port(), "out": out}
+    args = ("--epochs", "1", "--model", f"news={tiny_encoders['bert']}", "--set", "image.width=8", "--set",
+            "image.train_images=2000")
     process, lines = start_demo(out, ports, *args)
     try:
         text, _ = wait_serving(process, lines, timeout=900)
-        assert "turbofan evaluation" in text and "news evaluation" in text
-        assert text.count("max abs difference ONNX Runtime vs torch") == 3  # ensemble, its student, news
+        for task in ("turbofan", "news", "image"):
+            assert f"{task} evaluation" in text
+        assert text.count("max abs difference ONNX Runtime vs torch") == 4  # ensemble, its student, news, image
         for label in ("test RMSE (cycles)", "test accuracy"):  # the summary: each headline metric beside its URL
             assert label in text
         assert f"POST http://127.0.0.1:{ports['api'] + 1}/classify" in text
@@ -184,16 +193,16 @@ def test_demo_trains_serves_dies_with_its_children_and_comes_back_reusing_its_mo
         sigkill_leaves_no_children(process, "the demo's services")
     finally:
         process.kill()
-    for name in ("turbofan", "turbofan-monitor", "news"):
+    for name in ("turbofan", "turbofan-monitor", "news", "image"):
         assert {"model.onnx", "report.json"} <= set(verify_checkpoint(out / name).files)
     student = verify_checkpoint(out / "turbofan-monitor")  # what the monitor ran: the ensemble distilled
     assert student.model["members"] == 1 and student.training["teacher"]["model"]["members"] == 3
-    made = {name: (out / name / "model.safetensors").stat().st_mtime for name in ("turbofan", "news")}
+    made = {name: (out / name / "model.safetensors").stat().st_mtime for name in ("turbofan", "news", "image")}
 
     process, lines = start_demo(out, ports, *args)
     try:
         text, seconds = wait_serving(process, lines, timeout=300)
-        assert text.count("reusing") == 3 and "training:" not in text, text
+        assert text.count("reusing") == 4 and "training:" not in text, text
         assert seconds < 120, f"the second demo took {seconds:.0f} s to serve"
         check_demo_services(ports)
     finally:

@@ -2,6 +2,7 @@
 offline alarms of the same checkpoint, through poison messages, a kill -9 of the monitor, a broker restart, and two
 monitors sharing one consumer group."""
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from streaming.alerts import AlertRule, AlertStateMachine
 from streaming.broker import TOPICS, EmbeddedBroker, ensure_topics
 from streaming.monitor import MonitorSettings, TurbofanMonitor
 from streaming.replay import load_replay, replay
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, running_app
 from training.data.cmapss import SENSORS, SETTINGS, windows_per_cycle
 
 
@@ -270,7 +271,6 @@ def drawn_chart(driver) -> dict:
 
 def test_dashboard_shows_live_scores_and_an_alert_in_a_headless_browser(broker, turbofan_ckpt, stream, expected_alerts,
                                                                        browser, tmp_path):
-    import urllib.request
 
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
@@ -279,23 +279,14 @@ def test_dashboard_shows_live_scores_and_an_alert_in_a_headless_browser(broker, 
     from streaming.monitor import serve_metrics
 
     running = monitor(broker, turbofan_ckpt, group="dashboard")
-    metrics_port, app_port = free_port(), free_port()
+    metrics_port = free_port()
     serve_metrics(running, metrics_port)
     thread = threading.Thread(target=running.run, daemon=True)
     thread.start()
-    app = subprocess.Popen([sys.executable, "-m", "apps.cli", "app", "--bootstrap-servers", broker.bootstrap_servers,
-                            "--monitor-metrics", f"http://127.0.0.1:{metrics_port}/metrics", "--port", str(app_port)],
-                           cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "app.log", "w"))
+    app = contextlib.ExitStack()
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{app_port}/", timeout=2)
-                break
-            except OSError:
-                assert app.poll() is None and time.monotonic() < deadline, (tmp_path / "app.log").read_text()
-                time.sleep(0.5)
-        browser.get(f"http://127.0.0.1:{app_port}/")
+        browser.get(app.enter_context(running_app(tmp_path, "--bootstrap-servers", broker.bootstrap_servers,
+                                                  "--monitor-metrics", f"http://127.0.0.1:{metrics_port}/metrics")))
         wait = WebDriverWait(browser, 120, poll_frequency=0.5)
         tab = wait.until(lambda d: next((e for e in d.find_elements(By.XPATH, "//button[contains(., 'Turbofan')]")
                                          if e.is_displayed()), None))
@@ -339,7 +330,6 @@ def test_dashboard_shows_live_scores_and_an_alert_in_a_headless_browser(broker, 
                         f"app log: {(tmp_path / 'app.log').read_text()[-3000:]}")
         assert "engines monitored" in browser.find_element(By.ID, "turbofan-status").text
     finally:
-        app.terminate()
-        app.wait(30)
+        app.close()
         running.stop()
         thread.join(30)

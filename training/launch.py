@@ -10,7 +10,9 @@ import os
 import shutil
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
@@ -58,8 +60,9 @@ def planned(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
-def run_training(cfg: TrainConfig) -> Path:
-    """Train and save a checkpoint in cfg.out; raises StrategyUnavailable/TrainingFailed with a one-line reason."""
+def run_training(cfg: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> Path:
+    """Train and save a checkpoint in cfg.out; raises StrategyUnavailable/TrainingFailed with a one-line reason.
+    `on_epoch` sees each epoch's log record (one process only; it may raise to end the run, as a pruner does)."""
     device = resolve_device(cfg.device)
     backend_class(cfg, device, get_task(cfg.task).HF_MODEL)  # refuse impossible combinations before any start
     if device == "cuda" and cfg.nproc > torch.cuda.device_count():
@@ -76,8 +79,10 @@ def run_training(cfg: TrainConfig) -> Path:
     config_path = out / "train_config.json"
     cfg.save(config_path)
     if cfg.nproc == 1 and cfg.nnodes == 1:
-        worker(config_path)
+        worker(config_path, on_epoch)
     else:
+        if on_epoch is not None:
+            raise TrainingFailed("epoch callbacks (modelyard tune's pruning) run with --nproc 1 only")
         _elastic_launch(cfg, config_path)
     return out
 
@@ -115,7 +120,7 @@ def _die_with_launcher() -> None:
 
 
 @record
-def worker(config_path: Path) -> None:
+def worker(config_path: Path, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> None:
     """One training process: join the group, build the recipe's job, fit, and (rank 0) save the checkpoint."""
     from training.engine.trainer import fit
 
@@ -128,7 +133,7 @@ def worker(config_path: Path) -> None:
         backend = backend_class(cfg, device, task.HF_MODEL)(cfg.strategy, ctx, cfg)
         torch.manual_seed(cfg.seed)  # before the recipe builds the model: identical weights on every rank and run
         job, data, model_config = task.build_job(cfg)
-        result = fit(job, cfg, ctx, backend)
+        result = fit(job, cfg, ctx, backend, on_epoch)
         if ctx.is_main:
             task.save(cfg, data, model_config, result)
         ctx.barrier()

@@ -13,6 +13,7 @@ from types import ModuleType
 TABS: dict[str, str] = {
     "news": "apps.tabs.news",
     "turbofan": "apps.tabs.turbofan",
+    "image": "apps.tabs.image",
 }
 
 

@@ -85,4 +85,20 @@ def apply() -> None:
         return pg.name() in ("nccl", "hccl")
 
     p2p._check_for_nccl_hccl_backend = _is_nccl_or_hccl
+
+    # TorchDDPPlugin.configure converts every BatchNorm to SyncBatchNorm, which has no CPU kernel ("SyncBatchNorm
+    # layers only work with GPU modules"): on the CPU, ranks keep their own BatchNorm statistics, as torch DDP does.
+    from colossalai.booster.plugin.torch_ddp_plugin import TorchDDPPlugin
+
+    configure = TorchDDPPlugin.configure
+
+    def configure_without_sync_bn(self: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
+        convert = torch.nn.SyncBatchNorm.convert_sync_batchnorm
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm = classmethod(lambda cls, module, group=None: module)
+        try:
+            return configure(self, model, *args, **kwargs)
+        finally:
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm = convert
+
+    TorchDDPPlugin.configure = configure_without_sync_bn
     _APPLIED = True

@@ -124,7 +124,8 @@ def _to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, ...]:
     return tuple(t.to(device, non_blocking=True) for t in batch)
 
 
-def fit(job: TrainingJob, cfg: TrainConfig, ctx: DistContext, backend: Backend) -> FitResult:
+def fit(job: TrainingJob, cfg: TrainConfig, ctx: DistContext, backend: Backend,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
     out = Path(cfg.out)
     per_rank = backend.optimizer_state_per_rank
     resume = load_resume_state(out, cfg, ctx, per_rank) if cfg.resume else None
@@ -252,6 +253,12 @@ def fit(job: TrainingJob, cfg: TrainConfig, ctx: DistContext, backend: Backend) 
             if ctx.is_main:
                 progress.write(f"early stop: {job.monitor} did not improve for {patience} epochs")
             break
+        if on_epoch is not None:
+            try:
+                on_epoch(record)
+            except BaseException:  # a pruned trial ends here: leave the terminal tidy
+                progress.close()
+                raise
     progress.close()
     return FitResult(best_state=best_state, best_metrics=state["best_metrics"], epochs_run=state["epoch"],
                      steps=state["step"], train_seconds=state["train_seconds"],

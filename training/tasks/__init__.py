@@ -18,6 +18,7 @@ from training.options import resolve
 TASKS: dict[str, str] = {
     "turbofan": "training.tasks.turbofan",
     "news": "training.tasks.news",
+    "image": "training.tasks.image",
 }
 
 
@@ -31,11 +32,19 @@ def get_task(name: str) -> ModuleType:
     return importlib.import_module(TASKS[name])
 
 
+def _source(name: str) -> ast.Module:
+    return ast.parse(Path(importlib.util.find_spec(TASKS[name]).origin).read_text())
+
+
 def summary(name: str) -> str:
     """The first line of the recipe's docstring, read without importing it (for listings)."""
-    origin = importlib.util.find_spec(TASKS[name]).origin
-    doc = ast.get_docstring(ast.parse(Path(origin).read_text())) or ""
+    doc = ast.get_docstring(_source(name)) or ""
     return doc.splitlines()[0] if doc else ""
+
+
+def declares(name: str, function: str) -> bool:
+    """Whether the recipe defines `function` at its top level, read without importing it."""
+    return any(isinstance(node, ast.FunctionDef) and node.name == function for node in _source(name).body)
 
 
 def task_options(name: str, given: dict[str, Any]) -> dict[str, Any]:

@@ -67,6 +67,9 @@ class StrategyUnavailable(RuntimeError):
 class Backend(ABC):
     name: ClassVar[str]
     strategies: ClassVar[tuple[str, ...]]
+    # Strategies that shard or bucket flat views of the parameters: a channels-last convolution weight (not
+    # contiguous in memory) cannot be viewed flat, so they get contiguous parameters.
+    flattening: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, strategy: str, ctx: DistContext, cfg: TrainConfig) -> None:
         self.strategy, self.ctx, self.cfg = strategy, ctx, cfg
@@ -90,6 +93,13 @@ class Backend(ABC):
             raise StrategyUnavailable("--tp/--pp apply only to --backend colossalai --strategy hybrid")
 
     # --- set-up ---
+    def place(self, model: nn.Module) -> nn.Module:
+        """The model on this rank's device, in the memory format its strategy can shard."""
+        model.to(self.ctx.device)
+        if self.strategy in self.flattening:
+            model.to(memory_format=torch.contiguous_format)
+        return model
+
     @abstractmethod
     def wrap(self, model: nn.Module, optimizer: OptimizerSpec, batch_size: int) -> nn.Module:
         """Place, shard and wrap `model`, build its optimizer; returns the module to call for forward passes.

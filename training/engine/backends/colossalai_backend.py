@@ -33,6 +33,7 @@ from training.engine.backends.base import (
 class ColossalAIBackend(Backend):
     name: ClassVar[str] = "colossalai"
     strategies: ClassVar[tuple[str, ...]] = ("ddp", "zero1", "zero2", "gemini", "hybrid", "fsdp")
+    flattening: ClassVar[tuple[str, ...]] = ("zero1", "zero2", "gemini", "hybrid", "fsdp")
     # Plugins that own mixed precision (they cast the model) and gradient clipping; the rest run under autocast.
     _PLUGIN_PRECISION = ("zero1", "zero2", "gemini", "hybrid")
 
@@ -94,7 +95,7 @@ class ColossalAIBackend(Backend):
             from training.engine import colossalai_cpu_compat
 
             colossalai_cpu_compat.apply()
-        model.to(self.ctx.device)
+        self.place(model)
         if self.cfg.checkpointing:
             self.apply_checkpointing(model)
         precision = self.cfg.precision

@@ -15,6 +15,7 @@ from training.engine.backends.base import Backend, OptimizerSpec, StrategyUnavai
 class FairScaleBackend(Backend):
     name: ClassVar[str] = "fairscale"
     strategies: ClassVar[tuple[str, ...]] = ("oss", "fsdp", "pipe")
+    flattening: ClassVar[tuple[str, ...]] = ("oss", "fsdp")
 
     @classmethod
     def check(cls, strategy: str, cfg: TrainConfig, device: str, hf_model: bool = False) -> None:
@@ -42,7 +43,7 @@ class FairScaleBackend(Backend):
     def wrap(self, model: nn.Module, optimizer: OptimizerSpec, batch_size: int) -> nn.Module:
         from fairscale.optim import OSS
 
-        model.to(self.ctx.device)
+        self.place(model)
         if self.cfg.checkpointing and self.strategy != "pipe":  # Pipe checkpoints its own micro-batches
             self.apply_checkpointing(model)
         if self.strategy == "oss":

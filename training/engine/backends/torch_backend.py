@@ -23,9 +23,10 @@ from training.engine.backends.base import (
 class TorchBackend(Backend):
     name: ClassVar[str] = "torch"
     strategies: ClassVar[tuple[str, ...]] = ("ddp", "fsdp")
+    flattening: ClassVar[tuple[str, ...]] = ("fsdp",)
 
     def wrap(self, model: nn.Module, optimizer: OptimizerSpec, batch_size: int) -> nn.Module:
-        model.to(self.ctx.device)
+        self.place(model)
         if self.cfg.checkpointing:
             self.apply_checkpointing(model)
         if self.strategy == "ddp":

@@ -1,0 +1,212 @@
+"""The image classifier through the public CLI: train, report, export, every CPU backend at 2 ranks, mixed precision,
+gradient accumulation, transfer learning with a frozen body; tiny FastNets on generated CIFAR-10 keep it fast."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import TINY_IMAGE, assert_clean_failure, run_cli
+from training.checkpoint import load_checkpoint, verify_checkpoint
+from training.models import build_model
+from training.tasks import image
+
+PRETRAINED = Path(os.environ.get("MODELYARD_DATA", "/nonexistent")) / "cifar10" / "pretrained"
+
+
+def test_report_has_the_metrics_plots_and_examples(image_ckpt):
+    report = json.loads((image_ckpt / "report.json").read_text())
+    for key in ("accuracy", "macro_f1", "per_class", "confusion_matrix", "most_confident_mistakes",
+                "train_images_per_second", "inference_images_per_second", "test_accuracy_per_epoch"):
+        assert key in report, key
+    assert report["accuracy"] > 0.5, "generated classes are easy: a working pipeline learns them"
+    assert len(report["test_accuracy_per_epoch"]) == 4 and report["tta"] is True
+    manifest = verify_checkpoint(image_ckpt)
+    for plot in ("confusion_matrix.png", "mistakes.png", "training_curves.png", "accuracy_vs_time.png"):
+        assert (image_ckpt / plot).read_bytes()[:4] == b"\x89PNG" and plot in manifest.files
+    assert len([name for name in manifest.files if name.startswith("examples/")]) == 10
+    pre = manifest.preprocessing
+    assert len(pre["mean"]) == 3 and all(0 < s < 1 for s in pre["std"])  # from the training images, in 0..1
+
+
+def test_export_parity_with_flip_averaging_in_the_graph(image_ckpt):
+    import onnxruntime as ort
+
+    manifest, weights = load_checkpoint(image_ckpt)
+    model = build_model(manifest.model)
+    model.load_state_dict(weights)
+    model.eval()
+    x = torch.randn(7, 3, 32, 32)  # another batch size than traced
+    with torch.no_grad():
+        expected = ((model(x) + model(x.flip(3))) / 2).numpy()
+    session = ort.InferenceSession(str(image_ckpt / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert np.abs(session.run(None, {"image": x.numpy()})[0] - expected).max() < 1e-4
+
+
+CPU_STRATEGIES = [("torch", "ddp"), ("torch", "fsdp"), ("colossalai", "ddp"), ("colossalai", "zero1"),
+                  ("colossalai", "zero2"), ("fairscale", "oss")]
+
+
+@pytest.mark.parametrize(("backend", "strategy"), CPU_STRATEGIES, ids=[f"{b}-{s}" for b, s in CPU_STRATEGIES])
+def test_two_ranks_train_and_consolidate_on_every_cpu_backend(tmp_path, cifar_dir, backend, strategy):
+    out = tmp_path / "ckpt"
+    result = run_cli("train", "image", "--out", out, "--data-dir", cifar_dir, "--backend", backend, "--strategy",
+                     strategy, "--nproc", "2", "--max-steps", "4", *TINY_IMAGE, "--no-evaluate")
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest, weights = load_checkpoint(out)
+    assert manifest.training["steps"] == 4 and manifest.training["strategy"] == strategy
+    # The consolidated weights reproduce the validation accuracy the sharded model measured in training.
+    data = image.load_data(Path(manifest.training["data_dir"]), manifest.training["seed"])
+    model = build_model(manifest.model)
+    model.load_state_dict(weights)
+    model.eval()
+    with torch.no_grad():
+        metrics = image.make_validation(data.cifar.train_images[data.val_index], data.cifar.train_labels[
+            data.val_index], data.mean, data.std)(model)
+    assert metrics["val_accuracy"] == pytest.approx(manifest.metrics["val_accuracy"], abs=1e-6)
+
+
+def test_bf16_autocast_and_sgd_adamw_defaults(tmp_path, cifar_dir):
+    for optimizer, lr in (("sgd", 0.1), ("adamw", 2e-3)):
+        out = tmp_path / optimizer
+        result = run_cli("train", "image", "--out", out, "--data-dir", cifar_dir, "--precision", "bf16",
+                         "--optimizer", optimizer, "--max-steps", "3", *TINY_IMAGE, "--no-evaluate")
+        assert result.returncode == 0, result.stderr[-3000:]
+        log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        assert np.isfinite(log[-1]["train_loss"])
+        assert verify_checkpoint(out).training["optimizer"] == optimizer
+        assert max(r["lr"] for r in log) <= lr  # that optimizer's own default peak rate
+
+
+def test_gradient_accumulation_equals_a_larger_batch():
+    """Two micro-batches of 32 give the update of one batch of 64: the same weights after one step. BatchNorm
+    normalises each micro-batch with its own statistics (as data-parallel ranks without SyncBatchNorm do), so the
+    comparison runs the model with its BatchNorm layers replaced by identities; everything else is the recipe's."""
+    from torch import nn
+
+    from training.config import TrainConfig
+    from training.engine.backends.torch_backend import TorchBackend
+    from training.engine.distributed import DistContext
+    from training.engine.trainer import TrainingJob, fit
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8).numpy()
+    labels = torch.randint(0, 10, (64,)).numpy()
+
+    def weights_after_one_step(batch_size: int, accumulate: int, out: Path) -> dict[str, torch.Tensor]:
+        torch.manual_seed(1)
+        model = build_model({"arch": "fastnet", "num_classes": 10, "widths": [8, 16, 32]})
+        for module in list(model.modules()):
+            for child_name, child in module.named_children():
+                if isinstance(child, nn.BatchNorm2d):
+                    setattr(module, child_name, nn.Identity())
+        cfg = TrainConfig(task="image", out=str(out), batch_size=batch_size, grad_accum=accumulate, max_steps=1,
+                          warmup_steps=0, max_grad_norm=1e9, optimizer="sgd")
+        out.mkdir()
+        job = TrainingJob(model=model, train_set=image.ImageBatches(images, labels),
+                          loss=image.AugmentedLoss(image.Augment(()), [0.5] * 3, [0.25] * 3, 0.2),
+                          validate=lambda m: {"val_accuracy": 0.0}, monitor="val_accuracy", mode="max",
+                          collate=image.keep_batch, lr=0.1)
+        environment = dict(os.environ)  # DistContext.init sets RANK, MASTER_PORT, ...: not for later tests
+        ctx = DistContext.init("cpu")
+        try:
+            result = fit(job, cfg, ctx, TorchBackend("ddp", ctx, cfg))
+        finally:
+            ctx.close()
+            os.environ.clear()
+            os.environ.update(environment)
+        return {k: v for k, v in result.best_state.items()}
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        whole = weights_after_one_step(64, 1, Path(tmp) / "whole")
+        parts = weights_after_one_step(32, 2, Path(tmp) / "parts")
+    for name, tensor in whole.items():
+        torch.testing.assert_close(parts[name], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_freeze_epochs_train_only_the_new_head_first(tmp_path, image_ckpt, cifar_dir):
+    out = tmp_path / "tuned"
+    result = run_cli("train", "image", "--out", out, "--data-dir", cifar_dir, "--pretrained", image_ckpt,
+                     "--freeze-epochs", "1", "--epochs", "2", *TINY_IMAGE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    start = load_checkpoint(image_ckpt)[1]
+    from safetensors.torch import load_file
+
+    first, second = (load_file(str(out / "epochs" / f"epoch-{k}.safetensors")) for k in (1, 2))
+    trainable = [k for k in start if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    body = [k for k in trainable if not k.startswith("head.")]
+    assert all(torch.equal(first[k], start[k]) for k in body), "the body moved during the frozen epoch"
+    assert not torch.equal(first["head.weight"], start["head.weight"])
+    assert not all(torch.equal(second[k], start[k]) for k in body), "the body never trained"
+    manifest = verify_checkpoint(out)
+    assert manifest.training["pretrained"]["loaded"] == len(start)
+    assert "pretrained_accuracy" in json.loads((out / "report.json").read_text())
+    assert_clean_failure(run_cli("train", "image", "--out", tmp_path / "x", "--data-dir", cifar_dir,
+                                 "--freeze-epochs", "1", *TINY_IMAGE), "give --pretrained FILE")
+
+
+def test_pretrained_weights_from_a_torch_file_with_wrapper_prefixes(tmp_path, cifar_dir):
+    from training.models.pretrained import load_pretrained
+
+    source = build_model({"arch": "resnet20", "num_classes": 10, "depth": 20})
+    legacy = {f"module.{k}".replace("blocks.4.", "layer2.1."): v for k, v in source.state_dict().items()
+              if "num_batches_tracked" not in k}  # a torch file in He et al.'s names, saved under DataParallel
+    torch.save({"state_dict": legacy, "best_prec1": 91.0}, tmp_path / "resnet20.th")
+    target = build_model({"arch": "resnet20", "num_classes": 10, "depth": 20})
+    info = load_pretrained(target, tmp_path / "resnet20.th")
+    assert info["loaded"] == len(legacy) and info["unused"] == []
+    assert torch.equal(target.state_dict()["blocks.4.conv1.weight"], source.state_dict()["blocks.4.conv1.weight"])
+    torch.save({"weights": source, "note": object}, tmp_path / "pickled-module.pt")  # needs a full unpickle
+    with pytest.raises(ValueError, match="not a weights-only torch file"):
+        load_pretrained(target, tmp_path / "pickled-module.pt")
+
+
+@pytest.mark.skipif(not (PRETRAINED / "resnet20-12fca82f.th").is_file(), reason="needs the pretrained ResNets")
+@pytest.mark.parametrize("depth", [20, 56])
+def test_the_published_cifar_resnets_load_completely(depth):
+    from training.models.pretrained import load_pretrained
+
+    name = {20: "resnet20-12fca82f.th", 56: "resnet56-4bfd9763.th"}[depth]
+    model = build_model({"arch": f"resnet{depth}", "num_classes": 10, "depth": depth})
+    info = load_pretrained(model, PRETRAINED / name)
+    assert info["loaded"] == len([k for k in model.state_dict() if "num_batches" not in k])
+    assert info["fresh"] == [] and info["unused"] == []
+
+
+def test_tune_writes_trials_plots_and_a_config_that_train_accepts(tmp_path, cifar_dir):
+    study = tmp_path / "study"
+    result = run_cli("tune", "image", "--out", study, "--data-dir", cifar_dir, "--trials", "3", "--epochs", "2",
+                     "--width", "8", "--train-images", "600", timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import csv
+
+    rows = list(csv.DictReader((study / "trials.csv").open()))
+    assert len(rows) == 3 and {"params_optimizer", "params_batch_size", "val_accuracy"} <= set(rows[0])
+    for plot in ("optimization_history.png", "param_importances.png"):
+        assert (study / plot).read_bytes()[:4] == b"\x89PNG"
+    best = json.loads((study / "best.json").read_text())
+    assert {"optimizer", "lr", "weight_decay", "batch_size", "augment_strength"} == set(best)
+    out = tmp_path / "best"
+    trained = run_cli("train", "image", "--config", study / "best.json", "--out", out, "--data-dir", cifar_dir,
+                      "--max-steps", "2", "--width", "8", "--no-evaluate")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    manifest = verify_checkpoint(out)
+    assert manifest.training["optimizer"] == best["optimizer"] and manifest.training["lr"] == best["lr"]
+    assert manifest.preprocessing["augment_strength"] == best["augment_strength"]
+    (tmp_path / "bad.json").write_text(json.dumps({"no_such_option": 1}))
+    assert_clean_failure(run_cli("train", "image", "--config", tmp_path / "bad.json", "--out", out),
+                         "no option --no-such-option")
+
+
+def test_compare_overlays_validation_curves(tmp_path, cifar_dir, image_ckpt):
+    other = tmp_path / "adamw"
+    assert run_cli("train", "image", "--out", other, "--data-dir", cifar_dir, "--optimizer", "adamw", "--epochs",
+                   "2", *TINY_IMAGE).returncode == 0
+    result = run_cli("compare", image_ckpt, other, "--plot", tmp_path / "curves.png")
+    assert result.returncode == 0, result.stderr
+    assert "accuracy" in result.stdout and (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,371 @@
+"""Image recipe (CIFAR-10): classify 32x32 photos into ten classes, from scratch or from pretrained weights.
+
+Reads top to bottom: data (any CIFAR-10 layout, decoded once, stratified validation split, normalisation from the
+training images) -> model -> loss (augmentation of whole batches on the device, label smoothing) -> validation ->
+train (engine) -> checkpoint -> evaluation report (test-time flip averaging, per-class metrics, plots).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from training.checkpoint import CheckpointManifest, load_checkpoint, record_files, save_checkpoint, write_json_atomic
+from training.config import TrainConfig
+from training.data.cifar10 import CifarData, load_cifar
+from training.data.image_augment import Augment
+from training.demo_runs import DemoRun, real_data_folder
+from training.engine.trainer import EPOCHS_DIR, FitResult, TrainingJob
+from training.metrics.classification import class_metrics
+from training.models import build_model
+from training.models.image import ARCHS, image_model_config
+from training.options import Option
+
+NAME = "image"
+DATA_SUBDIR = "cifar10"
+HF_MODEL = False
+VAL_FRACTION = 0.1
+OPTIONS = (
+    Option("model", str, "fastnet", "fastnet (default, fast residual CNN for 32x32), resnet20 / resnet56 (He et al. "
+                                     "CIFAR ResNets), resnet18 (torchvision)", choices=tuple(ARCHS)),
+    Option("width", int, None, "fastnet: channels of its first stage, doubled per stage (default 32)", minimum=4),
+    Option("pretrained", Path, None, "weights to start from: safetensors, a modelyard checkpoint, or a torch file "
+                                     "(read with torch.load(weights_only=True))"),
+    Option("freeze_epochs", int, 0, "epochs that train only the classifier head first (with --pretrained)",
+           minimum=0),
+    Option("augment", str, "crop,flip", "crop, flip, rotate, cutout (comma-separated), all, or none"),
+    Option("augment_strength", float, 1.0, "scales crop padding (4 px), rotation (10 degrees), cutout (8 px)",
+           minimum=0),
+    Option("label_smoothing", float, 0.2, "label smoothing of the training loss", minimum=0),
+    Option("train_images", int, None, "use this many of the training images (stratified), for quick runs",
+           minimum=20),
+    Option("tta", bool, True, "average predictions over the image and its mirror image (evaluation, serving)"),
+)
+HEADLINE = ("accuracy", "test accuracy")
+DEFAULTS = {"batch_size": 256, "epochs": 10, "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4,
+            "optimizer_defaults": {"adamw": {"lr": 2e-3, "weight_decay": 0.05}}}
+
+
+# --- data ---------------------------------------------------------------------------------------------------------
+
+@dataclass
+class ImageData:
+    cifar: CifarData
+    fit_index: np.ndarray  # rows of cifar.train_images that train
+    val_index: np.ndarray  # rows held out for validation (early stopping, model selection)
+    mean: list[float]  # per channel, of the training rows, in 0..1
+    std: list[float]
+
+
+def load_data(data_dir: Path, seed: int, train_images: int | None = None) -> ImageData:
+    """A stratified validation split of the training images; normalisation statistics from the rest. The test
+    split is left to evaluation."""
+    from sklearn.model_selection import train_test_split
+
+    cifar = load_cifar(data_dir)
+    rows = np.arange(len(cifar.train_labels))
+    if train_images is not None and train_images < len(rows):
+        rows, _ = train_test_split(rows, train_size=train_images, stratify=cifar.train_labels, random_state=seed)
+    fit, val = train_test_split(rows, test_size=VAL_FRACTION, stratify=cifar.train_labels[rows], random_state=seed)
+    fit, val = np.sort(fit), np.sort(val)
+    pixels = cifar.train_images[fit].reshape(-1, 3).astype(np.float64) / 255.0
+    return ImageData(cifar, fit, val, pixels.mean(axis=0).tolist(), pixels.std(axis=0).tolist())
+
+
+class ImageBatches(torch.utils.data.Dataset):
+    """uint8 images and labels, fetched a whole batch at a time (`__getitems__`): no per-image Python."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.images, self.labels = torch.from_numpy(images), torch.from_numpy(labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[i], self.labels[i]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices)
+        return self.images[index], self.labels[index]
+
+
+def keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch  # __getitems__ already stacked it
+
+
+def to_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 32, 32, 3) -> normalised float (N, 3, 32, 32), channels-last in memory (what oneDNN convolves
+    fastest)."""
+    x = images.permute(0, 3, 1, 2).float().div_(255.0)
+    return ((x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)).contiguous(memory_format=torch.channels_last)
+
+
+# --- model --------------------------------------------------------------------------------------------------------
+
+def build_image_model(cfg: TrainConfig, classes: int) -> tuple[nn.Module, dict[str, Any], dict[str, Any] | None]:
+    from training.models.pretrained import load_pretrained
+
+    opts = cfg.task_options
+    config = image_model_config(opts["model"], classes, opts["width"])
+    model = build_model(config).to(memory_format=torch.channels_last)
+    start = load_pretrained(model, Path(opts["pretrained"])) if opts["pretrained"] else None
+    return model, config, start
+
+
+# --- loss and validation ------------------------------------------------------------------------------------------
+
+class AugmentedLoss:
+    """Cross-entropy with label smoothing on a freshly augmented batch (training only)."""
+
+    def __init__(self, augment: Augment, mean: list[float], std: list[float], smoothing: float) -> None:
+        self.augment, self.smoothing = augment, smoothing
+        self.mean, self.std = torch.tensor(mean), torch.tensor(std)
+
+    def __call__(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        images, labels = batch
+        x = self.augment(to_input(images, self.mean.to(images.device), self.std.to(images.device)))
+        return F.cross_entropy(model(x).float(), labels, label_smoothing=self.smoothing)
+
+
+def predict_logits(model: nn.Module, images: np.ndarray, mean: list[float], std: list[float], tta: bool = False,
+                   batch: int = 500) -> np.ndarray:
+    """Logits per image (with tta: the mean of the image's and its mirror image's); the caller sets eval/no_grad."""
+    device = next(model.parameters()).device
+    mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
+    out = []
+    for start in range(0, len(images), batch):
+        x = to_input(torch.from_numpy(images[start:start + batch]).to(device), mean_t, std_t)
+        logits = model(x).float()
+        if tta:
+            logits = (logits + model(x.flip(3)).float()) / 2
+        out.append(logits.cpu())
+    return torch.cat(out).numpy()
+
+
+def make_validation(images: np.ndarray, labels: np.ndarray, mean: list[float], std: list[float]):
+    def validate(model: nn.Module) -> dict[str, float]:
+        logits = predict_logits(model, images, mean, std)
+        loss = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()
+        return {"val_accuracy": float((logits.argmax(1) == labels).mean()), "val_loss": loss}
+    return validate
+
+
+# --- train --------------------------------------------------------------------------------------------------------
+
+@dataclass
+class ImageRun:
+    data: ImageData
+    start: dict[str, Any] | None  # what --pretrained loaded
+    options: dict[str, Any]
+
+
+def build_job(cfg: TrainConfig) -> tuple[TrainingJob, ImageRun, dict[str, Any]]:
+    opts = cfg.task_options
+    augment = Augment.parse(opts["augment"], opts["augment_strength"])
+    data = load_data(Path(cfg.data_dir), cfg.seed, opts["train_images"])
+    cifar = data.cifar
+    model, config, start = build_image_model(cfg, len(cifar.classes))
+    head = f"{model.HEAD}."
+    freeze = int(opts["freeze_epochs"])
+    if freeze and start is None:
+        raise ValueError("--freeze-epochs trains a new head on pretrained weights; give --pretrained FILE")
+    job = TrainingJob(
+        model=model,
+        train_set=ImageBatches(cifar.train_images[data.fit_index], cifar.train_labels[data.fit_index]),
+        loss=AugmentedLoss(augment, data.mean, data.std, opts["label_smoothing"]),
+        validate=make_validation(cifar.train_images[data.val_index], cifar.train_labels[data.val_index],
+                                 data.mean, data.std),
+        monitor="val_accuracy", mode="max",
+        collate=keep_batch,
+        # group 1: the classifier head; group 0 (the body) stands still for the first --freeze-epochs epochs
+        group_of=lambda name: 1 if name.startswith(head) else 0,
+        lr_scales=lambda epoch: (0.0 if epoch < freeze else 1.0, 1.0),
+        snapshot_epochs=True,
+        warmup_steps=100,
+        **DEFAULTS,
+    )
+    return job, ImageRun(data, start, {"augment": list(augment.kinds), "augment_strength": augment.strength}), config
+
+
+def save(cfg: TrainConfig, run: ImageRun, config: dict[str, Any], result: FitResult) -> Path:
+    data = run.data
+    manifest = CheckpointManifest(
+        task=NAME,
+        model=config,
+        preprocessing={"classes": list(data.cifar.classes), "image_size": 32, "mean": data.mean, "std": data.std,
+                       "tta": bool(cfg.task_options["tta"]), **run.options},
+        training={**{k: v for k, v in cfg.to_dict().items() if k not in ("out", "resume")},
+                  "data_layout": data.cifar.layout, "data_fingerprint": data.cifar.fingerprint,
+                  "images": {"train": len(data.fit_index), "val": len(data.val_index),
+                             "test": len(data.cifar.test_labels)},
+                  "pretrained": run.start, "history": result.history,
+                  "epochs_run": result.epochs_run, "steps": result.steps,
+                  "train_seconds": round(result.train_seconds, 2), "stopped_early": result.stopped_early,
+                  "samples_per_second": round(result.samples_per_second, 1)},
+        metrics=result.best_metrics,
+    )
+    out = Path(cfg.out)
+    save_checkpoint(out, manifest, result.best_state)
+    snapshots = sorted((out / EPOCHS_DIR).glob("epoch-*.safetensors"))
+    record_files(out, manifest, [str(p.relative_to(out)) for p in snapshots])
+    return out
+
+
+# --- evaluation report --------------------------------------------------------------------------------------------
+
+EXAMPLES_DIR = "examples"
+
+
+def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
+    """Test accuracy (with test-time flip averaging when the checkpoint asks for it), per-class precision/recall/F1,
+    confusion matrix, the most confident mistakes, loss/accuracy curves, test accuracy per epoch against training
+    time, images/s; and the pretrained starting point's test accuracy when there was one."""
+    from sklearn.metrics import classification_report, confusion_matrix
+
+    from training.reports.classification_plots import plot_confusion_matrix
+    from training.reports.image_plots import plot_accuracy_vs_time, plot_mistakes, plot_training_curves
+
+    manifest, weights = load_checkpoint(ckpt)
+    pre, trained = manifest.preprocessing, manifest.training
+    cifar = load_cifar(Path(data_dir or trained["data_dir"]))
+    classes = pre["classes"]
+    model = _eval_model(manifest.model, weights)
+    images, labels = cifar.test_images, cifar.test_labels
+    with torch.no_grad():
+        logits = predict_logits(model, images, pre["mean"], pre["std"], tta=pre["tta"])
+        seconds = _timed(lambda: predict_logits(model, images[:1000], pre["mean"], pre["std"], tta=pre["tta"]))
+    probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    predicted = probs.argmax(1)
+    report: dict[str, Any] = {"task": NAME, "subset": f"CIFAR-10 test ({cifar.layout})", "test_images": len(labels),
+                              **class_metrics(labels, predicted), "tta": pre["tta"],
+                              "params": sum(p.numel() for p in model.parameters()),
+                              "train_images_per_second": trained.get("samples_per_second"),
+                              "inference_images_per_second": round(min(1000, len(images)) / seconds, 1),
+                              "train_seconds": trained.get("train_seconds")}
+    report["per_class"] = classification_report(labels, predicted, labels=list(range(len(classes))),
+                                                target_names=classes, output_dict=True, zero_division=0)
+    matrix = confusion_matrix(labels, predicted, labels=list(range(len(classes))))
+    report["confusion_matrix"] = matrix.tolist()
+    wrong = np.flatnonzero(predicted != labels)
+    worst = wrong[np.argsort(-probs[wrong].max(axis=1))][:32]
+    report["most_confident_mistakes"] = [{"index": int(i), "true": classes[labels[i]],
+                                          "predicted": classes[predicted[i]],
+                                          "confidence": round(float(probs[i].max()), 4)} for i in worst]
+    if trained.get("pretrained"):
+        start = build_model(manifest.model)
+        from training.models.pretrained import load_pretrained
+
+        load_pretrained(start, Path(trained["pretrained"]["file"]))
+        with torch.no_grad():
+            start_logits = predict_logits(start.eval(), images, pre["mean"], pre["std"], tta=pre["tta"])
+        report["pretrained_accuracy"] = float((start_logits.argmax(1) == labels).mean())
+    plots = [plot_confusion_matrix(ckpt / "confusion_matrix.png", matrix, classes, "test images"),
+             plot_mistakes(ckpt / "mistakes.png", images[worst], [classes[labels[i]] for i in worst],
+                           [classes[predicted[i]] for i in worst], [float(probs[i].max()) for i in worst]),
+             plot_training_curves(ckpt / "training_curves.png", trained["history"])]
+    curve = _test_accuracy_per_epoch(ckpt, manifest, images, labels)
+    if curve:
+        report["test_accuracy_per_epoch"] = curve
+        plots.append(plot_accuracy_vs_time(ckpt / "accuracy_vs_time.png", [p["train_seconds"] for p in curve],
+                                           [p["accuracy"] for p in curve], manifest.model["arch"]))
+    report["plots"] = [p.name for p in plots]
+    examples = _write_examples(ckpt, images, labels, classes)
+    write_json_atomic(ckpt / "report.json", report)
+    manifest.metrics.update({k: report[k] for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1")})
+    record_files(ckpt, manifest, ["report.json", *report["plots"], *examples])
+    return report
+
+
+def _eval_model(config: dict[str, Any], weights: dict[str, torch.Tensor]) -> nn.Module:
+    model = build_model(config).to(memory_format=torch.channels_last)
+    model.load_state_dict(weights)
+    return model.eval()
+
+
+def _timed(action) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def _test_accuracy_per_epoch(ckpt: Path, manifest: CheckpointManifest, images: np.ndarray,
+                             labels: np.ndarray) -> list[dict[str, float]]:
+    """Each epoch's saved weights on the test images, beside the training time spent by the end of that epoch."""
+    from safetensors.torch import load_file
+
+    from training.checkpoint import verify_file
+
+    pre, history = manifest.preprocessing, manifest.training["history"]
+    seconds = np.cumsum([record["epoch_seconds"] for record in history])
+    curve = []
+    for record, spent in zip(history, seconds, strict=True):
+        name = f"{EPOCHS_DIR}/epoch-{record['epoch']}.safetensors"
+        if name not in manifest.files:
+            continue
+        model = _eval_model(manifest.model, load_file(str(verify_file(ckpt, manifest, name))))
+        with torch.no_grad():
+            logits = predict_logits(model, images, pre["mean"], pre["std"], tta=pre["tta"])
+        curve.append({"epoch": record["epoch"], "train_seconds": round(float(spent), 1),
+                      "accuracy": float((logits.argmax(1) == labels).mean())})
+    return curve
+
+
+def _write_examples(ckpt: Path, images: np.ndarray, labels: np.ndarray, classes: list[str]) -> list[str]:
+    """One test image per class as PNG (what the app offers to try), named by its class."""
+    from PIL import Image
+
+    (ckpt / EXAMPLES_DIR).mkdir(exist_ok=True)
+    names = []
+    for index, name in enumerate(classes):
+        rows = np.flatnonzero(labels == index)
+        if rows.size:
+            path = ckpt / EXAMPLES_DIR / f"{name}.png"
+            Image.fromarray(images[rows[0]]).save(path)
+            names.append(f"{EXAMPLES_DIR}/{name}.png")
+    return names
+
+
+# --- hyperparameter search (modelyard tune image) -----------------------------------------------------------------
+
+TUNE_MONITOR = ("val_accuracy", "max")
+
+
+def tune_space(trial) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Optimizer, its learning rate and weight decay (ranges of their own), batch size, augmentation strength."""
+    optimizer = trial.suggest_categorical("optimizer", ["sgd", "adamw"])
+    if optimizer == "sgd":
+        lr = trial.suggest_float("sgd_lr", 0.02, 0.5, log=True)
+        decay = trial.suggest_float("sgd_weight_decay", 1e-5, 2e-3, log=True)
+    else:
+        lr = trial.suggest_float("adamw_lr", 3e-4, 1e-2, log=True)
+        decay = trial.suggest_float("adamw_weight_decay", 1e-3, 0.3, log=True)
+    engine = {"optimizer": optimizer, "lr": lr, "weight_decay": decay,
+              "batch_size": trial.suggest_categorical("batch_size", [128, 256, 512])}
+    return engine, {"augment_strength": trial.suggest_float("augment_strength", 0.5, 1.5)}
+
+
+# --- generated data -----------------------------------------------------------------------------------------------
+
+def synthesize(out: Path, seed: int = 0) -> list[Path]:
+    from training.data.cifar10 import synthesize_cifar
+
+    return synthesize_cifar(out, seed=seed)
+
+
+# --- the demo -----------------------------------------------------------------------------------------------------
+
+def demo_runs() -> list[DemoRun]:
+    """FastNet on the real CIFAR-10 JPEG images (or generated CIFAR-10 binary data), time-boxed."""
+    folder = real_data_folder(DATA_SUBDIR, "train.tar")
+    if folder is None:
+        return [DemoRun(NAME, "image classifier (CIFAR-10)", {"synthetic": True, "time_limit": 120},
+                        data_note="data: generated CIFAR-10-format data (set MODELYARD_DATA for the real images)")]
+    return [DemoRun(NAME, "image classifier (CIFAR-10)", {"data_dir": folder, "time_limit": 240},
+                    data_note=f"data: real CIFAR-10 images from {folder} (50,000 training, 5,000 test JPEGs)")]
