@@ -2,9 +2,11 @@
 
 BentoML batches an API only when it takes a single batchable argument; an API that first decodes uploads (images of
 any size, files and base64 in one request) cannot be one. Requests submit their decoded rows here instead: the
-first waits at most `max_wait_ms` for company, a batch holds at most `max_batch` rows (a larger request runs on its
-own), and each request gets its own rows back. The model runs in a worker thread, so the event loop keeps
-accepting requests meanwhile.
+batch takes every request that queued while the previous batch ran, and, when the previous batch merged several
+(requests are arriving together), waits up to `max_wait_ms` for more: a lone client pays no delay. A batch holds
+at most `max_batch` rows (a larger request runs on its own), and each request gets its own rows back. The model
+runs in a worker thread, so the event loop keeps accepting requests meanwhile: under load the batches grow by
+themselves.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class MicroBatcher:
         self.model, self.max_batch, self.max_wait = model, max_batch, max_wait_ms / 1000
         self.stats = BatchStats()
         self._queue: asyncio.Queue | None = None
+        self._together = False  # the last batch merged several requests
         self._worker: asyncio.Task | None = None
 
     async def __call__(self, rows: np.ndarray) -> np.ndarray:
@@ -52,20 +55,22 @@ class MicroBatcher:
         while True:
             pending = [carried or await self._queue.get()]
             carried, size = None, len(pending[0][0])
-            deadline = loop.time() + self.max_wait
+            # Wait for company only when requests have been arriving together: a lone client pays no delay.
+            deadline = loop.time() + (self.max_wait if self._together else 0.0)
             while size < self.max_batch:
                 timeout = deadline - loop.time()
-                if timeout <= 0:
-                    break
                 try:
-                    item = await asyncio.wait_for(self._queue.get(), timeout)
-                except TimeoutError:
+                    # max_wait 0: take what queued while the model ran, without waiting for more
+                    item = self._queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(self._queue.get(),
+                                                                                                timeout)
+                except (TimeoutError, asyncio.QueueEmpty):
                     break
                 if size + len(item[0]) > self.max_batch:
                     carried = item
                     break
                 pending.append(item)
                 size += len(item[0])
+            self._together = len(pending) > 1
             batch = np.concatenate([rows for rows, _ in pending])
             try:
                 output = await loop.run_in_executor(None, self.model, batch)

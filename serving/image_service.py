@@ -82,7 +82,7 @@ class ImageClassifier:
         from serving.image_predictor import ImagePredictor
 
         self.predictor = ImagePredictor(os.environ["MODELYARD_CHECKPOINT"], os.environ.get("MODELYARD_RUNTIME", "onnx"))
-        self.batcher = MicroBatcher(self.predictor.probabilities, max_batch=64, max_wait_ms=5)
+        self.batcher = MicroBatcher(self.predictor.probabilities, max_batch=64)
 
     @app.post(ROUTE, response_model=list[ImagePrediction], openapi_extra={"requestBody": REQUEST_BODY},
               responses={400: {"description": "Bad Request: not an image this service reads", **ERROR},
