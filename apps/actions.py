@@ -84,6 +84,14 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
         if isinstance(value, float) or value is None and key in ("rmse", "nasa_score"):
             table.add_row(key, fmt(value), fmt(baseline.get(key)))
     console.print(table)
+    if report.get("models"):  # a task that compares several models reports one row per model
+        rows = report["models"]
+        compared = Table(title="models on the test data, best first")
+        for column in rows[0]:
+            compared.add_column(column, justify="left" if column in ("model", "kind") else "right")
+        for row in rows:
+            compared.add_row(*(fmt(v) if isinstance(v, float) or v is None else str(v) for v in row.values()))
+        console.print(compared)
     console.print(f"report: {Path(ckpt) / 'report.json'}")
     for plot in report.get("plots", []):
         console.print(f"plot:   {Path(ckpt) / plot}")

@@ -43,7 +43,7 @@ VALIDATION_ERROR_BODY: dict[str, Any] = {
 
 
 def _is_nullable(schema: dict[str, Any]) -> bool:
-    return any(branch.get("type") == "null" for branch in schema.get("anyOf", []))
+    return schema.get("nullable") is True or any(branch.get("type") == "null" for branch in schema.get("anyOf", []))
 
 
 def _mark_nullable(inline: dict[str, Any], components: dict[str, Any], api: str) -> None:
@@ -58,7 +58,33 @@ def _mark_nullable(inline: dict[str, Any], components: dict[str, Any], api: str)
             prop["nullable"] = True
             if prop.get("type") == "null":  # a field that is only ever null
                 prop.pop("type")
+            if "$ref" in prop:  # OpenAPI 3.0 ignores a $ref's siblings: nullable must sit beside an allOf
+                prop["allOf"] = [{"$ref": prop.pop("$ref")}]
         _mark_nullable(prop, components, api)
+
+
+def as_openapi30(schema: Any) -> Any:
+    """A pydantic (JSON Schema 2020-12) schema in OpenAPI 3.0's dialect, which the document declares: a nullable
+    `anyOf [X, {"type": "null"}]` becomes X with `nullable`, and a numeric `exclusiveMinimum`/`exclusiveMaximum`
+    becomes the bound with the boolean flag. BentoML leaves referenced components in pydantic's form."""
+    if isinstance(schema, list):
+        return [as_openapi30(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: as_openapi30(value) for key, value in schema.items()}
+    branches = out.get("anyOf")
+    if isinstance(branches, list) and any(b.get("type") == "null" for b in branches if isinstance(b, dict)):
+        kept = [b for b in branches if not (isinstance(b, dict) and b.get("type") == "null")]
+        out.pop("anyOf")
+        if len(kept) == 1 and "$ref" not in kept[0]:
+            out.update(kept[0])
+        else:
+            out["anyOf" if len(kept) > 1 else "allOf"] = kept
+        out["nullable"] = True
+    for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(out.get(bound), int | float) and not isinstance(out.get(bound), bool):
+            out[plain], out[bound] = out[bound], True
+    return out
 
 
 def _operations(spec: dict[str, Any]):
@@ -80,6 +106,7 @@ UNSUPPORTED_MEDIA_TYPE = {"description": "Unsupported Media Type: the request's 
 
 def correct_document(spec: dict[str, Any]) -> dict[str, Any]:
     components = spec.setdefault("components", {}).setdefault("schemas", {})
+    components.update({name: as_openapi30(schema) for name, schema in components.items()})
     components["InvalidArgument"] = VALIDATION_ERROR_BODY
     for _, operation in _operations(spec):
         api = operation["x-bentoml-name"]

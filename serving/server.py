@@ -21,7 +21,8 @@ from typing import Any
 from serving.settings import settings_env
 from training.processes import dies_with_parent
 
-SERVICES = {"news": "serving.news_service", "turbofan": "serving.turbofan_service", "image": "serving.image_service"}
+SERVICES = {"news": "serving.news_service", "turbofan": "serving.turbofan_service", "image": "serving.image_service",
+            "sales": "serving.sales_service"}
 
 
 class ServerFailed(RuntimeError):

@@ -199,16 +199,22 @@ def post(url: str, body: object = None, raw: bytes | None = None) -> tuple[int, 
         return exc.code, exc.read().decode()
 
 
-def assert_api_honours_its_document(url: str, max_examples: int = 60, exclude_checks: tuple[str, ...] = ()) -> None:
+def assert_api_honours_its_document(url: str, max_examples: int = 60, exclude_checks: tuple[str, ...] = (),
+                                    allowed_warning: str | None = None) -> None:
     """schemathesis against the service's own OpenAPI document (/docs.json), valid and invalid inputs (coverage and
-    fuzzing phases, every check but `exclude_checks`): no 5xx, and every status code and body as declared."""
+    fuzzing phases, every check but `exclude_checks`): no 5xx, and every status code and body as declared. A
+    warning fails too, unless it is the one `allowed_warning` names."""
     command = [str(Path(sys.executable).parent / "schemathesis"), "run", f"{url}/docs.json", "--url", url,
                "--checks", "all", "--phases", "coverage,fuzzing", "--max-examples", str(max_examples),
                "--seed", "1", "--generation-database", "none", "--no-color", "--request-timeout", "60",
                *(["--exclude-checks", ",".join(exclude_checks)] if exclude_checks else [])]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-    assert "No issues found" in result.stdout, result.stdout[-3000:]
+    failures = result.stdout[result.stdout.find("FAILURES"):]  # what failed, before any long request body
+    assert result.returncode == 0, failures[:4000] + "\n...\n" + result.stdout[-2000:] + result.stderr[-2000:]
+    if "No issues found" in result.stdout:
+        return
+    warnings = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith("⚠️")]
+    assert allowed_warning and warnings and all(allowed_warning in w for w in warnings), result.stdout[-3000:]
 
 
 @pytest.fixture(scope="session")
@@ -258,3 +264,36 @@ def running_app(tmp_path: Path, *args: object, timeout: float = 90.0):
     finally:
         app.terminate()
         app.wait(30)
+
+
+def real_m5() -> Path | None:
+    root = os.environ.get("MODELYARD_DATA")
+    folder = Path(root) / "m5" if root else None
+    return folder if folder and (folder / "subset_zama-github_SPOT" / "sales_train_validation.csv").is_file() else None
+
+
+@pytest.fixture(scope="session")
+def m5_dir(tmp_path_factory) -> Path:
+    """The 10 real M5 series when MODELYARD_DATA has them (their tab-separated price export converted to the
+    published comma layout here, in the fixture: the reader only reads the real format), generated data otherwise."""
+    from training.data.m5_synthetic import stage_real_subset, synthesize_m5
+
+    out = tmp_path_factory.mktemp("m5")
+    if real_m5() is not None:
+        return stage_real_subset(real_m5(), out)
+    synthesize_m5(out, series=30, seed=3)
+    return out
+
+
+SALES_BASELINES = "seasonal_naive,ets,lightgbm,xgboost,prophet"  # arima: a minute on the real series; see slow test
+
+
+@pytest.fixture(scope="session")
+def sales_ckpt(tmp_path_factory, m5_dir) -> Path:
+    """An LSTM trained briefly on M5 data, evaluated against the baselines and exported (serving and app tests)."""
+    out = tmp_path_factory.mktemp("sales-served") / "ckpt"
+    result = run_cli("train", "sales", "--out", out, "--data-dir", m5_dir, "--epochs", "2", "--hidden", "16",
+                     "--origin-stride", "3", "--baselines", SALES_BASELINES)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert run_cli("export", out).returncode == 0
+    return out

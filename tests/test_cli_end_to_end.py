@@ -158,6 +158,9 @@ def check_demo_services(ports: dict) -> None:
     png = base64.b64encode((ports["out"] / "image" / "examples" / "cat.png").read_bytes()).decode()
     status, body = post(f"http://127.0.0.1:{api + 2}/classify", {"images": [png]})
     assert status == 200 and body[0]["top"][0]["label"] in CLASSES, body
+    series = (ports["out"] / "sales" / "series.csv").read_text().splitlines()[1].split(",")[0]
+    status, body = post(f"http://127.0.0.1:{api + 3}/forecast", {"series_id": series, "horizon": 28})
+    assert status == 200 and len(body["forecast"]) == 28, body
     with urllib.request.urlopen(f"http://127.0.0.1:{ports['app']}/", timeout=30) as response:
         assert response.status == 200
     deadline = time.monotonic() + 60  # the replay is flowing through the monitor
@@ -178,14 +181,16 @@ def test_demo_trains_serves_dies_with_its_children_and_comes_back_reusing_its_mo
     out = tmp_path / "demo"
     ports = {"api": free_port(5), "app": free_port(), "kafka": free_port(), "metrics": free_port(), "out": out}
     args = ("--epochs", "1", "--model", f"news={tiny_encoders['bert']}", "--set", "image.width=8", "--set",
-            "image.train_images=2000")
+            "image.train_images=2000", "--set", "sales.origin_stride=3", "--set", "sales.baselines=seasonal_naive,ets")
     process, lines = start_demo(out, ports, *args)
     try:
         text, _ = wait_serving(process, lines, timeout=900)
-        for task in ("turbofan", "news", "image"):
+        for task in ("turbofan", "news", "image", "sales"):
             assert f"{task} evaluation" in text
-        assert text.count("max abs difference ONNX Runtime vs torch") == 4  # ensemble, its student, news, image
-        for label in ("test RMSE (cycles)", "test accuracy"):  # the summary: each headline metric beside its URL
+        # the ensemble, its student, news, image, sales
+        assert text.count("max abs difference ONNX Runtime vs torch") == 5
+        # the summary: each headline metric beside its URL
+        for label in ("test RMSE (cycles)", "test accuracy", "test WRMSSE"):
             assert label in text
         assert f"POST http://127.0.0.1:{ports['api'] + 1}/classify" in text
         check_demo_services(ports)
@@ -193,16 +198,16 @@ def test_demo_trains_serves_dies_with_its_children_and_comes_back_reusing_its_mo
         sigkill_leaves_no_children(process, "the demo's services")
     finally:
         process.kill()
-    for name in ("turbofan", "turbofan-monitor", "news", "image"):
+    for name in ("turbofan", "turbofan-monitor", "news", "image", "sales"):
         assert {"model.onnx", "report.json"} <= set(verify_checkpoint(out / name).files)
     student = verify_checkpoint(out / "turbofan-monitor")  # what the monitor ran: the ensemble distilled
     assert student.model["members"] == 1 and student.training["teacher"]["model"]["members"] == 3
-    made = {name: (out / name / "model.safetensors").stat().st_mtime for name in ("turbofan", "news", "image")}
+    made = {name: (out / name / "model.safetensors").stat().st_mtime for name in ("turbofan", "news", "image", "sales")}
 
     process, lines = start_demo(out, ports, *args)
     try:
         text, seconds = wait_serving(process, lines, timeout=300)
-        assert text.count("reusing") == 4 and "training:" not in text, text
+        assert text.count("reusing") == 5 and "training:" not in text, text
         assert seconds < 120, f"the second demo took {seconds:.0f} s to serve"
         check_demo_services(ports)
     finally:

@@ -14,6 +14,7 @@ from torch import nn
 from training.checkpoint import CheckpointManifest, load_checkpoint, read_manifest, record_files
 from training.models import build_model
 from training.models.image import ARCHS as IMAGE_ARCHS
+from training.models.sales import ARCHS as SALES_ARCHS
 from training.models.text_classifier import ARCH as TEXT_CLASSIFIER
 
 ONNX_FILE = "model.onnx"
@@ -82,7 +83,29 @@ class ImageSignature(OnnxSignature):
         return (torch.randn(batch, 3, self.size, self.size, generator=generator),)
 
 
+class SalesSignature(OnnxSignature):
+    """The sales network's five inputs: past sales, on-sale flags and covariates, the days ahead's covariates, ids."""
+
+    def __init__(self, module: nn.Module, config: dict) -> None:
+        names = ["past_sales", "past_alive", "past_covariates", "future_covariates", "ids"]
+        super().__init__(module, names, {**{name: {0: "batch"} for name in names}, "forecast": {0: "batch"}},
+                         "forecast")
+        self.config = config
+
+    def example(self, batch: int, length: int, seed: int) -> tuple[torch.Tensor, ...]:
+        generator = torch.Generator().manual_seed(seed)
+        c, context, horizon = self.config, self.config["context"], self.config["horizon"]
+        sales = torch.poisson(torch.full((batch, context), 2.0), generator=generator)
+        alive = torch.ones(batch, context)
+        alive[0, : context // 2] = 0  # a series launched inside the window
+        ids = torch.stack([torch.randint(0, size, (batch,), generator=generator) for size in c["id_sizes"]], dim=1)
+        return (sales, alive, torch.randn(batch, context, c["n_covariates"], generator=generator),
+                torch.randn(batch, horizon, c["n_covariates"], generator=generator), ids)
+
+
 def signature(manifest: CheckpointManifest, model: nn.Module) -> OnnxSignature:
+    if manifest.model["arch"] in SALES_ARCHS:
+        return SalesSignature(model, manifest.model)
     if manifest.model["arch"] in IMAGE_ARCHS:
         module = _FlipAveraged(model).eval() if manifest.preprocessing.get("tta") else model
         return ImageSignature(module, int(manifest.preprocessing["image_size"]))

@@ -14,6 +14,7 @@ TABS: dict[str, str] = {
     "news": "apps.tabs.news",
     "turbofan": "apps.tabs.turbofan",
     "image": "apps.tabs.image",
+    "sales": "apps.tabs.sales",
 }
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from apps.tabs.svg import figure_svg
 from streaming.broker import TOPICS
 from training.options import Option
 
@@ -145,8 +146,6 @@ def fleet_chart(history: ScoreHistory, reading: FleetReading) -> str:
     """An inline SVG line chart: one line (with a point per poll) per engine at risk over its recent cycles, numeric
     axes, and the alarm threshold as a dashed line. SVG in the page (text kept as text) so it stays sharp, and so
     what is drawn can be checked in a browser."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,11 +171,7 @@ def fleet_chart(history: ScoreHistory, reading: FleetReading) -> str:
             ax.text(0.5, 0.5, "waiting for engine readings", transform=ax.transAxes, ha="center", color="#777777")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
         fig.tight_layout()
-        buffer = io.StringIO()
-        fig.savefig(buffer, format="svg")
-        plt.close(fig)
-    svg = buffer.getvalue()
-    return svg[svg.index("<svg"):]
+        return figure_svg(fig)
 
 
 def wanted(values: dict[str, Any]) -> bool:

@@ -8,12 +8,14 @@ from torch import nn
 
 
 def build_model(config: dict[str, Any]) -> nn.Module:
-    from training.models import image, text_classifier, turbofan
+    from training.models import image, sales, text_classifier, turbofan
 
     if config.get("arch") == text_classifier.ARCH:
         return text_classifier.build_sequence_classifier(config["hf_config"])
     if config.get("arch") in image.ARCHS:
         return image.build_image_model(config)
+    if config.get("arch") in sales.ARCHS:
+        return sales.build_sales_model(config)
 
     builders = {"lstm": turbofan.TurbofanLSTM, "transformer": turbofan.TurbofanTransformer,
                 "lstm_autoencoder": turbofan.TurbofanAutoencoder}

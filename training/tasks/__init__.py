@@ -19,6 +19,7 @@ TASKS: dict[str, str] = {
     "turbofan": "training.tasks.turbofan",
     "news": "training.tasks.news",
     "image": "training.tasks.image",
+    "sales": "training.tasks.sales",
 }
 
 

@@ -1,0 +1,84 @@
+"""The sales forecast API as a BentoML service: POST /forecast -> daily unit-sales forecasts for up to 28 days.
+
+Name a series the model knows (`{"series_id": "FOODS_3_090_CA_3_validation", "horizon": 28}`; the id without its
+`_validation` suffix works too), or post the history of another one (`{"history": {"sales": [...], "start_date":
+"2016-01-01"}, "horizon": 14}`, optionally with daily `prices` and its hierarchy ids). Every refusal, bad fields and
+requests the model cannot answer alike (an unknown id, dates past the calendar), is HTTP 400 with the reason in
+`detail`. Settings come from MODELYARD_CHECKPOINT / MODELYARD_RUNTIME and OPTIONS, which `modelyard serve` sets.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from typing import Annotated
+
+import bentoml
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from serving.openapi import document_truthfully
+from serving.settings import read_settings
+from training.options import Option
+
+SERVICE, ROUTE = "SalesForecaster", "/forecast"
+OPTIONS = (Option("max_history_days", int, 4000, "most days of posted history in one request", minimum=28),)
+MAX_DAYS = read_settings(OPTIONS)["max_history_days"]
+
+Units = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
+Price = Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)]
+Id = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class History(BaseModel):
+    sales: list[Units] = Field(min_length=28, max_length=MAX_DAYS, description="daily unit sales, oldest first; "
+                               "zeros before the first sale count as not yet on sale")
+    start_date: dt.date = Field(description="the date of the first value in `sales`")
+    prices: list[Price] | None = Field(None, description="sell price per day of the history, optionally followed "
+                                                         "by the days ahead (else the last price is kept)")
+    item_id: Id | None = None
+    dept_id: Id | None = None
+    cat_id: Id | None = None
+    store_id: Id | None = None
+    state_id: Id | None = Field(None, description="CA, TX or WI: which SNAP days apply")
+
+
+class Forecast(BaseModel):
+    series_id: str | None = Field(description="the known series forecast, or null for a posted history")
+    dates: list[str] = Field(description="ISO dates of the days forecast")
+    forecast: list[float] = Field(description="unit sales forecast per day")
+    history_days: int = Field(description="days of history available")
+    read_days: int = Field(description="of those, the days the model read")
+
+
+def refuse(field: str, message: str) -> ValidationError:
+    """A refusal in the shape of a validation error, which BentoML answers with HTTP 400 and the documented body."""
+    loc = tuple(field.split("."))
+    return ValidationError.from_exception_data("Forecast request", [InitErrorDetails(
+        type=PydanticCustomError("refused", message), loc=loc, input=None)])
+
+
+@document_truthfully
+@bentoml.service(name="sales_forecaster", workers=1, traffic={"timeout": 30})
+class SalesForecaster:
+    def __init__(self) -> None:
+        from serving.sales_predictor import SalesPredictor
+
+        self.predictor = SalesPredictor(os.environ["MODELYARD_CHECKPOINT"], os.environ.get("MODELYARD_RUNTIME", "onnx"))
+
+    @bentoml.api(route="/forecast")
+    def forecast(self, series_id: Id | None = None, history: History | None = None,
+                 horizon: Annotated[int, Field(ge=1, le=28, strict=True)] = 28) -> Forecast:
+        """Forecast a known series (`series_id`) or a posted `history` (give exactly one) `horizon` days ahead."""
+        from serving.sales_predictor import ForecastRefused, PostedSeries
+
+        if (series_id is None) == (history is None):
+            raise refuse("series_id", "give exactly one of series_id (a series the model knows) or history")
+        try:
+            if series_id is not None:
+                return Forecast(**self.predictor.forecast_known(series_id, horizon))
+            ids = history.model_dump(include={"item_id", "dept_id", "cat_id", "store_id", "state_id"})
+            posted = PostedSeries(history.sales, history.start_date, history.prices, ids)
+            return Forecast(**self.predictor.forecast_posted(posted, horizon))
+        except ForecastRefused as exc:
+            raise refuse(exc.field, str(exc)) from None

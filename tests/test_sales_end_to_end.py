@@ -1,0 +1,125 @@
+"""The sales recipe through the command line: the report with every baseline and ensemble, ONNX parity, two ranks on
+each CPU backend, bf16, early stopping on validation WRMSSE, and the direct multi-horizon windows."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from tests.conftest import SALES_BASELINES, run_cli
+from training.checkpoint import load_checkpoint, verify_checkpoint
+from training.export import SalesSignature
+from training.models import build_model
+from training.tasks import sales
+
+TINY = ["--hidden", "16", "--origin-stride", "7"]
+
+
+def test_report_compares_the_network_with_baselines_and_ensembles(sales_ckpt):
+    report = json.loads((sales_ckpt / "report.json").read_text())
+    models = {row["model"]: row for row in report["models"]}
+    assert set(SALES_BASELINES.split(",")) | {"lstm", "ensemble_mean", "ensemble_best3", "ensemble_fitted"} \
+        == set(models)
+    for row in report["models"]:
+        assert np.isfinite([row["wrmsse"], row["rmse"], row["mae"]]).all() and row["wrmsse"] > 0
+    assert [row["wrmsse"] for row in report["models"]] == sorted(row["wrmsse"] for row in report["models"])
+    assert report["best_wrmsse"] == report["models"][0]["wrmsse"]
+    assert models["lstm"]["train_seconds"] > 0 and models["lightgbm"]["train_seconds"] > 0
+    assert len(report["network_levels"]) == 12
+    weights = report["ensemble_weights"]["ensemble_fitted"]
+    assert sum(weights.values()) == pytest.approx(1.0) and all(w > 0 for w in weights.values())
+    assert "renormalised" in report["weights_note"]
+    for plot in report["plots"]:
+        assert (sales_ckpt / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {"report.json", "forecasts.png", "history.safetensors", "series.csv", "model.onnx"} <= set(
+        verify_checkpoint(sales_ckpt).files)
+
+
+def test_evaluate_recomputes_the_test_metric_from_the_saved_model(sales_ckpt):
+    manifest, weights = load_checkpoint(sales_ckpt)
+    data = sales.load_data(Path(manifest.training["data_dir"]))
+    model = build_model(manifest.model)
+    model.load_state_dict(weights)
+    with torch.no_grad():
+        predicted = sales.forecast(model.eval(), data, data.test_start - 1, manifest.preprocessing["context"])
+    metric = sales.wrmsse_for(data, data.test_start)
+    report = json.loads((sales_ckpt / "report.json").read_text())
+    assert metric(data.m5.sales[:, data.test_start:], predicted) == pytest.approx(report["network_wrmsse"], rel=1e-5)
+
+
+def test_onnx_matches_torch_on_other_batch_sizes(sales_ckpt):
+    manifest, weights = load_checkpoint(sales_ckpt)
+    model = build_model(manifest.model)
+    model.load_state_dict(weights)
+    signature = SalesSignature(model.eval(), manifest.model)
+    inputs = signature.example(7, 0, seed=3)
+    session = ort.InferenceSession(str(sales_ckpt / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {name: t.numpy() for name, t in zip(signature.names, inputs, strict=True)})[0]
+    with torch.no_grad():
+        assert np.allclose(got, model(*inputs).numpy(), atol=1e-4)
+
+
+def test_training_windows_stop_before_validation_and_skip_the_unlaunched(m5_dir):
+    data = sales.load_data(m5_dir)
+    origins = sales.training_origins(data, 112, 1)
+    assert origins[:, 1].max() + sales.HORIZON < data.val_start  # no target inside the validation days
+    first_sale = np.argmax(data.alive > 0, axis=1)
+    assert (origins[:, 1] >= first_sale[origins[:, 0]] + sales.HORIZON - 1).all()
+    windows = sales.SalesWindows(data, origins[:5], 112)
+    past, alive, past_cov, future_cov, ids, target = windows.__getitems__([0, 1, 2])
+    assert past.shape == (3, 112) and future_cov.shape == (3, 28, 9) and target.shape == (3, 28)
+    s, t = origins[1]
+    assert torch.equal(target[1], torch.from_numpy(data.m5.sales[s, t + 1:t + 29]))
+    assert torch.equal(past[1], torch.from_numpy(data.m5.sales[s, t - 111:t + 1]))
+
+
+CPU_STRATEGIES = [("torch", "ddp"), ("colossalai", "zero1"), ("colossalai", "zero2"), ("fairscale", "oss")]
+
+
+@pytest.mark.parametrize(("backend", "strategy"), CPU_STRATEGIES, ids=[f"{b}-{s}" for b, s in CPU_STRATEGIES])
+def test_two_ranks_train_and_the_saved_model_reproduces_validation(tmp_path, m5_dir, backend, strategy):
+    out = tmp_path / "ckpt"
+    result = run_cli("train", "sales", "--out", out, "--data-dir", m5_dir, "--backend", backend, "--strategy",
+                     strategy, "--nproc", "2", "--max-steps", "6", *TINY, "--no-evaluate")
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest, weights = load_checkpoint(out)
+    assert manifest.training["steps"] == 6 and manifest.training["nproc"] == 2
+    data = sales.load_data(Path(manifest.training["data_dir"]))
+    model = build_model(manifest.model)
+    model.load_state_dict(weights)
+    with torch.no_grad():
+        metrics = sales.make_validation(data, manifest.preprocessing["context"])(model.eval())
+    assert metrics["val_wrmsse"] == pytest.approx(manifest.metrics["val_wrmsse"], rel=1e-5)
+
+
+def test_gru_bf16_and_early_stopping_on_validation_wrmsse(tmp_path, m5_dir):
+    out = tmp_path / "ckpt"
+    result = run_cli("train", "sales", "--out", out, "--data-dir", m5_dir, "--model", "gru", "--precision", "bf16",
+                     "--epochs", "12", "--early-stop-patience", "1", "--lr", "0.05", *TINY, "--no-evaluate")
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = verify_checkpoint(out)
+    history = manifest.training["history"]
+    assert manifest.model["arch"] == "sales_gru" and manifest.training["precision"] == "bf16"
+    best = min(record["val_wrmsse"] for record in history)
+    assert manifest.metrics["val_wrmsse"] == best
+    if manifest.training["stopped_early"]:
+        assert history[-1]["val_wrmsse"] > best and len(history) < 12
+
+
+def test_unknown_baseline_is_refused_before_training(tmp_path, m5_dir):
+    result = run_cli("train", "sales", "--out", tmp_path / "ckpt", "--data-dir", m5_dir, "--baselines", "magic")
+    assert result.returncode != 0 and "--baselines: unknown magic" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_every_baseline_on_the_real_series(tmp_path, m5_dir):
+    out = tmp_path / "ckpt"
+    result = run_cli("train", "sales", "--out", out, "--data-dir", m5_dir, "--epochs", "20",
+                     "--early-stop-patience", "4", timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert {"arima", "prophet", "xgboost"} <= {row["model"] for row in report["models"]}

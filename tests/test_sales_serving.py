@@ -1,0 +1,120 @@
+"""The sales API over real HTTP (a `bentoml serve` process): known series and posted histories, 4xx with a reason for
+every kind of bad request, its OpenAPI document, and the Gradio "Sales" tab drawing a forecast in Chromium."""
+
+import datetime as dt
+
+import pytest
+
+from serving.sales_predictor import PostedSeries, SalesPredictor
+from serving.server import start_server, stop_server, wait_ready
+from tests.conftest import assert_api_honours_its_document, free_port, post, running_app
+
+
+@pytest.fixture(scope="module")
+def api(sales_ckpt, tmp_path_factory):
+    port, log = free_port(), tmp_path_factory.mktemp("logs") / "serve.log"
+    process = start_server("sales", sales_ckpt, port, "onnx", log=log)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", process, log=log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_server(process)
+
+
+def test_a_known_series_is_forecast_from_its_stored_history(api, sales_ckpt):
+    predictor = SalesPredictor(sales_ckpt, "torch")
+    series = predictor.series.iloc[0]
+    status, body = post(f"{api}/forecast", {"series_id": f"{series['item_id']}_{series['store_id']}", "horizon": 10})
+    assert status == 200, body
+    assert body["series_id"] == series["id"] and len(body["forecast"]) == len(body["dates"]) == 10
+    assert dt.date.fromisoformat(body["dates"][0]) == predictor.last_date + dt.timedelta(days=1)
+    expected = predictor.forecast_known(series["id"], 10)["forecast"]
+    assert body["forecast"] == pytest.approx(expected, abs=1e-3)  # ONNX over HTTP = torch in-process
+    assert all(v >= 0 for v in body["forecast"])
+
+
+def test_a_posted_history_is_forecast(api, sales_ckpt):
+    predictor = SalesPredictor(sales_ckpt, "torch")
+    sales = predictor.sales[0, -200:].tolist()
+    start = predictor.last_date - dt.timedelta(days=199)
+    body = {"history": {"sales": sales, "start_date": start.isoformat(), "state_id": predictor.series["state_id"][0],
+                        "item_id": predictor.series["item_id"][0]}, "horizon": 28}
+    status, answer = post(f"{api}/forecast", body)
+    assert status == 200, answer
+    first_day = (predictor.last_date + dt.timedelta(days=1)).isoformat()
+    assert answer["series_id"] is None and answer["dates"][0] == first_day
+    local = predictor.forecast_posted(PostedSeries(sales, start, None, body["history"]), 28)
+    assert answer["forecast"] == pytest.approx(local["forecast"], abs=1e-3)
+
+
+@pytest.mark.parametrize(("body", "where", "fragment"), [
+    ({"series_id": "NOPE_1"}, ["series_id"], "unknown series_id 'NOPE_1'"),
+    ({}, ["series_id"], "exactly one of series_id"),
+    ({"series_id": "x", "horizon": 29}, ["horizon"], "less than or equal to 28"),
+    ({"series_id": "x", "horizon": 0}, ["horizon"], "greater than or equal to 1"),
+    ({"history": {"sales": [1.0] * 10, "start_date": "2015-01-01"}}, ["history", "sales"], "at least 28"),
+    ({"history": {"sales": [1.0] * 40 + [-1.0], "start_date": "2015-01-01"}}, ["history", "sales", 40],
+     "greater than or equal to 0"),
+    ({"history": {"sales": [0.0] * 40, "start_date": "2015-01-01"}}, ["history", "sales"], "no sales at all"),
+    ({"history": {"sales": [1.0] * 40, "start_date": "2016-06-01"}}, ["history", "start_date"], "past the calendar"),
+    ({"history": {"sales": [1.0] * 40, "start_date": "2001-01-01"}}, ["history", "start_date"], "before the calendar"),
+    ({"history": {"sales": [1.0] * 40, "start_date": "not a date"}}, ["history", "start_date"], "date"),
+    ({"history": {"sales": [1.0] * 40, "start_date": "2015-01-01", "prices": [1.0] * 3}}, ["history", "prices"],
+     "3 prices for 40 days"),
+])
+def test_bad_requests_get_400_with_where_and_why(api, body, where, fragment):
+    import json
+
+    status, text = post(f"{api}/forecast", body)
+    assert status == 400, text
+    detail = json.loads(text)["detail"][0]
+    assert detail["loc"][-len(where):] == where and fragment in detail["msg"], detail
+
+
+def test_the_api_answers_what_its_openapi_document_declares(api):
+    # Refusals by meaning that no schema states (an id the model does not know, dates past the calendar, both or
+    # neither of series_id and history) are 400s with the documented body, so schema-valid data may be refused:
+    # every other check, the 400 bodies' conformance included, still runs. For the same reason schemathesis warns
+    # that most generated requests are refused (random ids are unknown); the known-id tests above cover the 200s.
+    assert_api_honours_its_document(api, exclude_checks=("positive_data_acceptance",),
+                                    allowed_warning="mostly rejected generated data")
+
+
+def test_gradio_sales_tab_draws_history_and_forecast_in_a_headless_browser(sales_ckpt, api, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from apps.tabs.sales import SHOWN_DAYS
+
+    predictor = SalesPredictor(sales_ckpt, "torch")
+    with running_app(tmp_path, "--sales-checkpoint", sales_ckpt, "--sales-api", api) as url:
+        browser.get(url)
+        wait = WebDriverWait(browser, 90, poll_frequency=0.5)
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#sales-submit")).click()
+        drawn = wait.until(lambda d: d.execute_script(CHART_SCRIPT) if d.execute_script(CHART_SCRIPT)["forecast"]
+                           else None)
+        browser.save_screenshot(str(tmp_path / "sales-tab.png"))
+    store = sorted(predictor.series["store_id"])[0]  # what the tab picks first
+    item = sorted(predictor.series.loc[predictor.series["store_id"] == store, "item_id"])[0]
+    assert drawn["history"] >= SHOWN_DAYS - 1 and drawn["forecast"] == predictor.horizon - 1, drawn
+    assert drawn["title"] == f"{item} at {store}", drawn
+    assert any("-" in tick for tick in drawn["x_ticks"]), drawn  # dates on a time axis, not categories
+    assert len(drawn["table_rows"]) >= 1
+
+
+# What the chart draws, read from its SVG: segments of the history and forecast lines, the x ticks, the title.
+CHART_SCRIPT = """
+const svg = document.querySelector('#sales-chart svg');
+const result = {history: 0, forecast: 0, x_ticks: [], title: '', table_rows: []};
+if (!svg) return result;
+const segments = id => {
+  const path = svg.querySelector(`g[id="${id}"] path`);
+  return path ? (path.getAttribute('d').match(/L/g) || []).length : 0;
+};
+result.history = segments('sales-history');
+result.forecast = segments('sales-forecast');
+result.x_ticks = [...svg.querySelectorAll('g[id^="xtick_"] text')].map(t => t.textContent);
+result.title = [...svg.querySelectorAll('text')].map(t => t.textContent).find(t => t.includes(' at ')) || '';
+result.table_rows = [...document.querySelectorAll('#sales-table tbody tr')].map(r => r.textContent);
+return result;
+"""
