@@ -50,6 +50,7 @@ class SalesPredictor:
         manifest = open_verified(self.ckpt, self.task)
         pre = manifest.preprocessing
         self.context, self.horizon = int(pre["context"]), int(pre["horizon"])
+        self.interval = pre.get("interval")  # quantiles of the validation errors, per day ahead
         self.first_date = dt.date.fromisoformat(pre["first_date"])
         self.first_day, self.calendar_days = int(pre["first_day"]), int(pre["calendar_days"])
         arrays = load_file(str(verify_file(self.ckpt, manifest, HISTORY_FILE)))
@@ -139,6 +140,18 @@ class SalesPredictor:
         output = self.runner(past_sales=past[None], past_alive=past_alive[None], past_covariates=past_cov[None],
                              future_covariates=future[None], ids=codes.astype(np.int64))[0]
         first = self.first_date + dt.timedelta(days=start + days)
+        point = np.maximum(output[:horizon], 0.0)
         return {"dates": [(first + dt.timedelta(days=k)).isoformat() for k in range(horizon)],
-                "forecast": [round(float(v), 4) for v in np.maximum(output[:horizon], 0.0)],
+                "forecast": [round(float(v), 4) for v in point],
+                "quantiles": self._quantiles(point, past, past_alive),
                 "history_days": int(days), "read_days": int(take)}
+
+    def _quantiles(self, point: np.ndarray, past: np.ndarray, alive: np.ndarray) -> dict[str, list[float]] | None:
+        """The interval bounds around `point`: the validation error quantiles times the window's level (as the
+        network measures it: the mean over on-sale days, at least one unit a day)."""
+        if not self.interval:
+            return None
+        level = max(1.0, float((past * alive).sum() / max(alive.sum(), 1.0)))
+        quantiles = np.asarray(self.interval["scaled_error_quantiles"])[:len(point)]
+        return {str(q): [round(float(v), 4) for v in np.maximum(point + quantiles[:, i] * level, 0.0)]
+                for i, q in enumerate(self.interval["levels"])}

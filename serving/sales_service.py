@@ -47,6 +47,9 @@ class Forecast(BaseModel):
     series_id: str | None = Field(description="the known series forecast, or null for a posted history")
     dates: list[str] = Field(description="ISO dates of the days forecast")
     forecast: list[float] = Field(description="unit sales forecast per day")
+    quantiles: dict[str, list[float]] | None = Field(description="prediction interval bounds per day by level "
+                                                                 "(\"0.1\", \"0.9\": an 80% interval), from the "
+                                                                 "model's validation errors; null without them")
     history_days: int = Field(description="days of history available")
     read_days: int = Field(description="of those, the days the model read")
 

@@ -32,6 +32,8 @@ def test_report_compares_the_network_with_baselines_and_ensembles(sales_ckpt):
     weights = report["ensemble_weights"]["ensemble_fitted"]
     assert sum(weights.values()) == pytest.approx(1.0) and all(w > 0 for w in weights.values())
     assert "renormalised" in report["weights_note"]
+    interval = report["network_interval"]
+    assert interval["nominal_coverage"] == 0.8 and 0.0 < interval["test_coverage"] <= 1.0
     for plot in report["plots"]:
         assert (sales_ckpt / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {"report.json", "forecasts.png", "history.safetensors", "series.csv", "model.onnx"} <= set(

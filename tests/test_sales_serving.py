@@ -31,6 +31,8 @@ def test_a_known_series_is_forecast_from_its_stored_history(api, sales_ckpt):
     expected = predictor.forecast_known(series["id"], 10)["forecast"]
     assert body["forecast"] == pytest.approx(expected, abs=1e-3)  # ONNX over HTTP = torch in-process
     assert all(v >= 0 for v in body["forecast"])
+    low, high = body["quantiles"]["0.1"], body["quantiles"]["0.9"]  # the 80% interval from validation errors
+    assert len(low) == 10 and all(0 <= a <= b for a, b in zip(low, high, strict=True)) and low != high
 
 
 def test_a_posted_history_is_forecast(api, sales_ckpt):
@@ -97,6 +99,7 @@ def test_gradio_sales_tab_draws_history_and_forecast_in_a_headless_browser(sales
     store = sorted(predictor.series["store_id"])[0]  # what the tab picks first
     item = sorted(predictor.series.loc[predictor.series["store_id"] == store, "item_id"])[0]
     assert drawn["history"] >= SHOWN_DAYS - 1 and drawn["forecast"] == predictor.horizon - 1, drawn
+    assert drawn["interval"], "the 80% interval is shaded"
     assert drawn["title"] == f"{item} at {store}", drawn
     assert any("-" in tick for tick in drawn["x_ticks"]), drawn  # dates on a time axis, not categories
     assert len(drawn["table_rows"]) >= 1
@@ -105,7 +108,7 @@ def test_gradio_sales_tab_draws_history_and_forecast_in_a_headless_browser(sales
 # What the chart draws, read from its SVG: segments of the history and forecast lines, the x ticks, the title.
 CHART_SCRIPT = """
 const svg = document.querySelector('#sales-chart svg');
-const result = {history: 0, forecast: 0, x_ticks: [], title: '', table_rows: []};
+const result = {history: 0, forecast: 0, interval: false, x_ticks: [], title: '', table_rows: []};
 if (!svg) return result;
 const segments = id => {
   const path = svg.querySelector(`g[id="${id}"] path`);
@@ -113,6 +116,7 @@ const segments = id => {
 };
 result.history = segments('sales-history');
 result.forecast = segments('sales-forecast');
+result.interval = !!svg.querySelector('g[id="sales-interval"] path');
 result.x_ticks = [...svg.querySelectorAll('g[id^="xtick_"] text')].map(t => t.textContent);
 result.title = [...svg.querySelectorAll('text')].map(t => t.textContent).find(t => t.includes(' at ')) || '';
 result.table_rows = [...document.querySelectorAll('#sales-table tbody tr')].map(r => r.textContent);

@@ -45,6 +45,12 @@ def forecast_chart(dates: list[str], sales: list[float], forecast: dict[str, Any
             ahead = np.array(forecast["dates"], dtype="datetime64[D]")
             ax.plot(ahead, forecast["forecast"], color="#2471a3", marker=".", markersize=4, linewidth=1.6,
                     label=f"forecast ({len(ahead)} days)", gid="sales-forecast")
+            bounds = forecast.get("quantiles") or {}
+            levels = sorted(bounds, key=float)
+            if len(levels) >= 2:  # the widest interval the API gives
+                ax.fill_between(ahead, bounds[levels[0]], bounds[levels[-1]], color="#2471a3", alpha=0.15,
+                                linewidth=0, gid="sales-interval",
+                                label=f"{float(levels[-1]) - float(levels[0]):.0%} interval")
             ax.axvline(ahead[0], color="#aaaaaa", linestyle=":", linewidth=1)
         ax.set_title(title)
         ax.set_ylabel("units sold per day")

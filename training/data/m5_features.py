@@ -119,7 +119,7 @@ def lag_features(table, shift: int):
         shifted = sales.shift(shift)
         exprs.append(shifted.rolling_mean(window, min_samples=1).over("series").alias(f"mean_{window}"))
         exprs.append(shifted.rolling_std(window, min_samples=2).over("series").alias(f"std_{window}"))
-    return table.with_columns(exprs)
+    return table.with_columns([expr.cast(pl.Float32) for expr in exprs])  # float64 would double the table
 
 
 def feature_columns(shift: int) -> list[str]:

@@ -5,13 +5,30 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A free port for the rendezvous store, drawn below the kernel's ephemeral range. A port from bind(0) is
+    ephemeral: between this check and the store binding it, any outgoing connection on the machine (another run's
+    gloo pairs, an HTTP client) can take it, and a rank then talks to the wrong peer: the likely cause of a rank
+    aborting (SIGABRT) once in CI while another two-rank run was going on the same machine."""
+    import random
+
+    port_range = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    low = int(port_range.read_text().split()[0]) if port_range.exists() else 32768
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # everything below the range taken: an ephemeral one rather than none
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 

@@ -11,21 +11,27 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def plot_forecasts(path: Path, data, forecasts: dict[str, np.ndarray], chosen: list[int],
-                   history_start: int) -> Path:
-    """The sum of all series, then each chosen series: recent history, the actual test days, each forecast."""
+def plot_forecasts(path: Path, data, forecasts: dict[str, np.ndarray], chosen: list[int], history_start: int,
+                   band: tuple[str, np.ndarray, np.ndarray] | None = None) -> Path:
+    """The sum of all series, then each chosen series: recent history, the actual test days, each forecast, and
+    `band` (model, low, high) shaded around one model's forecast of each chosen series."""
     sales, dates = data.m5.sales, data.m5.calendar["date"].to_numpy()[data.m5.first_day - 1:]
     test = data.test_start
-    panels = [("all series (sum)", sales.sum(axis=0), {k: v.sum(axis=0) for k, v in forecasts.items()})]
+    panels = [("all series (sum)", sales.sum(axis=0), {k: v.sum(axis=0) for k, v in forecasts.items()}, None)]
     for i in chosen:
         ids = data.m5.ids.iloc[i]
-        panels.append((f"{ids['item_id']} at {ids['store_id']}", sales[i], {k: v[i] for k, v in forecasts.items()}))
+        shade = (band[0], band[1][i], band[2][i]) if band is not None else None
+        panels.append((f"{ids['item_id']} at {ids['store_id']}", sales[i], {k: v[i] for k, v in forecasts.items()},
+                       shade))
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 2.6 * len(panels)), squeeze=False)
-    for ax, (title, actual, predicted) in zip(axes[:, 0], panels, strict=True):
+    for ax, (title, actual, predicted, shade) in zip(axes[:, 0], panels, strict=True):
         ax.plot(dates[history_start:test], actual[history_start:test], color="0.55", lw=1, label="history")
         ax.plot(dates[test:test + actual.shape[0] - test], actual[test:], color="black", lw=1.4, label="actual")
         for label, values in predicted.items():
             ax.plot(dates[test:test + len(values)], values, lw=1.4, label=label)
+        if shade is not None:
+            label, low, high = shade
+            ax.fill_between(dates[test:test + len(low)], low, high, alpha=0.2, label=f"{label} 80% interval")
         ax.axvline(dates[test], color="0.7", ls=":", lw=1)
         ax.set_title(title, fontsize=10)
         ax.set_ylabel("units sold")

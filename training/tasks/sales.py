@@ -209,7 +209,8 @@ def save(cfg: TrainConfig, data: SalesData, config: dict[str, Any], result: FitR
         preprocessing={"covariates": COVARIATES, "id_vocabulary": data.vocab.values, "horizon": HORIZON,
                        "context": config["context"], "first_day": m5.first_day,
                        "first_date": str(m5.calendar["date"].iloc[0].date()),
-                       "last_sales_day": m5.first_day + m5.days - 1, "calendar_days": len(m5.calendar)},
+                       "last_sales_day": m5.first_day + m5.days - 1, "calendar_days": len(m5.calendar),
+                       "interval": interval_from_validation(data, config, result.best_state)},
         training={**{k: v for k, v in cfg.to_dict().items() if k not in ("out", "resume")},
                   "data_fingerprint": m5.fingerprint, "series": len(m5.ids), "days": m5.days,
                   "train_windows": data.windows, "epochs_run": result.epochs_run,
@@ -222,6 +223,41 @@ def save(cfg: TrainConfig, data: SalesData, config: dict[str, Any], result: FitR
     m5.ids.to_csv(out / SERIES_FILE, index=False)
     record_files(out, manifest, [HISTORY_FILE, SERIES_FILE])
     return out
+
+
+INTERVAL_LEVELS = (0.1, 0.9)  # an 80% prediction interval
+
+
+def origin_scale(data: SalesData, origin: int, context: int) -> np.ndarray:
+    """(series,) each series' level in the window the network reads when forecasting from `origin`."""
+    window = slice(origin - context + 1, origin + 1)
+    level = window_scale(torch.from_numpy(data.m5.sales[:, window]), torch.from_numpy(data.alive[:, window]))
+    return level[:, 0].numpy()
+
+
+def interval_from_validation(data: SalesData, config: dict[str, Any], state: dict[str, torch.Tensor]) -> dict:
+    """Empirical quantiles of the validation errors, in units of each window's level, per week ahead (errors grow
+    with the horizon; a week pools 7 days x every series, enough for stable quantiles on few series). An interval is
+    the forecast plus these times the series' level, floored at zero. The test days check its coverage."""
+    model = build_model(config)
+    model.load_state_dict(state)
+    origin = data.val_start - 1
+    with torch.no_grad():
+        predicted = forecast(model.eval(), data, origin, config["context"])
+    errors = (data.m5.sales[:, data.val_start:data.test_start] - predicted) / origin_scale(data, origin,
+                                                                                            config["context"])[:, None]
+    started = data.alive[:, origin] > 0
+    weeks = [np.quantile(errors[started][:, 7 * w:7 * w + 7], INTERVAL_LEVELS) for w in range(HORIZON // 7)]
+    per_day = [weeks[day // 7].tolist() for day in range(HORIZON)]
+    return {"levels": list(INTERVAL_LEVELS), "scaled_error_quantiles": per_day,
+            "method": "validation errors over the window level, quantiles per week ahead"}
+
+
+def interval_bounds(point: np.ndarray, scale: np.ndarray, interval: dict) -> dict[str, np.ndarray]:
+    """{level: (series, horizon)} bounds around `point` forecasts (series, horizon) with levels `scale` (series,)."""
+    quantiles = np.asarray(interval["scaled_error_quantiles"])[:point.shape[1]]  # (horizon, levels)
+    return {str(level): np.maximum(point + quantiles[None, :, i] * scale[:, None], 0.0)
+            for i, level in enumerate(interval["levels"])}
 
 
 def calendar_arrays(calendar: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -256,6 +292,9 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
                    "test": forecast(model, data, data.test_start - 1, context)}
     inference_seconds = time.perf_counter() - start
     name = trained["task_options"]["model"]
+    bounds = interval_bounds(network["test"], origin_scale(data, data.test_start - 1, context), pre["interval"])
+    low, high = bounds[str(pre["interval"]["levels"][0])], bounds[str(pre["interval"]["levels"][-1])]
+    coverage = float(((test_actual >= low) & (test_actual <= high)).mean())
     forecasts = {name: network}
     seconds = {name: trained["train_seconds"]}
     for baseline, (result, spent) in run_baselines(selected_baselines(trained["task_options"]["baselines"]),
@@ -288,12 +327,15 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
         "ensemble_note": ("ensemble_fitted's weights were fitted on the validation days, so its val_wrmsse is "
                           "in-sample; ensemble_best3 averages the three best models on the validation days"),
         "network_inference_seconds": round(inference_seconds, 3),
+        "network_interval": {"levels": pre["interval"]["levels"], "test_coverage": coverage,
+                             "nominal_coverage": round(pre["interval"]["levels"][-1] - pre["interval"]["levels"][0],
+                                                       3)},
     }
     chosen = plot_series_choice(test_metric)
     history_start = max(0, data.test_start - 112)
     shown = list(dict.fromkeys([best["model"], name, *(["seasonal_naive"] if "seasonal_naive" in results else [])]))
     plots = [plot_forecasts(ckpt / "forecasts.png", data, {k: results[k]["test"] for k in shown}, chosen,
-                            history_start),
+                            history_start, band=(name, low, high)),
              plot_levels(ckpt / "wrmsse_levels.png",
                          {row["model"]: test_metric.per_level(test_actual, results[row["model"]]["test"])
                           for row in table[:6]})]
@@ -306,7 +348,8 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
 
 def plot_series_choice(metric: WRMSSE, count: int = 3) -> list[int]:
     """The bottom-level series that weigh most in the metric (what a reader of the report cares about)."""
-    return [int(i) for i in np.argsort(-metric.weights[-1])[:count]]
+    bottom = metric.aggregations[-1].matrix.T @ metric.weights[-1]  # level 12 is ordered by item and store
+    return [int(i) for i in np.argsort(-bottom, kind="stable")[:count]]
 
 
 # --- generated data -----------------------------------------------------------------------------------------------
