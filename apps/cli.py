@@ -184,6 +184,10 @@ def serve(task: str, checkpoint: Path, port: int, host: str, runtime: str, optio
         manifest = verify_checkpoint(checkpoint)
         if manifest.task != task:
             raise ValueError(f"{checkpoint} holds a {manifest.task} model, not a {task} model")
+        runtimes = getattr(service_module(task), "RUNTIMES", ("onnx", "torch"))
+        if runtime not in runtimes:
+            console.print(f"the {task} service runs on {runtimes[0]} only")
+            runtime = runtimes[0]
         if runtime == "onnx" and ONNX_FILE not in manifest.files:
             raise ValueError(f"{checkpoint / ONNX_FILE}: missing; run `modelyard export {checkpoint}` first "
                              f"or use --runtime torch")

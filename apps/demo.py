@@ -96,10 +96,18 @@ def train_all(settings: DemoSettings, tasks: list[str], console: Console) -> lis
         else:
             console.print(f"training: {reason}")
             actions.train(task, engine, options)
-            actions.export(ckpt)
+            if exports_onnx(task):
+                actions.export(ckpt)
             retrained.add(run.name)
         models.append(DemoModel(task, run.name, ckpt, reason is None, run.serve))
     return models
+
+
+def exports_onnx(task: str) -> bool:
+    """Whether the task's model is served from ONNX (a recipe that is not says `ONNX = False`)."""
+    from training.tasks import get_task
+
+    return getattr(get_task(task), "ONNX", True)
 
 
 def option_named(task: str, name: str):
@@ -138,7 +146,7 @@ def stale_reason(task: str, engine: dict[str, Any], options: dict[str, Any], ret
         manifest = verify_checkpoint(ckpt)
     except CheckpointError as exc:
         return "no checkpoint yet" if not (ckpt / "manifest.json").exists() else str(exc)
-    missing = {"report.json", "model.onnx"} - set(manifest.files)
+    missing = {"report.json", *(["model.onnx"] if exports_onnx(task) else [])} - set(manifest.files)
     if missing:
         return f"{ckpt} has no {' or '.join(sorted(missing))}"
     expected = planned(actions.train_config(task, engine, options)).fingerprint

@@ -22,7 +22,7 @@ from serving.settings import settings_env
 from training.processes import dies_with_parent
 
 SERVICES = {"news": "serving.news_service", "turbofan": "serving.turbofan_service", "image": "serving.image_service",
-            "sales": "serving.sales_service"}
+            "sales": "serving.sales_service", "generator": "serving.generator_service"}
 
 
 class ServerFailed(RuntimeError):

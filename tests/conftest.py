@@ -297,3 +297,32 @@ def sales_ckpt(tmp_path_factory, m5_dir) -> Path:
     assert result.returncode == 0, result.stderr[-3000:]
     assert run_cli("export", out).returncode == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def wikitext_dir(tmp_path_factory) -> Path:
+    """Generated WikiText-format splits (train, valid, test): small enough for a tiny model to learn in seconds."""
+    from training.data.wikitext import synthesize_wikitext
+
+    out = tmp_path_factory.mktemp("wikitext")
+    synthesize_wikitext(out, seed=5)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory, wikitext_dir) -> Path:
+    from tests.tiny_models import make_tiny_causal_lm
+    from training.data.wikitext import read_split
+
+    corpus = read_split(wikitext_dir / "wiki.train.tokens", "train").articles
+    return make_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm") / "gpt2-tiny", corpus)
+
+
+@pytest.fixture(scope="session")
+def generator_ckpt(tmp_path_factory, wikitext_dir) -> Path:
+    """A tiny GPT-2 trained from scratch on generated WikiText (serving and app tests)."""
+    out = tmp_path_factory.mktemp("generator-served") / "ckpt"
+    result = run_cli("train", "generator", "--out", out, "--data-dir", wikitext_dir, "--size", "tiny",
+                     "--block-size", "64", "--epochs", "6")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out

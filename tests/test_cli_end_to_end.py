@@ -161,6 +161,8 @@ def check_demo_services(ports: dict) -> None:
     series = (ports["out"] / "sales" / "series.csv").read_text().splitlines()[1].split(",")[0]
     status, body = post(f"http://127.0.0.1:{api + 3}/forecast", {"series_id": series, "horizon": 28})
     assert status == 200 and len(body["forecast"]) == 28, body
+    status, body = post(f"http://127.0.0.1:{api + 4}/generate", {"prompt": "The castle was", "max_new_tokens": 8})
+    assert status == 200 and body["generated_tokens"] >= 1, body
     with urllib.request.urlopen(f"http://127.0.0.1:{ports['app']}/", timeout=30) as response:
         assert response.status == 200
     deadline = time.monotonic() + 60  # the replay is flowing through the monitor
@@ -174,23 +176,26 @@ def check_demo_services(ports: dict) -> None:
     pytest.fail("the monitor scored nothing")
 
 
-def test_demo_trains_serves_dies_with_its_children_and_comes_back_reusing_its_models(tmp_path, tiny_encoders):
-    """`make demo`'s command with one epoch per run and a tiny news encoder (real data when MODELYARD_DATA has it):
+def test_demo_trains_serves_dies_with_its_children_and_comes_back_reusing_its_models(tmp_path, tiny_encoders,
+                                                                                     tiny_lm):
+    """`make demo`'s command with one epoch per run, a tiny news encoder and a tiny causal LM in SmolLM2's place (real
+    data when MODELYARD_DATA has it):
     it trains, serves every API, the monitor and the app; SIGKILLed, it leaves no process behind; started again it
     reuses every checkpoint (same code, data and settings) and serves within two minutes; Ctrl-C stops it."""
     out = tmp_path / "demo"
-    ports = {"api": free_port(5), "app": free_port(), "kafka": free_port(), "metrics": free_port(), "out": out}
-    args = ("--epochs", "1", "--model", f"news={tiny_encoders['bert']}", "--set", "image.width=8", "--set",
+    ports = {"api": free_port(6), "app": free_port(), "kafka": free_port(), "metrics": free_port(), "out": out}
+    args = ("--epochs", "1", "--model", f"news={tiny_encoders['bert']}", "--model", f"generator={tiny_lm}",
+            "--set", "image.width=8", "--set",
             "image.train_images=2000", "--set", "sales.origin_stride=3", "--set", "sales.baselines=seasonal_naive,ets")
     process, lines = start_demo(out, ports, *args)
     try:
         text, _ = wait_serving(process, lines, timeout=900)
-        for task in ("turbofan", "news", "image", "sales"):
+        for task in ("turbofan", "news", "image", "sales", "generator"):
             assert f"{task} evaluation" in text
         # the ensemble, its student, news, image, sales
         assert text.count("max abs difference ONNX Runtime vs torch") == 5
         # the summary: each headline metric beside its URL
-        for label in ("test RMSE (cycles)", "test accuracy", "test WRMSSE"):
+        for label in ("test RMSE (cycles)", "test accuracy", "test WRMSSE", "test perplexity"):
             assert label in text
         assert f"POST http://127.0.0.1:{ports['api'] + 1}/classify" in text
         check_demo_services(ports)
@@ -200,14 +205,16 @@ def test_demo_trains_serves_dies_with_its_children_and_comes_back_reusing_its_mo
         process.kill()
     for name in ("turbofan", "turbofan-monitor", "news", "image", "sales"):
         assert {"model.onnx", "report.json"} <= set(verify_checkpoint(out / name).files)
+    assert "report.json" in verify_checkpoint(out / "generator").files  # served by torch: no ONNX
     student = verify_checkpoint(out / "turbofan-monitor")  # what the monitor ran: the ensemble distilled
     assert student.model["members"] == 1 and student.training["teacher"]["model"]["members"] == 3
-    made = {name: (out / name / "model.safetensors").stat().st_mtime for name in ("turbofan", "news", "image", "sales")}
+    made = {name: (out / name / "model.safetensors").stat().st_mtime
+            for name in ("turbofan", "news", "image", "sales", "generator")}
 
     process, lines = start_demo(out, ports, *args)
     try:
         text, seconds = wait_serving(process, lines, timeout=300)
-        assert text.count("reusing") == 5 and "training:" not in text, text
+        assert text.count("reusing") == 6 and "training:" not in text, text
         assert seconds < 120, f"the second demo took {seconds:.0f} s to serve"
         check_demo_services(ports)
     finally:
@@ -267,7 +274,7 @@ def test_demo_refuses_a_port_in_use_before_training(tmp_path):
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", app_port))
         holder.listen()
-        result = run_cli("demo", "--out", tmp_path / "demo", "--app-port", app_port, "--api-port", free_port(5),
+        result = run_cli("demo", "--out", tmp_path / "demo", "--app-port", app_port, "--api-port", free_port(6),
                          "--kafka-port", free_port(), "--metrics-port", free_port(), timeout=120)
     assert result.returncode == 1
     assert f"port {app_port} (--app-port) already in use" in result.stderr

@@ -49,3 +49,18 @@ def make_tiny_encoder(out: Path, arch: str, corpus: list[str]) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def make_tiny_causal_lm(folder: Path, corpus: list[str]) -> Path:
+    """A tiny random GPT-2 with a byte-level BPE learned from `corpus`, saved as a Hugging Face folder: stands in for
+    a pretrained causal LM (`--model FOLDER`) where none can be downloaded."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from training.models.causal_lm import train_byte_bpe
+
+    tokenizer = train_byte_bpe(corpus, vocab_size=800)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=32, n_layer=2, n_head=2,
+                        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

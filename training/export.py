@@ -13,6 +13,7 @@ from torch import nn
 
 from training.checkpoint import CheckpointManifest, load_checkpoint, read_manifest, record_files
 from training.models import build_model
+from training.models.causal_lm import ARCH as CAUSAL_LM
 from training.models.image import ARCHS as IMAGE_ARCHS
 from training.models.sales import ARCHS as SALES_ARCHS
 from training.models.text_classifier import ARCH as TEXT_CLASSIFIER
@@ -104,6 +105,9 @@ class SalesSignature(OnnxSignature):
 
 
 def signature(manifest: CheckpointManifest, model: nn.Module) -> OnnxSignature:
+    if manifest.model["arch"] == CAUSAL_LM:
+        raise ValueError("a generator checkpoint is not exported to ONNX: it is served by torch, decoding with a "
+                         "KV cache in batches (modelyard serve generator)")
     if manifest.model["arch"] in SALES_ARCHS:
         return SalesSignature(model, manifest.model)
     if manifest.model["arch"] in IMAGE_ARCHS:

@@ -15,6 +15,7 @@ TABS: dict[str, str] = {
     "turbofan": "apps.tabs.turbofan",
     "image": "apps.tabs.image",
     "sales": "apps.tabs.sales",
+    "generator": "apps.tabs.generator",
 }
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from training.data.cache import cache_root
 from training.data.errors import DataFormatError
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -199,7 +200,7 @@ def _cached(data_dir: Path, sources: list[Path], layout: str, cache_dir: Path | 
     from safetensors.numpy import load_file, save_file
 
     fingerprint = _digest(_source_bytes(path) for path in sources)
-    cache_dir = Path(cache_dir or os.environ.get("MODELYARD_CACHE") or Path.home() / ".cache" / "modelyard")
+    cache_dir = Path(cache_dir) if cache_dir else cache_root()
     cache = cache_dir / f"cifar10-{fingerprint[:16]}.safetensors"
     if cache.is_file():
         arrays = load_file(str(cache))

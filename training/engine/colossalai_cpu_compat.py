@@ -101,4 +101,34 @@ def apply() -> None:
             torch.nn.SyncBatchNorm.convert_sync_batchnorm = convert
 
     TorchDDPPlugin.configure = configure_without_sync_bn
+    # shardformer's GPT-2 forward (shardformer/modeling/gpt2.py, gpt2_model_forward) calls
+    # torch.cuda.set_device(hidden_states.device) before every block, which raises for a CPU tensor; setting the
+    # current CUDA device to "the CPU" means nothing, so that call is skipped.
+    cuda_set_device = torch.cuda.set_device
+
+    def set_device_unless_cpu(device: Any) -> None:
+        if isinstance(device, torch.device | str) and torch.device(device).type == "cpu":
+            return
+        cuda_set_device(device)
+
+    torch.cuda.set_device = set_device_unless_cpu
+
+    # Gathering GPT-2's fused qkv weight from its tensor-parallel pieces (state_dict, hence every checkpoint) moves
+    # the piece to CUDA for the all-gather (`qkv.cuda()` in qkv_fused_linear.gather_fused_qkv_in_gpt2_style); gloo
+    # gathers host tensors as they are.
+    from colossalai.shardformer.layer import qkv_fused_linear
+
+    gather_qkv = qkv_fused_linear.gather_fused_qkv_in_gpt2_style
+
+    def gather_qkv_on_host(qkv: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if qkv.device.type != "cpu":
+            return gather_qkv(qkv, *args, **kwargs)
+        to_cuda = torch.Tensor.cuda
+        torch.Tensor.cuda = lambda self, *a, **k: self
+        try:
+            return gather_qkv(qkv, *args, **kwargs)
+        finally:
+            torch.Tensor.cuda = to_cuda
+
+    qkv_fused_linear.gather_fused_qkv_in_gpt2_style = gather_qkv_on_host
     _APPLIED = True

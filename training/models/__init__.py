@@ -8,10 +8,12 @@ from torch import nn
 
 
 def build_model(config: dict[str, Any]) -> nn.Module:
-    from training.models import image, sales, text_classifier, turbofan
+    from training.models import causal_lm, image, sales, text_classifier, turbofan
 
     if config.get("arch") == text_classifier.ARCH:
         return text_classifier.build_sequence_classifier(config["hf_config"])
+    if config.get("arch") == causal_lm.ARCH:
+        return causal_lm.build_causal_lm(config["hf_config"])
     if config.get("arch") in image.ARCHS:
         return image.build_image_model(config)
     if config.get("arch") in sales.ARCHS:

@@ -20,6 +20,7 @@ TASKS: dict[str, str] = {
     "news": "training.tasks.news",
     "image": "training.tasks.image",
     "sales": "training.tasks.sales",
+    "generator": "training.tasks.generator",
 }
 
 

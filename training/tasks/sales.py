@@ -367,6 +367,7 @@ def demo_runs() -> list[DemoRun]:
     generated M5-format data."""
     import os
 
+    from training.data.cache import cache_root
     from training.data.m5_synthetic import stage_real_subset
 
     root = os.environ.get("MODELYARD_DATA")
@@ -375,7 +376,7 @@ def demo_runs() -> list[DemoRun]:
     if real is None or not (real / "subset_zama-github_SPOT" / "sales_train_validation.csv").is_file():
         return [DemoRun(NAME, "sales forecaster (M5)", {**engine, "synthetic": True},
                         data_note="data: generated M5-format data (set MODELYARD_DATA for the 10 real series)")]
-    cache = Path(os.environ.get("MODELYARD_CACHE") or Path.home() / ".cache" / "modelyard") / "m5-real-subset"
+    cache = cache_root() / "m5-real-subset"
     folder = stage_real_subset(real, cache)
     return [DemoRun(NAME, "sales forecaster (M5)", {**engine, "data_dir": folder},
                     data_note=f"data: the 10 real M5 series from {real} (staged in {folder})")]

@@ -90,6 +90,9 @@ class ColossalAIBackend(Backend):
                 TorchDDPPlugin,
                 TorchFSDPPlugin,
             )
+        from training.engine import colossalai_fixes
+
+        colossalai_fixes.apply()
         on_cpu = self.ctx.device.type == "cpu"
         if on_cpu:
             from training.engine import colossalai_cpu_compat

@@ -1,0 +1,143 @@
+"""WikiText readers, the token-block corpus, sliding-window perplexity, text-quality measures, and the decoding
+pieces the generation API streams with."""
+
+import lzma
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from serving.decoding import Decoding, TextStream, TokenChooser
+from training.data.errors import DataFormatError
+from training.data.lm_blocks import TokenBlocks, token_ids
+from training.data.wikitext import detokenize, find_split, read_split
+from training.metrics.perplexity import sliding_perplexity, windows
+from training.metrics.text_quality import distinct_n, quality, repeated_ngram_share, words_before_loop
+from training.models.causal_lm import train_byte_bpe
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext2"
+
+
+@pytest.fixture(scope="module")
+def wiki(wikitext_dir) -> Path:
+    return wikitext_dir
+
+
+@pytest.fixture(scope="module")
+def tokenizer(wiki):
+    return train_byte_bpe(read_split(wiki / "wiki.train.tokens", "train").articles, vocab_size=600)
+
+
+def test_articles_split_at_top_level_headings_in_both_forms_and_xz(wiki, tmp_path):
+    split = read_split(wiki / "wiki.valid.tokens", "valid")
+    assert len(split.articles) == 12
+    assert all(article.startswith(" = ") and not article.startswith(" = = ") for article in split.articles)
+    assert split.words == len((wiki / "wiki.valid.tokens").read_text().split())
+    packed = tmp_path / "wiki.valid.raw.xz"
+    packed.write_bytes(lzma.compress((wiki / "wiki.valid.tokens").read_bytes()))
+    assert find_split(tmp_path, "valid") == packed
+    assert read_split(packed, "valid").articles == split.articles
+    assert find_split(tmp_path, "train") is None
+
+
+def test_unreadable_files_are_named(tmp_path):
+    bad = tmp_path / "wiki.test.tokens"
+    bad.write_bytes(b"\xff\xfe\x00 not text")
+    with pytest.raises(DataFormatError, match="wiki.test.tokens"):
+        read_split(bad, "test")
+    broken = tmp_path / "wiki.test.raw.xz"
+    broken.write_bytes(b"not xz at all")
+    with pytest.raises(DataFormatError, match="not a readable"):
+        read_split(broken, "test")
+    empty = tmp_path / "wiki.valid.tokens"
+    empty.write_text(" \n \n")
+    with pytest.raises(DataFormatError, match="holds no text"):
+        read_split(empty, "valid")
+
+
+def test_detokenize_rejoins_wikitext_escapes():
+    text = ' = Title = \n He said " hello " ( twice ) , it was 1 @,@ 200 m and 3 @.@ 5 % well @-@ known . It isn \'t'
+    assert detokenize(text) == '= Title =\n He said "hello" (twice), it was 1,200 m and 3.5 % well-known. It isn\'t'
+
+
+@pytest.mark.skipif(not (REAL / "wiki.valid.tokens.xz").is_file(), reason="real WikiText-2 not present")
+def test_real_wikitext2_valid_split():
+    split = read_split(REAL / "wiki.valid.tokens.xz", "valid")
+    assert split.words == 213_886  # `wc -w` of the published file
+    assert split.articles[0].startswith(" = Homarus gammarus = ")
+    assert len(split.articles) == 60
+
+
+def test_corpus_is_cached_and_cut_into_blocks(wiki, tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("MODELYARD_CACHE", str(tmp_path / "cache"))
+    articles = read_split(wiki / "wiki.test.tokens", "test").articles
+    corpus = token_ids(tokenizer, articles)
+    assert list((tmp_path / "cache" / "lm-tokens").glob("*.npz"))
+    assert np.array_equal(token_ids(tokenizer, articles).ids, corpus.ids)  # from the cache
+    assert len(corpus.ends) == len(articles) and corpus.ends[-1] == len(corpus.ids)
+    assert (corpus.ids[corpus.ends - 1] == tokenizer.eos_token_id).all()  # each article ends with end-of-text
+    head, count = corpus.head(int(corpus.ends[2]) + 1)
+    assert count == 3 and len(head) == corpus.ends[2]
+    blocks = TokenBlocks(corpus.ids, 32)
+    assert len(blocks) == len(corpus.ids) // 32 and blocks[1][0].tolist() == corpus.ids[32:64].tolist()
+    with pytest.raises(ValueError, match="fewer than one block"):
+        TokenBlocks(corpus.ids[:10], 32)
+
+
+@pytest.mark.parametrize(("n", "context", "stride"), [(100, 16, 8), (100, 16, 16), (17, 16, 5), (10, 64, 32)])
+def test_sliding_windows_score_every_token_but_the_first_once(n, context, stride):
+    scored = []
+    for begin, end, count in windows(n, context, stride):
+        assert end - begin <= context and count <= end - begin
+        scored += list(range(end - count, end))
+    assert scored == list(range(1, n))
+
+
+def test_sliding_perplexity_matches_the_model_loss_in_one_window():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=64, n_embd=32, n_layer=1, n_head=2)).eval()
+    ids = np.random.default_rng(0).integers(0, 50, 40)
+    with torch.no_grad():
+        loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids])).loss.item()
+    whole = sliding_perplexity(model, ids, context=64, stride=32, words=20)
+    assert whole.tokens == 39 and whole.token_level == pytest.approx(math.exp(loss), rel=1e-4)
+    assert whole.word_level == pytest.approx(math.exp(loss * 39 / 20), rel=1e-4)
+    strided = sliding_perplexity(model, ids, context=16, stride=4)
+    assert strided.tokens == 39 and strided.token_level != pytest.approx(whole.token_level, rel=1e-6)
+
+
+def test_text_quality_measures():
+    assert distinct_n(["a b c d"], 1) == 1.0 and distinct_n(["a a a a"], 1) == 0.25
+    assert repeated_ngram_share("a b c d a b c d") == pytest.approx(1 / 5)
+    assert words_before_loop("x y a b c d a b c d") == 6 and words_before_loop("a b c d e") == 5
+    assert set(quality(["a b c", "d e f"])) == {"distinct_1", "distinct_2", "repeated_4gram_share",
+                                                 "words_before_loop"}
+
+
+def test_text_stream_holds_back_possible_stop_strings(tokenizer):
+    ids = tokenizer("The river reached the old harbour. END more", add_special_tokens=False)["input_ids"]
+    stream = TextStream(tokenizer, ("END",))
+    released = ""
+    for token in ids:
+        released += stream.add(token)
+        assert not stream.text[len(released):].startswith("END") or stream.stopped
+        if stream.stopped:
+            break
+    released += stream.finish()
+    assert stream.stopped and released == "The river reached the old harbour. "
+
+
+def test_token_chooser_is_greedy_at_zero_temperature_and_reproducible_with_a_seed():
+    logits = torch.tensor([0.1, 3.0, 0.2, 2.9])
+    seen = torch.tensor([0])
+    assert TokenChooser(Decoding(temperature=0))(logits, seen) == 1
+    draws = [[TokenChooser(Decoding(temperature=1.5, seed=7))(logits, seen) for _ in range(1)] for _ in range(3)]
+    assert draws[0] == draws[1] == draws[2]
+    chooser = TokenChooser(Decoding(temperature=1.0, top_k=2, seed=1))
+    assert {chooser(logits, seen) for _ in range(50)} <= {1, 3}
+    penalised = TokenChooser(Decoding(temperature=0, repetition_penalty=10.0))
+    assert penalised(logits, torch.tensor([1])) == 3  # the token already seen loses to the next best

@@ -1,0 +1,81 @@
+"""The generator through the command line: a GPT-2 from scratch, LoRA on a pretrained folder, two ranks, and the
+refusals a user can meet."""
+
+import json
+import shutil
+
+from tests.conftest import assert_clean_failure, run_cli
+from training.checkpoint import load_checkpoint, verify_checkpoint
+
+
+def test_from_scratch_reports_perplexity_samples_and_a_curve(generator_ckpt):
+    report = json.loads((generator_ckpt / "report.json").read_text())
+    manifest = verify_checkpoint(generator_ckpt)
+    vocab = manifest.model["hf_config"]["vocab_size"]
+    assert 1 < report["test_perplexity"] < vocab / 10  # learned far beyond a uniform guess over the vocabulary
+    assert report["test_word_perplexity"] > 0 and set(report["splits"]) == {"valid", "test"}
+    assert report["splits"]["test"]["fine_tuned"]["tokens"] > 1000
+    assert len(report["samples"]) == 4 and all(s["continuation"] for s in report["samples"])
+    assert 0 < report["sample_quality"]["distinct_1"] <= 1
+    curve = report["test_perplexity_by_epoch"]
+    assert len(curve) == manifest.training["epochs_run"] and curve[-1]["perplexity"] < curve[0]["perplexity"]
+    assert (generator_ckpt / "perplexity_vs_time.png").stat().st_size > 10_000
+    assert "zero_shot_test_perplexity" not in report  # from scratch: no starting model to compare
+
+
+def test_lora_on_a_pretrained_folder_saves_the_plain_model(tmp_path, wikitext_dir, tiny_lm):
+    data = tmp_path / "data"  # valid and test only, as WikiText-2 is here
+    data.mkdir()
+    for split in ("valid", "test"):
+        shutil.copy(wikitext_dir / f"wiki.{split}.tokens", data)
+    out = tmp_path / "lora"
+    result = run_cli("train", "generator", "--out", out, "--data-dir", data, "--model", tiny_lm, "--lora", "4",
+                     "--block-size", "64", "--epochs", "3", "--lr", "3e-3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest, weights = load_checkpoint(out)
+    assert manifest.training["lora_rank"] == 4 and not any("lora" in name for name in weights)
+    report = json.loads((out / "report.json").read_text())
+    assert "no train split" in report["data_note"] and set(report["splits"]) == {"test"}
+    assert report["test_perplexity"] < report["zero_shot_test_perplexity"]
+    assert report["improvement_vs_zero_shot"] > 0
+
+
+def test_two_ranks_train_with_ddp(tmp_path, wikitext_dir):
+    out = tmp_path / "ddp"
+    result = run_cli("train", "generator", "--out", out, "--data-dir", wikitext_dir, "--size", "tiny", "--nproc", "2",
+                     "--block-size", "32", "--max-steps", "6", "--no-evaluate")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert verify_checkpoint(out).training["nproc"] == 2
+
+
+def test_refusals_name_what_is_wrong(tmp_path, wikitext_dir, generator_ckpt):
+    only_valid = tmp_path / "valid-only"
+    only_valid.mkdir()
+    shutil.copy(wikitext_dir / "wiki.valid.tokens", only_valid)
+    assert_clean_failure(run_cli("train", "generator", "--out", tmp_path / "a", "--data-dir", only_valid),
+                         "no wiki.test.tokens")
+    assert_clean_failure(run_cli("train", "generator", "--out", tmp_path / "b", "--data-dir", wikitext_dir,
+                                 "--size", "tiny", "--block-size", "512"), "longer than the model's context")
+    assert_clean_failure(run_cli("export", generator_ckpt), "not exported to ONNX")
+
+
+def _val_loss(out) -> float:
+    return json.loads((out / "train_log.jsonl").read_text().splitlines()[-1])["val_loss"]
+
+
+def test_colossalai_tensor_and_pipeline_parallel_gpt2_train_like_one_process(tmp_path, wikitext_dir):
+    """shardformer's GPT-2 policy over 2 CPU ranks: attention and MLP matrices split (--tp 2) or the blocks in two
+    1F1B stages (--pp 2). Six steps from the same initial weights on the same batches end at the validation loss
+    one process reaches (dropout draws differ, so not bit for bit), and the saved model is the whole GPT-2."""
+    common = ["train", "generator", "--data-dir", wikitext_dir, "--size", "tiny", "--block-size", "32",
+              "--max-steps", "6", "--no-evaluate"]
+    single = tmp_path / "single"
+    assert run_cli(*common, "--out", single).returncode == 0
+    for flag in ("--tp", "--pp"):
+        out = tmp_path / flag.strip("-")
+        result = run_cli(*common, "--out", out, "--backend", "colossalai", "--strategy", "hybrid", flag, "2",
+                         "--nproc", "2")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert abs(_val_loss(out) - _val_loss(single)) < 0.01, flag
+        _, weights = load_checkpoint(out)
+        assert {k: v.shape for k, v in weights.items()} == {k: v.shape for k, v in load_checkpoint(single)[1].items()}

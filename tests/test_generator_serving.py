@@ -1,0 +1,229 @@
+"""The generation API over real HTTP (a `bentoml serve` process), its continuous batcher in-process, and the
+Generator tab in a real headless Chromium."""
+
+import http.client
+import json
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from serving.continuous_batching import ContinuousBatcher, Generation
+from serving.decoding import Decoding
+from serving.server import start_server, stop_server, wait_ready
+from serving.text_generator import TextGenerator
+from tests.conftest import assert_api_honours_its_document, free_port, post, running_app
+
+PROMPTS = ["The castle was", "In 1900 the river reached", "The band", "The governor of the city moved to the"]
+
+
+@pytest.fixture(scope="module")
+def api(generator_ckpt, tmp_path_factory):
+    port, log = free_port(), tmp_path_factory.mktemp("logs") / "serve.log"
+    process = start_server("generator", generator_ckpt, port, "torch", log=log,
+                           options={"max_concurrent": 3, "max_prompt_tokens": 64, "max_new_tokens": 200})
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", process, log=log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_server(process)
+
+
+def stream_events(url: str, body: dict, stop_after: int | None = None) -> tuple[int, list[tuple[str, dict]]]:
+    """POST url/generate/stream; the status and the (event, data) pairs read (only `stop_after` of them, then the
+    connection is dropped, as a client that goes away)."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    connection.request("POST", "/generate/stream", json.dumps(body), {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    if response.status != 200:
+        return response.status, [("error", json.loads(response.read()))]
+    assert response.getheader("content-type").startswith("text/event-stream")
+    events, kind = [], None
+    while stop_after is None or len(events) < stop_after:
+        line = response.readline().decode()
+        if not line:
+            break
+        if line.startswith("event: "):
+            kind = line.strip().split(": ", 1)[1]
+        elif line.startswith("data: "):
+            events.append((kind, json.loads(line[6:])))
+            if kind == "done":
+                break
+    connection.close()
+    return response.status, events
+
+
+def test_generate_answers_text_counts_and_finish_reason(api):
+    status, body = post(f"{api}/generate", {"prompt": "The castle was", "max_new_tokens": 12, "temperature": 0})
+    assert status == 200, body
+    assert set(body) == {"text", "finish_reason", "prompt_tokens", "generated_tokens", "time_to_first_token_ms"}
+    assert body["finish_reason"] in ("length", "stop") and 1 <= body["generated_tokens"] <= 12 and body["text"]
+    again = post(f"{api}/generate", {"prompt": "The castle was", "max_new_tokens": 12, "temperature": 0})[1]
+    assert again["text"] == body["text"]  # greedy is deterministic
+    seeded = [post(f"{api}/generate", {"prompt": "The band", "max_new_tokens": 20, "seed": 11, "temperature": 1.2})[1]
+              ["text"] for _ in range(2)]
+    assert seeded[0] == seeded[1]
+
+
+def test_stop_strings_end_the_text(api):
+    body = post(f"{api}/generate", {"prompt": "The castle was", "max_new_tokens": 60, "temperature": 0})[1]
+    word = body["text"].split()[2]  # a word the greedy continuation reaches
+    stopped = post(f"{api}/generate", {"prompt": "The castle was", "max_new_tokens": 60, "temperature": 0,
+                                       "stop": [word]})[1]
+    assert stopped["finish_reason"] == "stop" and word not in stopped["text"]
+    assert body["text"].startswith(stopped["text"])
+
+
+def test_stream_sends_the_text_as_it_is_decoded(api):
+    request = {"prompt": "In 1900 the river reached", "max_new_tokens": 30, "temperature": 0}
+    status, events = stream_events(api, request)
+    assert status == 200
+    pieces = [data["text"] for kind, data in events if kind == "text"]
+    assert len(pieces) > 3 and events[-1][0] == "done"
+    assert "".join(pieces) == events[-1][1]["text"] == post(f"{api}/generate", request)[1]["text"]
+
+
+def test_concurrent_requests_get_the_answers_they_would_get_alone(api):
+    alone = [post(f"{api}/generate", {"prompt": p, "max_new_tokens": 25, "temperature": 0})[1]["text"]
+             for p in PROMPTS]
+    with ThreadPoolExecutor(len(PROMPTS) - 1) as pool:  # max_concurrent is 3
+        together = list(pool.map(lambda p: post(f"{api}/generate", {"prompt": p, "max_new_tokens": 25,
+                                                                     "temperature": 0})[1]["text"], PROMPTS[:3]))
+    assert together == alone[:3]
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": "x", "max_new_tokens": 0}, "max_new_tokens"),
+    ({"prompt": "x", "max_new_tokens": 201}, "max_new_tokens"),
+    ({"prompt": "x", "temperature": -1}, "temperature"),
+    ({"prompt": "x", "top_p": 0}, "top_p"),
+    ({"prompt": "x", "stop": ["a"] * 5}, "stop"),
+    ({"prompt": "x", "seed": "1"}, "seed"),
+    ({"prompt": "x", "beams": 4}, "beams"),
+    ({"prompt": "the river " * 100}, "prompt"),  # beyond max_prompt_tokens
+])
+def test_bad_parameters_are_400_with_the_reason(api, body, field):
+    for route in ("/generate", "/generate/stream"):
+        status, answer = post(f"{api}{route}", body)
+        assert status == 400, (route, answer)
+        detail = json.loads(answer)["detail"][0]
+        assert field in detail["loc"] and detail["msg"]
+
+
+def test_too_many_generations_get_429_and_a_client_that_leaves_frees_its_place(api):
+    long = {"prompt": "The castle was", "max_new_tokens": 200, "temperature": 0, "stop": ["\u2603"]}
+    # Three clients hold the three places; each reads one event and stays connected.
+    holders = [stream_events_holding(api, long) for _ in range(3)]
+    try:
+        status, answer = post(f"{api}/generate", {"prompt": "x", "max_new_tokens": 5})
+        assert status == 429 and "generations are running" in json.loads(answer)["error"]
+    finally:
+        for connection in holders:
+            connection.close()  # the clients go away mid-stream
+    deadline = time.monotonic() + 10
+    while post(f"{api}/generate", {"prompt": "x", "max_new_tokens": 5})[0] == 429:
+        assert time.monotonic() < deadline, "the abandoned generations kept their places"
+        time.sleep(0.1)
+    with ThreadPoolExecutor(3) as pool:  # all three places are free again
+        assert [s for s, _ in pool.map(lambda _: post(f"{api}/generate", {"prompt": "x", "max_new_tokens": 5}),
+                                       range(3))] == [200] * 3
+
+
+def stream_events_holding(url: str, body: dict) -> http.client.HTTPConnection:
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    connection.request("POST", "/generate/stream", json.dumps(body), {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 200
+    assert response.readline().startswith(b"event: ")
+    return connection
+
+
+def test_api_honours_its_openapi_document(generator_ckpt, tmp_path):
+    """Fuzzed on a server of its own, with short generations and room for every request. Whether a prompt fits in
+    max_prompt_tokens depends on how it tokenizes, which no schema can say: a long valid string may be refused
+    (400), so the check that valid data is accepted is left out."""
+    port, log = free_port(), tmp_path / "serve.log"
+    process = start_server("generator", generator_ckpt, port, "torch", log=log, options={"max_new_tokens": 8})
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", process, log=log)
+        assert_api_honours_its_document(f"http://127.0.0.1:{port}", max_examples=30,
+                                        exclude_checks=("positive_data_acceptance",))
+    finally:
+        stop_server(process)
+
+
+# --- the batcher in-process ---------------------------------------------------------------------------------------
+
+def test_sequences_join_and_leave_one_running_batch_and_decode_as_alone(generator_ckpt):
+    runtime = TextGenerator(generator_ckpt)
+    tokenizer, model = runtime.tokenizer, runtime.model
+    expected = []
+    for prompt in PROMPTS:
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=15 + 3 * len(expected),
+                             do_sample=False, eos_token_id=None, pad_token_id=tokenizer.eos_token_id)
+        expected.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+    batcher = ContinuousBatcher(model, tokenizer, max_batch=8)
+    batcher.stop_ids = set()  # run every sequence to its max_new_tokens, like generate() above
+    results, finished = {}, threading.Event()
+
+    def collector(i):
+        def emit(kind, payload):
+            if kind == "done":
+                results[i] = payload
+                if len(results) == len(PROMPTS):
+                    finished.set()
+        return emit
+
+    for i, prompt in enumerate(PROMPTS):  # arriving one after another while the others decode
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        batcher.submit(Generation(ids, Decoding(max_new_tokens=15 + 3 * i, temperature=0), collector(i)))
+        time.sleep(0.003)
+    assert finished.wait(60)
+    assert [results[i]["text"] for i in range(len(PROMPTS))] == expected
+    tokens = sum(r["generated_tokens"] for r in results.values())
+    assert batcher.steps < tokens - len(PROMPTS)  # fewer forward passes than one per token: decoded together
+    assert batcher.batched_rows / batcher.steps > 1.2
+
+
+def test_a_cancelled_generation_leaves_the_batch(generator_ckpt):
+    runtime = TextGenerator(generator_ckpt)
+    tokenizer = runtime.tokenizer
+    events = []
+    done = threading.Event()
+    generation = Generation(tokenizer("The castle", add_special_tokens=False)["input_ids"],
+                            Decoding(max_new_tokens=200, temperature=0),
+                            lambda kind, payload: (events.append((kind, payload)), kind == "done" and done.set()))
+    runtime.batcher.stop_ids = set()
+    runtime.batcher.submit(generation)
+    time.sleep(0.05)
+    generation.cancel()
+    assert done.wait(10)
+    assert events[-1][1]["finish_reason"] == "cancelled" and events[-1][1]["generated_tokens"] < 200
+    assert runtime.batcher.active == 0
+
+
+# --- the app ------------------------------------------------------------------------------------------------------
+
+def test_gradio_generator_tab_streams_text_in_a_headless_browser(api, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with running_app(tmp_path, "--generator-api", api) as url:
+        wait = WebDriverWait(browser, 90, poll_frequency=0.3)
+        browser.get(url)
+        prompt = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#generator-prompt textarea"))
+        prompt.send_keys("The castle was")
+        browser.find_element(By.CSS_SELECTOR, "#generator-submit").click()
+        wait.until(lambda d: "finished" in d.find_element(By.CSS_SELECTOR, "#generator-status").text)
+        text = browser.find_element(By.CSS_SELECTOR, "#generator-output textarea").get_attribute("value")
+        status = browser.find_element(By.CSS_SELECTOR, "#generator-status").text
+        generated = int(re.search(r"(\d+) generated", status).group(1))
+        assert len(text.split()) >= 5 and 5 <= generated <= 80  # the tab's default: at most 80 new tokens
+        browser.save_screenshot(str(tmp_path / "generator-tab.png"))
