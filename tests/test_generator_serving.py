@@ -169,27 +169,28 @@ def test_sequences_join_and_leave_one_running_batch_and_decode_as_alone(generato
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=15 + 3 * len(expected),
                              do_sample=False, eos_token_id=None, pad_token_id=tokenizer.eos_token_id)
         expected.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
-    batcher = ContinuousBatcher(model, tokenizer, max_batch=8)
-    batcher.stop_ids = set()  # run every sequence to its max_new_tokens, like generate() above
-    results, finished = {}, threading.Event()
+    for pause in (0.003, 0.0):  # arriving while others decode; arriving together (one prefill, left-padded)
+        batcher = ContinuousBatcher(model, tokenizer, max_batch=8)
+        batcher.stop_ids = set()  # run every sequence to its max_new_tokens, like generate() above
+        results, finished = {}, threading.Event()
 
-    def collector(i):
-        def emit(kind, payload):
-            if kind == "done":
-                results[i] = payload
-                if len(results) == len(PROMPTS):
-                    finished.set()
-        return emit
+        def collector(i, results=results, finished=finished):
+            def emit(kind, payload):
+                if kind == "done":
+                    results[i] = payload
+                    if len(results) == len(PROMPTS):
+                        finished.set()
+            return emit
 
-    for i, prompt in enumerate(PROMPTS):  # arriving one after another while the others decode
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        batcher.submit(Generation(ids, Decoding(max_new_tokens=15 + 3 * i, temperature=0), collector(i)))
-        time.sleep(0.003)
-    assert finished.wait(60)
-    assert [results[i]["text"] for i in range(len(PROMPTS))] == expected
-    tokens = sum(r["generated_tokens"] for r in results.values())
-    assert batcher.steps < tokens - len(PROMPTS)  # fewer forward passes than one per token: decoded together
-    assert batcher.batched_rows / batcher.steps > 1.2
+        for i, prompt in enumerate(PROMPTS):
+            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            batcher.submit(Generation(ids, Decoding(max_new_tokens=15 + 3 * i, temperature=0), collector(i)))
+            time.sleep(pause)
+        assert finished.wait(60)
+        assert [results[i]["text"] for i in range(len(PROMPTS))] == expected, pause
+        tokens = sum(r["generated_tokens"] for r in results.values())
+        assert batcher.steps < tokens - len(PROMPTS)  # fewer forward passes than one per token: decoded together
+        assert batcher.batched_rows / batcher.steps > 1.2
 
 
 def test_a_cancelled_generation_leaves_the_batch(generator_ckpt):

