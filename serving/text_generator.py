@@ -12,6 +12,7 @@ from serving.continuous_batching import ContinuousBatcher, Generation
 from serving.decoding import Decoding
 from training.checkpoint import load_checkpoint, load_tokenizer
 from training.models import build_model
+from training.models.causal_lm import context_length
 
 
 class GenerationRefused(ValueError):
@@ -34,8 +35,7 @@ class TextGenerator:
         model.load_state_dict(weights)
         self.model = model.eval()
         self.manifest = manifest
-        config = model.config
-        self.context = int(getattr(config, "n_positions", None) or config.max_position_embeddings)
+        self.context = context_length(model)
         self.max_concurrent, self.max_prompt_tokens = max_concurrent, max_prompt_tokens
         self.batcher = ContinuousBatcher(self.model, self.tokenizer, max_batch=max_batch)
 
@@ -78,8 +78,3 @@ class TextGenerator:
             if kind == "done":
                 return payload
         raise RuntimeError("the generation ended without a result")
-
-    @property
-    def mean_batch(self) -> float:
-        return self.batcher.batched_rows / max(self.batcher.steps, 1)
-
