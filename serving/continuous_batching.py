@@ -39,6 +39,14 @@ class Generation:
     def cancel(self) -> None:
         self.cancelled.set()
 
+    def send(self, kind: str, payload: Any) -> None:
+        """emit, on the engine thread: a caller that can no longer take events (its event loop closed) is cancelled
+        rather than allowed to stop the engine for everyone."""
+        try:
+            self.emit(kind, payload)
+        except Exception:  # noqa: BLE001 - any failure of the caller's callback means the caller is gone
+            self.cancel()
+
 
 class _Running:
     """Engine-side state of a generation in the batch."""
@@ -63,7 +71,7 @@ class _Running:
         else:
             piece = self.text.add(token)
             if piece:
-                self.generation.emit("text", piece)
+                self.generation.send("text", piece)
             if self.text.stopped:
                 self.finish = "stop"
         if self.finish is None and self.new_tokens >= self.generation.decoding.max_new_tokens:
@@ -78,10 +86,13 @@ class _Running:
 
 class ContinuousBatcher:
     """Runs generations for `model` (a transformers causal LM) on its own thread, at most `max_batch` at a time; more
-    wait in arrival order."""
+    wait in arrival order. `on_finished(summary)` is called on the engine thread as each generation ends, its
+    client still there or not (the service counts them for /metrics)."""
 
-    def __init__(self, model: nn.Module, tokenizer, max_batch: int = 16) -> None:
+    def __init__(self, model: nn.Module, tokenizer, max_batch: int = 16,
+                 on_finished: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.model, self.tokenizer, self.max_batch = model.eval(), tokenizer, max_batch
+        self.on_finished = on_finished
         self.stop_ids = stop_token_ids(model, tokenizer)
         self.incoming: queue.Queue[Generation] = queue.Queue()
         self.running: list[_Running] = []
@@ -127,7 +138,7 @@ class ContinuousBatcher:
 
     def _fail_all(self, message: str) -> None:
         for row in self.running:
-            row.generation.emit("error", message)
+            row.generation.send("error", message)
         self.running, self.cache, self.mask = [], None, torch.zeros(0, 0, dtype=torch.long)
 
     @torch.inference_mode()
@@ -139,7 +150,7 @@ class ContinuousBatcher:
             row = _Running(generation, self.tokenizer)
             if generation.cancelled.is_set():  # its client left while it waited
                 row.finish = "cancelled"
-                generation.emit("done", row.summary())
+                self._done(row)
             else:
                 rows.append(row)
         if not rows:
@@ -158,7 +169,7 @@ class ContinuousBatcher:
                 row.take(out.logits[i, -1], self.stop_ids)
         except Exception as exc:  # noqa: BLE001 - report to the callers, keep serving the others
             for row in rows:
-                row.generation.emit("error", f"{type(exc).__name__}: {exc}")
+                row.generation.send("error", f"{type(exc).__name__}: {exc}")
             return
         self._merge(rows, _layers(out.past_key_values), mask)
 
@@ -191,6 +202,12 @@ class ContinuousBatcher:
         for i, row in enumerate(self.running):
             row.take(out.logits[i, -1], self.stop_ids)
 
+    def _done(self, row: _Running) -> None:
+        summary = row.summary()
+        row.generation.send("done", summary)
+        if self.on_finished is not None:
+            self.on_finished(summary)
+
     def _drop_finished(self) -> None:
         keep = []
         for i, row in enumerate(self.running):
@@ -201,8 +218,8 @@ class ContinuousBatcher:
                 continue
             piece = row.text.finish()
             if piece and row.finish != "cancelled":
-                row.generation.emit("text", piece)
-            row.generation.emit("done", row.summary())
+                row.generation.send("text", piece)
+            self._done(row)
         if len(keep) == len(self.running):
             return
         self.running = [self.running[i] for i in keep]

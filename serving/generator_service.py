@@ -7,7 +7,9 @@ in one running batch (serving.continuous_batching); a client that disconnects st
 HTTP 4xx in one shape, `{"error", "detail": [{"type", "loc", "msg"}]}`: bad parameters or a prompt beyond the
 token limit (400), a body too large (413), too many generations at once (429), another Content-Type (415).
 The routes are FastAPI routes mounted in the service, because a stream must be able to refuse with a status before
-its first event. Settings: MODELYARD_CHECKPOINT and the OPTIONS below.
+its first event. BentoML's /metrics adds `modelyard_generations_total{finish_reason}` (stop, length, cancelled),
+`modelyard_generated_tokens_total` and `modelyard_time_to_first_token_seconds`. Settings: MODELYARD_CHECKPOINT and
+the OPTIONS below.
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ class TextGenerator:
 
         self.runtime = Runtime(os.environ["MODELYARD_CHECKPOINT"], max_batch=SETTINGS["max_batch"],
                                max_concurrent=SETTINGS["max_concurrent"],
-                               max_prompt_tokens=SETTINGS["max_prompt_tokens"])
+                               max_prompt_tokens=SETTINGS["max_prompt_tokens"], on_finished=_metrics())
 
     @app.post("/generate", response_model=Generated, openapi_extra={"requestBody": REQUEST_BODY}, responses=ERRORS,
               summary="Generate text", description="The continuation of `prompt`, whole.")
@@ -136,6 +138,25 @@ class TextGenerator:
 
         return StreamingResponse(sse(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _metrics():
+    """Counters for BentoML's /metrics, made in the worker: prometheus_client must be imported after BentoML has set
+    its multiprocess directory, or the values never reach /metrics."""
+    import prometheus_client as prom
+
+    finished = prom.Counter("modelyard_generations", "generations ended, by finish_reason", ["finish_reason"])
+    tokens = prom.Counter("modelyard_generated_tokens", "tokens generated")
+    first = prom.Histogram("modelyard_time_to_first_token_seconds", "from arrival to the first token",
+                           buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+    def count(summary: dict[str, Any]) -> None:
+        finished.labels(summary["finish_reason"]).inc()
+        tokens.inc(summary["generated_tokens"])
+        if summary["generated_tokens"]:
+            first.observe(summary["time_to_first_token_ms"] / 1000)
+
+    return count
 
 
 async def _request(request: Request) -> GenerateRequest:

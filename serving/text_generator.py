@@ -4,7 +4,8 @@ generations run by the continuous batcher, delivered to asyncio callers as event
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ class GenerationRefused(ValueError):
 
 class TextGenerator:
     def __init__(self, ckpt: Path | str, max_batch: int = 16, max_concurrent: int = 32,
-                 max_prompt_tokens: int = 512) -> None:
+                 max_prompt_tokens: int = 512, on_finished: Callable[[dict[str, Any]], None] | None = None) -> None:
         manifest, weights = load_checkpoint(Path(ckpt))
         if manifest.task != "generator":
             raise ValueError(f"{ckpt}: a {manifest.task} checkpoint, not a generator")
@@ -37,7 +38,9 @@ class TextGenerator:
         self.manifest = manifest
         self.context = context_length(model)
         self.max_concurrent, self.max_prompt_tokens = max_concurrent, max_prompt_tokens
-        self.batcher = ContinuousBatcher(self.model, self.tokenizer, max_batch=max_batch)
+        self.streams = 0  # generations admitted whose caller has not had their last event or left
+        self.batcher = ContinuousBatcher(self.model, self.tokenizer, max_batch=max_batch,
+                                         on_finished=on_finished)
 
     def encode(self, prompt: str, max_new_tokens: int) -> list[int]:
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -54,15 +57,18 @@ class TextGenerator:
         """("text", piece) events as the text is decoded, then ("done", summary). Leaving the iteration early (a
         client that went away) cancels the generation at the next token."""
         ids = self.encode(prompt, decoding.max_new_tokens)
-        if self.batcher.active >= self.max_concurrent:
+        # Places are counted here, on the event loop, from admission to the last event: the batcher's own count
+        # lags while it prefills (a row joins `running` after its first token is out).
+        if self.streams >= self.max_concurrent:
             raise GenerationRefused("prompt", f"{self.max_concurrent} generations are running; try again shortly",
                                     status=429)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         generation = Generation(ids, decoding, lambda kind, payload: loop.call_soon_threadsafe(
             events.put_nowait, (kind, payload)))
-        self.batcher.submit(generation)
+        self.streams += 1
         try:
+            self.batcher.submit(generation)
             while True:
                 kind, payload = await events.get()
                 if kind == "error":
@@ -71,10 +77,12 @@ class TextGenerator:
                 if kind == "done":
                     return
         finally:
+            self.streams -= 1
             generation.cancel()  # a no-op once it is done
 
     async def generate(self, prompt: str, decoding: Decoding) -> dict[str, Any]:
-        async for kind, payload in self.stream(prompt, decoding):
-            if kind == "done":
-                return payload
+        async with contextlib.aclosing(self.stream(prompt, decoding)) as events:  # frees the place on return
+            async for kind, payload in events:
+                if kind == "done":
+                    return payload
         raise RuntimeError("the generation ended without a result")

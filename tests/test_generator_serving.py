@@ -1,11 +1,13 @@
 """The generation API over real HTTP (a `bentoml serve` process), its continuous batcher in-process, and the
 Generator tab in a real headless Chromium."""
 
+import asyncio
 import http.client
 import json
 import re
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -15,7 +17,7 @@ from serving.continuous_batching import ContinuousBatcher, Generation
 from serving.decoding import Decoding
 from serving.server import start_server, stop_server, wait_ready
 from serving.text_generator import TextGenerator
-from tests.conftest import assert_api_honours_its_document, free_port, post, running_app
+from tests.conftest import assert_api_honours_its_document, free_port, post, run_cli, running_app
 
 PROMPTS = ["The castle was", "In 1900 the river reached", "The band", "The governor of the city moved to the"]
 
@@ -115,23 +117,55 @@ def test_bad_parameters_are_400_with_the_reason(api, body, field):
         assert field in detail["loc"] and detail["msg"]
 
 
-def test_too_many_generations_get_429_and_a_client_that_leaves_frees_its_place(api):
-    long = {"prompt": "The castle was", "max_new_tokens": 200, "temperature": 0, "stop": ["\u2603"]}
-    # Three clients hold the three places; each reads one event and stays connected.
-    holders = [stream_events_holding(api, long) for _ in range(3)]
+@pytest.fixture(scope="module")
+def slow_api(wikitext_dir, tmp_path_factory):
+    """A server over GPT-2 `small` after one step: about 5 ms a token here, so 480 tokens outlast the test's holders
+    by seconds (the tiny model writes 200 in a quarter of a second, before a fourth client can arrive)."""
+    out = tmp_path_factory.mktemp("generator-slow") / "ckpt"
+    result = run_cli("train", "generator", "--out", out, "--data-dir", wikitext_dir, "--size", "small",
+                     "--block-size", "64", "--max-steps", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    port, log = free_port(), tmp_path_factory.mktemp("logs") / "serve.log"
+    process = start_server("generator", out, port, "torch", log=log,
+                           options={"max_concurrent": 3, "max_new_tokens": 480})
     try:
-        status, answer = post(f"{api}/generate", {"prompt": "x", "max_new_tokens": 5})
+        wait_ready(f"http://127.0.0.1:{port}", process, log=log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_server(process)
+
+
+def finished_counts(url: str) -> dict[str, float]:
+    """modelyard_generations_total per finish_reason, from the server's Prometheus /metrics."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {m["reason"]: float(m["value"]) for m in re.finditer(
+        r'^modelyard_generations_total\{finish_reason="(?P<reason>\w+)"\} (?P<value>\S+)$', text, re.MULTILINE)}
+
+
+def test_too_many_generations_get_429_and_a_client_that_leaves_frees_its_place(slow_api):
+    long = {"prompt": "The castle was", "max_new_tokens": 480, "temperature": 0, "stop": ["\u2603"]}
+    before = finished_counts(slow_api)
+    # Three clients hold the three places; each reads one event and stays connected.
+    holders = [stream_events_holding(slow_api, long) for _ in range(3)]
+    try:
+        status, answer = post(f"{slow_api}/generate", {"prompt": "x", "max_new_tokens": 5})
         assert status == 429 and "generations are running" in json.loads(answer)["error"]
     finally:
         for connection in holders:
             connection.close()  # the clients go away mid-stream
-    deadline = time.monotonic() + 10
-    while post(f"{api}/generate", {"prompt": "x", "max_new_tokens": 5})[0] == 429:
-        assert time.monotonic() < deadline, "the abandoned generations kept their places"
+    deadline = time.monotonic() + 20
+    while finished_counts(slow_api).get("cancelled", 0) - before.get("cancelled", 0) < 3:
+        assert time.monotonic() < deadline, f"the abandoned generations were not cancelled: {finished_counts(slow_api)}"
         time.sleep(0.1)
+    after = finished_counts(slow_api)
+    assert after.get("length", 0) == before.get("length", 0)  # none ran to its end
     with ThreadPoolExecutor(3) as pool:  # all three places are free again
-        assert [s for s, _ in pool.map(lambda _: post(f"{api}/generate", {"prompt": "x", "max_new_tokens": 5}),
-                                       range(3))] == [200] * 3
+        answers = list(pool.map(lambda _: post(f"{slow_api}/generate", {"prompt": "x", "max_new_tokens": 5}),
+                                range(3)))
+    assert [s for s, _ in answers] == [200] * 3
+    counted = finished_counts(slow_api)
+    assert sum(counted.values()) - sum(after.values()) == 3
 
 
 def stream_events_holding(url: str, body: dict) -> http.client.HTTPConnection:
@@ -208,6 +242,36 @@ def test_a_cancelled_generation_leaves_the_batch(generator_ckpt):
     assert done.wait(10)
     assert events[-1][1]["finish_reason"] == "cancelled" and events[-1][1]["generated_tokens"] < 200
     assert runtime.batcher.active == 0
+
+
+def test_a_place_is_held_from_admission_to_the_last_event_read(generator_ckpt):
+    """The batcher counts a row only once its prefill is done; the places count every admitted caller, so a fourth
+    is refused the moment three have started, and a place frees when its caller reads `done` or leaves."""
+    from serving.text_generator import GenerationRefused
+
+    runtime = TextGenerator(generator_ckpt, max_concurrent=3)
+    decoding = Decoding(max_new_tokens=100, temperature=0)
+
+    async def scenario() -> list[str]:
+        streams = [runtime.stream("The castle was", decoding) for _ in range(3)]
+        for stream in streams:
+            await anext(stream)
+        seen = []
+        try:
+            await runtime.generate("The band", Decoding(max_new_tokens=3))
+        except GenerationRefused as refused:
+            seen.append(f"refused {refused.status}")
+        await streams[0].aclose()  # a caller leaves
+        seen.append((await runtime.generate("The band", Decoding(max_new_tokens=3)))["finish_reason"])
+        async for _ in streams[1]:  # a caller reads to the end
+            pass
+        seen.append(str(runtime.streams))
+        await streams[2].aclose()
+        seen.append(str(runtime.streams))
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen[0] == "refused 429" and seen[1] in ("length", "stop") and seen[2:] == ["1", "0"]
 
 
 # --- the app ------------------------------------------------------------------------------------------------------
