@@ -13,6 +13,8 @@ from typing import Any
 
 from torch import nn
 
+from training.models import gpt2_chain  # noqa: F401 - registers GPT-2's chain of stages for fairscale pipe
+
 ARCH = "hf_causal_lm"
 SMOLLM2 = "smollm2"
 END_OF_TEXT = "<|endoftext|>"

@@ -20,10 +20,6 @@ class FairScaleBackend(Backend):
     @classmethod
     def check(cls, strategy: str, cfg: TrainConfig, device: str, hf_model: bool = False) -> None:
         super().check(strategy, cfg, device, hf_model)
-        if strategy == "pipe" and hf_model:
-            raise StrategyUnavailable(f"fairscale pipe needs a model split into single-tensor stages; the "
-                                      f"{cfg.task} transformer passes masks between layers. Use oss, or colossalai "
-                                      f"hybrid --tp 2 for model parallelism")
         if strategy == "fsdp" and device != "cuda":
             raise StrategyUnavailable("fairscale fsdp allocates CUDA streams and needs a GPU; on the CPU use "
                                       "--backend fairscale --strategy oss or --backend torch --strategy fsdp")
@@ -87,12 +83,15 @@ class FairScaleBackend(Backend):
         if self.strategy == "oss":
             norm = self.optimizer.clip_grad_norm(self.cfg.max_grad_norm)
         elif self.strategy == "pipe":
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+            self.model.gather_tied_gradients()
+            norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.max_grad_norm)
         else:
             norm = self.model.clip_grad_norm_(self.cfg.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad()
+        if self.strategy == "pipe":
+            self.model.reset_tied_copies()
         return float(norm)
 
     def model_state_dict(self) -> dict[str, torch.Tensor]:
@@ -120,10 +119,10 @@ class FairScaleBackend(Backend):
 
 
 class _PipelinedModel(nn.Module):
-    """fairscale Pipe over the model's `pipeline_stages()`: one stage group per GPU, or two CPU stages.
-
-    Inputs arrive on the first stage's device and outputs return to the caller's device, so recipes stay unaware
-    of the split. Micro-batches (chunks) keep every stage busy; `--checkpointing` recomputes their activations.
+    """fairscale Pipe over the model's chain of stages (training.engine.pipeline_chain): one partition per GPU, or
+    two CPU partitions. Called with the model's own arguments, it answers what the model would, so recipes stay
+    unaware of the split. Micro-batches (chunks) keep every stage busy; `--checkpointing` recomputes their
+    activations.
     """
 
     CHUNKS = 4
@@ -131,10 +130,16 @@ class _PipelinedModel(nn.Module):
     def __init__(self, model: nn.Module, device: torch.device, checkpointing: bool) -> None:
         from fairscale.nn import Pipe
 
-        if not hasattr(model, "pipeline_stages"):
-            raise StrategyUnavailable(f"{type(model).__name__} is not a chain of stages; fairscale pipe needs one")
+        from training.engine.pipeline_chain import chain_of
+
+        chain = chain_of(model)
+        if chain is None:
+            raise StrategyUnavailable(f"fairscale pipe needs a chain of single-tensor stages and "
+                                      f"{type(model).__name__} is not one (GPT-2 and modelyard's sequential models "
+                                      f"are); use oss, or colossalai hybrid --pp 2 for a transformer")
         super().__init__()
-        stages = model.pipeline_stages()
+        self.chain = chain
+        stages = chain.stages
         if device.type == "cuda":
             devices = [torch.device("cuda", i) for i in range(min(torch.cuda.device_count(), len(stages)))]
         else:
@@ -144,8 +149,22 @@ class _PipelinedModel(nn.Module):
         self.pipe = Pipe(stages, balance=balance, devices=devices, chunks=self.CHUNKS,
                          checkpoint="except_last" if checkpointing else "never")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pipe(x.to(self.first)).to(x.device)
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        x = self.chain.first(*args, **kwargs)
+        return self.chain.outputs(self.pipe(x.to(self.first)).to(x.device), *args, **kwargs)
+
+    def gather_tied_gradients(self) -> None:
+        """Each copy's gradient added to its parameter's: the gradient the one shared weight would have had."""
+        for weight, copy in self.chain.tied:
+            if copy.grad is not None:
+                weight.grad = copy.grad.to(weight.device) if weight.grad is None else weight.grad + copy.grad.to(
+                    weight.device)
+
+    @torch.no_grad()
+    def reset_tied_copies(self) -> None:
+        for weight, copy in self.chain.tied:
+            copy.copy_(weight)
+            copy.grad = None
 
 
 def _split(items: list, parts: int) -> list[list]:
