@@ -119,6 +119,24 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subpro
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
+def assert_resumes_from_per_rank_optimizer_files(*train_args: object, out: Path) -> None:
+    """A tensor-parallel run of one epoch keeps one optimizer file per rank (no full one), and `--resume` with
+    `--epochs 2` carries on from them: the log holds both epochs and twice the first one's steps."""
+    import json
+
+    from training.checkpoint import verify_checkpoint
+
+    first = run_cli(*train_args, "--out", out, "--epochs", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    state = json.loads((out / "state" / "latest.json").read_text())
+    assert {"optimizer-rank0.pt", "optimizer-rank1.pt"} <= set(state["files"]) and "optimizer.pt" not in state["files"]
+    steps_one_epoch = verify_checkpoint(out).training["steps"]
+    resumed = run_cli(*train_args, "--out", out, "--epochs", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2] and log[-1]["step"] == 2 * steps_one_epoch
+
+
 def assert_clean_failure(result: subprocess.CompletedProcess, *fragments: str) -> None:
     """A refusal: non-zero exit, the reason on stderr, no traceback."""
     assert result.returncode != 0, result.stdout + result.stderr

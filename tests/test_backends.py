@@ -80,6 +80,10 @@ def test_fairscale_pipe_splits_stages_and_saves_original_names(tmp_path, cmapss_
         (["--backend", "nope"], "'nope' is not one of 'torch', 'colossalai', 'fairscale'"),
         (["--precision", "fp16"], "fp16 needs loss scaling on a GPU"),
         (["--backend", "torch", "--tp", "2"], "--tp/--pp apply only to"),
+        (["--backend", "fairscale", "--strategy", "tp", "--tp", "2", "--pp", "2", "--nproc", "2"],
+         "not --pp with fairscale tp"),
+        (["--backend", "fairscale", "--strategy", "tp", "--tp", "2"], "dividing the process count (1)"),
+        (["--backend", "fairscale", "--strategy", "tp", "--tp", "2", "--nproc", "2"], "has none to split"),
         (["--device", "cuda"], "no CUDA device is available"),
     ],
 )

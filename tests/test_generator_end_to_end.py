@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from tests.conftest import assert_clean_failure, run_cli
+from tests.conftest import assert_clean_failure, assert_resumes_from_per_rank_optimizer_files, run_cli
 from training.checkpoint import load_checkpoint, verify_checkpoint
 
 
@@ -95,7 +95,7 @@ def test_smollm2_loads_offline_from_its_gguf_package():
     assert tokenizer.eos_token == "<|endoftext|>" and model.config.eos_token_id == tokenizer.eos_token_id
 
 
-def _gpt2_after_steps(backend_name: str, strategy: str, out, steps: int = 2) -> tuple[list[float], dict]:
+def _gpt2_after_steps(backend_name: str, strategy: str, out, steps: int = 2, **options) -> tuple[list[float], dict]:
     """A 3-layer GPT-2 without dropout (so that micro-batching draws no different masks) trained `steps` AdamW
     steps through the engine's fit on fixed token blocks; the step losses and the weights."""
     import os
@@ -116,8 +116,8 @@ def _gpt2_after_steps(backend_name: str, strategy: str, out, steps: int = 2) -> 
     model = GPT2LMHeadModel(config)
     ids = np.random.default_rng(0).integers(0, 97, 16 * 8 * steps).astype(np.int64)
     cfg = TrainConfig(task="generator", out=str(out), backend=backend_name, strategy=strategy, batch_size=8,
-                      max_steps=steps, warmup_steps=0, max_grad_norm=0.5)
-    out.mkdir()
+                      max_steps=steps, warmup_steps=0, max_grad_norm=0.5, **options)
+    out.mkdir(exist_ok=True)
     losses: list[float] = []
     job = TrainingJob(model=model, train_set=TokenBlocks(ids, 16), loss=lambda m, b: losses.append(
         float((loss := lm_loss(m, b)).detach())) or loss, validate=lambda m: {"val_loss": 0.0}, monitor="val_loss",
@@ -156,3 +156,55 @@ def test_fairscale_pipe_trains_and_saves_gpt2_from_the_command_line(tmp_path, wi
     assert manifest.training["strategy"] == "pipe"
     _, weights = load_checkpoint(out)
     assert "lm_head.weight" in weights or "transformer.wte.weight" in weights
+
+
+# SGD, whose update is linear in the gradient: Adam's first step, g / (|g| + eps), turns the rounding noise of
+# gradients that are zero in exact arithmetic (the key bias's, softmax being shift-invariant) into whole steps.
+SGD_STEPS = {"optimizer": "sgd", "lr": 0.5}
+
+
+def _tensor_parallel_rank(rank: int, port: int, out) -> None:
+    import os
+
+    from safetensors.torch import save_file
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    losses, weights = _gpt2_after_steps("fairscale", "tp", out, tp=2, nproc=2, **SGD_STEPS)
+    if rank == 0:
+        save_file(weights, str(out / "joined.safetensors"))
+        (out / "losses.json").write_text(json.dumps(losses))
+
+
+def test_fairscale_tensor_parallel_trains_gpt2_as_one_process_does(tmp_path):
+    """GPT-2's attention and MLP projections in fairscale Column/RowParallelLinear across 2 gloo ranks (one head and
+    half the MLP each): the same step losses and, after two SGD steps clipped on the whole model's gradient norm,
+    the same weights as one process, joined back into Hugging Face's Conv1D layout."""
+    from safetensors.torch import load_file
+
+    from tests.conftest import free_port
+
+    single_losses, single = _gpt2_after_steps("torch", "ddp", tmp_path / "single", **SGD_STEPS)
+    out = tmp_path / "tp"
+    torch.multiprocessing.start_processes(_tensor_parallel_rank, args=(free_port(), out), nprocs=2,
+                                          start_method="spawn")
+    assert json.loads((out / "losses.json").read_text()) == pytest.approx(single_losses, rel=1e-5)
+    joined = load_file(str(out / "joined.safetensors"))
+    assert {k: v.shape for k, v in joined.items()} == {k: v.shape for k, v in single.items()}
+    for name, tensor in single.items():
+        torch.testing.assert_close(joined[name], tensor, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_fairscale_tensor_parallel_trains_resumes_and_saves_gpt2_from_the_command_line(tmp_path, wikitext_dir):
+    """--backend fairscale --strategy tp --tp 2 on 2 processes: each rank keeps its own slices' optimizer state, a
+    resumed run carries on from them, and the checkpoint is the whole standard GPT-2 (it loads, strictly, into
+    transformers' class)."""
+    from training.models import build_model
+
+    out = tmp_path / "tp"
+    assert_resumes_from_per_rank_optimizer_files(
+        "train", "generator", "--data-dir", wikitext_dir, "--size", "tiny", "--block-size", "32", "--no-evaluate",
+        "--backend", "fairscale", "--strategy", "tp", "--tp", "2", "--nproc", "2", out=out)
+    manifest = verify_checkpoint(out)
+    assert (manifest.training["strategy"], manifest.training["tp"]) == ("tp", 2)
+    build_model(manifest.model).load_state_dict(load_checkpoint(out)[1])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import assert_clean_failure, run_cli
+from tests.conftest import assert_clean_failure, assert_resumes_from_per_rank_optimizer_files, run_cli
 from training.checkpoint import load_checkpoint, load_tokenizer, verify_checkpoint
 from training.models import build_model
 from training.tasks import news
@@ -140,6 +140,8 @@ def test_two_ranks_on_every_backend_consolidate_the_encoder(tmp_path, news_dir, 
         (["--backend", "colossalai", "--strategy", "hybrid", "--pp", "2", "--nproc", "2", "--batch-size", "15"],
          "does not split into micro-batches for 2 pipeline stages"),
         (["--backend", "fairscale", "--strategy", "pipe"], "fairscale pipe needs a chain of single-tensor stages"),
+        (["--backend", "fairscale", "--strategy", "tp", "--tp", "2", "--nproc", "2"],
+         "fairscale tp has a plan for GPT-2 only"),
         (["--augment", "synonyms"], "unknown augmentation synonyms"),
         (["--layers", "3"], "has 2 encoder layers; choose 1..2"),
         (["--train-rows", "5000", "--eval-file", "SAME"], "--train-rows must be between"),
@@ -172,15 +174,6 @@ def test_minilm_accuracy_on_real_ag_news(tmp_path):
 
 
 def test_tensor_parallel_run_resumes_from_per_rank_optimizer_shards(tmp_path, news_dir, tiny_encoders):
-    out = tmp_path / "ckpt"
-    common = ["train", "news", "--out", out, "--data-dir", news_dir, "--model", tiny_encoders["bert"], "--backend",
-              "colossalai", "--strategy", "hybrid", "--tp", "2", "--nproc", "2", "--no-evaluate", *TINY]
-    first = run_cli(*common, "--epochs", "1")
-    assert first.returncode == 0, first.stderr[-3000:]
-    state = json.loads((out / "state" / "latest.json").read_text())
-    assert {"optimizer-rank0.pt", "optimizer-rank1.pt"} <= set(state["files"]) and "optimizer.pt" not in state["files"]
-    steps_one_epoch = verify_checkpoint(out).training["steps"]
-    resumed = run_cli(*common, "--epochs", "2", "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log] == [1, 2] and log[-1]["step"] == 2 * steps_one_epoch
+    assert_resumes_from_per_rank_optimizer_files(
+        "train", "news", "--data-dir", news_dir, "--model", tiny_encoders["bert"], "--backend", "colossalai",
+        "--strategy", "hybrid", "--tp", "2", "--nproc", "2", "--no-evaluate", *TINY, out=tmp_path / "ckpt")

@@ -19,6 +19,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, r
 
 from training.config import TrainConfig
 from training.engine.backends import backend_class
+from training.engine.backends.base import StrategyUnavailable
 from training.engine.distributed import DistContext, free_port, resolve_device
 from training.engine.trainer import EPOCHS_DIR
 from training.fingerprint import run_fingerprint
@@ -142,4 +143,9 @@ def worker(config_path: Path, on_epoch: Callable[[dict[str, Any]], None] | None 
 
 
 if __name__ == "__main__":
-    worker(Path(sys.argv[1]))
+    try:
+        worker(Path(sys.argv[1]))
+    except StrategyUnavailable:
+        # @record put the one-line reason in the error file the launcher reads and reports; the traceback on each
+        # rank's stderr would only bury it
+        sys.exit(1)

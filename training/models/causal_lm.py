@@ -13,7 +13,8 @@ from typing import Any
 
 from torch import nn
 
-from training.models import gpt2_chain  # noqa: F401 - registers GPT-2's chain of stages for fairscale pipe
+# Imported for what they register: GPT-2's chain of stages (fairscale pipe) and its tensor-parallel plan (fairscale tp).
+from training.models import gpt2_chain, gpt2_tensor_parallel  # noqa: F401
 
 ARCH = "hf_causal_lm"
 SMOLLM2 = "smollm2"

@@ -70,6 +70,8 @@ class Backend(ABC):
     # Strategies that shard or bucket flat views of the parameters: a channels-last convolution weight (not
     # contiguous in memory) cannot be viewed flat, so they get contiguous parameters.
     flattening: ClassVar[tuple[str, ...]] = ()
+    # Strategies that split the model across processes, with the size options (tp, pp) each one takes.
+    model_parallel: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, strategy: str, ctx: DistContext, cfg: TrainConfig) -> None:
         self.strategy, self.ctx, self.cfg = strategy, ctx, cfg
@@ -89,8 +91,12 @@ class Backend(ABC):
                                       f"choose one of: {', '.join(cls.strategies)}")
         if cfg.precision == "fp16" and device != "cuda":
             raise StrategyUnavailable("fp16 needs loss scaling on a GPU; use --precision bf16 (or fp32) on the CPU")
-        if (cfg.tp > 1 or cfg.pp > 1) and not (cls.name == "colossalai" and strategy == "hybrid"):
-            raise StrategyUnavailable("--tp/--pp apply only to --backend colossalai --strategy hybrid")
+        sizes = cls.model_parallel.get(strategy, ())
+        for size in ("tp", "pp"):
+            if getattr(cfg, size) > 1 and size not in sizes:
+                raise StrategyUnavailable(f"--tp/--pp apply only to --backend colossalai --strategy hybrid (both) "
+                                          f"and --backend fairscale --strategy tp (--tp); not --{size} with "
+                                          f"{cls.name} {strategy}")
 
     # --- set-up ---
     def place(self, model: nn.Module) -> nn.Module:

@@ -34,6 +34,7 @@ class ColossalAIBackend(Backend):
     name: ClassVar[str] = "colossalai"
     strategies: ClassVar[tuple[str, ...]] = ("ddp", "zero1", "zero2", "gemini", "hybrid", "fsdp")
     flattening: ClassVar[tuple[str, ...]] = ("zero1", "zero2", "gemini", "hybrid", "fsdp")
+    model_parallel: ClassVar[dict[str, tuple[str, ...]]] = {"hybrid": ("tp", "pp")}
     # Plugins that own mixed precision (they cast the model) and gradient clipping; the rest run under autocast.
     _PLUGIN_PRECISION = ("zero1", "zero2", "gemini", "hybrid")
 

@@ -1,4 +1,5 @@
-"""FairScale: OSS optimizer-state sharding + ShardedDataParallel (+ ShardedGradScaler for fp16), FSDP, Pipe."""
+"""FairScale: OSS optimizer-state sharding + ShardedDataParallel (+ ShardedGradScaler for fp16), FSDP, Pipe, and
+Megatron-style tensor parallelism (fairscale.nn.model_parallel, planned per model: training.engine.tensor_parallel)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,18 @@ import torch
 from torch import nn
 
 from training.config import TrainConfig
-from training.engine.backends.base import Backend, OptimizerSpec, StrategyUnavailable, unwrap_state_dict
+from training.engine.backends.base import Backend, OptimizerSpec, StrategyUnavailable, cpu_fp32, unwrap_state_dict
 
 
 class FairScaleBackend(Backend):
     name: ClassVar[str] = "fairscale"
-    strategies: ClassVar[tuple[str, ...]] = ("oss", "fsdp", "pipe")
+    strategies: ClassVar[tuple[str, ...]] = ("oss", "fsdp", "pipe", "tp")
+    model_parallel: ClassVar[dict[str, tuple[str, ...]]] = {"tp": ("tp",)}
     flattening: ClassVar[tuple[str, ...]] = ("oss", "fsdp")
+
+    def __init__(self, strategy: str, ctx, cfg: TrainConfig) -> None:
+        super().__init__(strategy, ctx, cfg)
+        self.optimizer_state_per_rank = strategy == "tp"  # each rank's optimizer holds its own slices' state
 
     @classmethod
     def check(cls, strategy: str, cfg: TrainConfig, device: str, hf_model: bool = False) -> None:
@@ -30,6 +36,17 @@ class FairScaleBackend(Backend):
             if cfg.precision != "fp32":
                 raise StrategyUnavailable("fairscale pipe runs its stages in worker threads, where autocast does not "
                                           "reach; use --precision fp32 with it")
+        if strategy == "tp":
+            world = cfg.nproc * cfg.nnodes
+            if cfg.tp < 2 or world % cfg.tp:
+                raise StrategyUnavailable(f"fairscale tp needs --tp 2 or more dividing the process count ({world}); "
+                                          f"e.g. --tp 2 --nproc 2")
+            if not hf_model:
+                raise StrategyUnavailable(f"fairscale tp splits a transformer's projections; the {cfg.task} model "
+                                          f"has none to split. Use oss or ddp for it")
+            if cfg.precision == "fp16":
+                raise StrategyUnavailable("fairscale tp has no loss scaling across its ranks (an overflow on one "
+                                          "rank's slice would skip the step there only); use --precision bf16")
 
     def checkpoint_block(self, block: nn.Module) -> nn.Module:
         from fairscale.nn import checkpoint_wrapper
@@ -39,6 +56,8 @@ class FairScaleBackend(Backend):
     def wrap(self, model: nn.Module, optimizer: OptimizerSpec, batch_size: int) -> nn.Module:
         from fairscale.optim import OSS
 
+        if self.strategy == "tp":
+            return self._wrap_tensor_parallel(model, optimizer)
         self.place(model)
         if self.cfg.checkpointing and self.strategy != "pipe":  # Pipe checkpoints its own micro-batches
             self.apply_checkpointing(model)
@@ -72,8 +91,61 @@ class FairScaleBackend(Backend):
             self.scaler = ShardedGradScaler(enabled=self.cfg.precision == "fp16")
         return self.model
 
+    def _wrap_tensor_parallel(self, model: nn.Module, optimizer: OptimizerSpec) -> nn.Module:
+        from fairscale.nn.model_parallel import initialize as mpu
+
+        from training.engine.tensor_parallel import plan_of
+
+        plan = plan_of(model)
+        if plan is None:
+            raise StrategyUnavailable(f"fairscale tp has a plan for GPT-2 only (without LoRA), not "
+                                      f"{type(model).__name__}; use colossalai hybrid --tp for other transformers")
+        if mpu.model_parallel_is_initialized():  # an earlier run in this process: its groups are gone
+            mpu.destroy_model_parallel()
+        mpu.initialize_model_parallel(self.cfg.tp)
+        self.tp_group = mpu.get_model_parallel_group()
+        self.sliced = plan(model, mpu.get_model_parallel_rank(), self.cfg.tp)
+        self.place(model)
+        if self.cfg.checkpointing:
+            self.apply_checkpointing(model)
+        self.module = model
+        self.optimizer = optimizer.build(model)
+        self.scaler = torch.amp.GradScaler(self.ctx.device.type, enabled=False)
+        if mpu.get_data_parallel_world_size() > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.model = DistributedDataParallel(model, process_group=mpu.get_data_parallel_group())
+        else:
+            self.model = model
+        return self.model
+
+    @property
+    def data_parallel(self) -> tuple[int, int]:
+        if self.strategy != "tp":
+            return super().data_parallel
+        from fairscale.nn.model_parallel import initialize as mpu
+
+        return mpu.get_data_parallel_rank(), mpu.get_data_parallel_world_size()
+
     def no_sync(self) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext() if self.strategy == "pipe" else self.model.no_sync()
+        if self.strategy == "pipe" or self.strategy == "tp" and self.model is self.module:
+            return contextlib.nullcontext()
+        return self.model.no_sync()
+
+    def _clip_tensor_parallel(self) -> torch.Tensor:
+        """The whole model's gradient norm: each slice's squares summed across the tensor-parallel ranks, the
+        replicated parameters' (equal on every rank) counted once; then every gradient scaled by the same factor."""
+        import torch.distributed as dist
+
+        sliced = {id(s.param) for s in self.sliced}
+        params = [p for p in self.module.parameters() if p.grad is not None]
+        squares = torch.zeros(2, dtype=torch.float64, device=self.ctx.device)
+        for param in params:
+            squares[0 if id(param) in sliced else 1] += param.grad.double().pow(2).sum()
+        dist.all_reduce(squares[:1], group=self.tp_group)
+        norm = squares.sum().sqrt().float()
+        torch.nn.utils.clip_grads_with_norm_(params, self.cfg.max_grad_norm, norm)
+        return norm
 
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
@@ -85,6 +157,8 @@ class FairScaleBackend(Backend):
         elif self.strategy == "pipe":
             self.model.gather_tied_gradients()
             norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.max_grad_norm)
+        elif self.strategy == "tp":
+            norm = self._clip_tensor_parallel()
         else:
             norm = self.model.clip_grad_norm_(self.cfg.max_grad_norm)
         self.scaler.step(self.optimizer)
@@ -97,12 +171,25 @@ class FairScaleBackend(Backend):
     def model_state_dict(self) -> dict[str, torch.Tensor]:
         if self.strategy == "pipe":
             return unwrap_state_dict(self.module)
+        if self.strategy == "tp":
+            return self._joined_state()
         if self.strategy == "oss":
             return unwrap_state_dict(self.model.module)
         return {k: v.float().cpu() for k, v in self.model.state_dict().items()}  # FSDP gathers full params
 
+    def _joined_state(self) -> dict[str, torch.Tensor]:
+        """The model's own state dict: every sliced parameter gathered from the ranks and joined (collective)."""
+        import torch.distributed as dist
+
+        state = unwrap_state_dict(self.module)
+        for s in self.sliced:
+            slices = [torch.empty_like(s.param) for _ in range(self.cfg.tp)]
+            dist.all_gather(slices, s.param.detach().contiguous(), group=self.tp_group)
+            state[s.name] = s.join([cpu_fp32(t) for t in slices])
+        return state
+
     def optimizer_state_dict(self) -> dict[str, Any]:
-        if self.strategy == "pipe":
+        if self.strategy in ("pipe", "tp"):
             return self.optimizer.state_dict()
         if self.strategy == "oss":
             self.optimizer.consolidate_state_dict(recipient_rank=0)
@@ -112,7 +199,7 @@ class FairScaleBackend(Backend):
         return self.model.gather_full_optim_state_dict(self.optimizer) or {}
 
     def load_optimizer_state_dict(self, state: dict[str, Any]) -> None:
-        if self.strategy in ("oss", "pipe") or self.ctx.world_size == 1:
+        if self.strategy in ("oss", "pipe", "tp") or self.ctx.world_size == 1:
             self.optimizer.load_state_dict(state)
         else:
             self.optimizer.load_state_dict(self.model.get_shard_from_optim_state_dict(state))
