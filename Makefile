@@ -42,6 +42,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/train_throughput.py --task generator
 	$(BIN)/python bench/serve_news.py --checkpoint $(DEMO_OUT)/news
 	$(BIN)/python bench/train_image.py
 	$(BIN)/python bench/serve_image.py --checkpoint $(DEMO_OUT)/image

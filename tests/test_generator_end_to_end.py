@@ -43,12 +43,19 @@ def test_lora_on_a_pretrained_folder_saves_the_plain_model(tmp_path, wikitext_di
     assert report["improvement_vs_zero_shot"] > 0
 
 
-def test_two_ranks_train_with_ddp(tmp_path, wikitext_dir):
-    out = tmp_path / "ddp"
-    result = run_cli("train", "generator", "--out", out, "--data-dir", wikitext_dir, "--size", "tiny", "--nproc", "2",
-                     "--block-size", "32", "--max-steps", "6", "--no-evaluate")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert verify_checkpoint(out).training["nproc"] == 2
+def test_two_ranks_train_alike_with_ddp_and_colossalai_zero2(tmp_path, wikitext_dir):
+    """Data parallelism on 2 ranks: ZeRO-2 (optimizer state and gradients sharded across the ranks) ends six steps at
+    the validation loss DDP reaches from the same weights and batches."""
+    val_loss = {}
+    for backend, strategy in (("torch", "ddp"), ("colossalai", "zero2")):
+        out = tmp_path / strategy
+        result = run_cli("train", "generator", "--out", out, "--data-dir", wikitext_dir, "--size", "tiny",
+                         "--nproc", "2", "--block-size", "32", "--max-steps", "6", "--no-evaluate", "--backend",
+                         backend, "--strategy", strategy)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert verify_checkpoint(out).training["nproc"] == 2
+        val_loss[strategy] = _val_loss(out)
+    assert abs(val_loss["zero2"] - val_loss["ddp"]) < 0.01, val_loss
 
 
 def test_refusals_name_what_is_wrong(tmp_path, wikitext_dir, generator_ckpt):

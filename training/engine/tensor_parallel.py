@@ -85,5 +85,55 @@ def row_parallel(weight: torch.Tensor, bias: torch.Tensor | None, rank: int, siz
     return layer
 
 
+def vocab_parallel_embedding(weight: torch.Tensor, rank: int, size: int) -> nn.Module:
+    """fairscale VocabParallelEmbedding holding rank `rank`'s rows of `weight` [vocab, dim]. A vocabulary that does not
+    split evenly (GPT-2's 50,257) is padded with zero rows to a multiple of `size`, as Megatron pads it; no token id
+    reaches them, and VocabParallelHead keeps them out of the softmax."""
+    from fairscale.nn.model_parallel import VocabParallelEmbedding
+
+    vocab, dim = weight.shape
+    padded = torch.cat([weight, weight.new_zeros((-vocab) % size, dim)])
+    layer = VocabParallelEmbedding(len(padded), dim, init_method=_keep)
+    with torch.no_grad():
+        layer.weight.copy_(padded.chunk(size, dim=0)[rank])
+    return layer
+
+
+def join_vocabulary(vocab: int) -> Callable[[list[torch.Tensor]], torch.Tensor]:
+    return lambda slices: torch.cat(slices, dim=0)[:vocab]
+
+
+class VocabParallelHead(nn.Module):
+    """A language-model head tied to a VocabParallelEmbedding: this rank's share of the logits (its vocabulary rows),
+    padding rows at -inf. Pair it with vocab_parallel_causal_lm_loss: no rank ever holds the whole logits."""
+
+    def __init__(self, embedding: nn.Module, vocab: int) -> None:
+        super().__init__()
+        self.weight = embedding.weight  # the same Parameter: the tie holds
+        self.first, self.vocab = embedding.vocab_start_index, vocab
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        from fairscale.nn.model_parallel.mappings import copy_to_model_parallel_region
+
+        logits = nn.functional.linear(copy_to_model_parallel_region(hidden), self.weight)
+        padding = self.first + logits.shape[-1] - self.vocab
+        if padding > 0:
+            logits = logits.float()
+            logits[..., logits.shape[-1] - padding:] = float("-inf")
+        return logits
+
+
+def vocab_parallel_causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100,
+                                  **_: object) -> torch.Tensor:
+    """Next-token cross-entropy over vocabulary-split logits (fairscale's vocab_parallel_cross_entropy), shifted and
+    averaged over the labelled tokens as transformers' ForCausalLMLoss is."""
+    from fairscale.nn.model_parallel import vocab_parallel_cross_entropy
+
+    logits, labels = logits[..., :-1, :].float().contiguous(), labels[..., 1:].contiguous()
+    kept = labels != ignore_index
+    losses = vocab_parallel_cross_entropy(logits, labels.masked_fill(~kept, 0))
+    return (losses * kept).sum() / kept.sum().clamp(min=1)
+
+
 def _keep(tensor: torch.Tensor) -> torch.Tensor:
     return tensor  # the slices are copied from the model's trained weights: no initialisation to draw

@@ -3,10 +3,11 @@ block the fused query|key|value projection and the MLP's first projection become
 heads and 1/size of the MLP's hidden units), the attention output and the MLP's second projection
 row-parallel (their partial sums added across ranks). So a block costs two all-reduces forward and two backward.
 
-Embeddings, layer norms and the tied language-model head stay whole on every rank: GPT-2's 50,257-token vocabulary
-does not split evenly across ranks, and a vocabulary-parallel head would also need a vocabulary-parallel loss
-instead of the model's own. HF's Conv1D stores weights [in, out], the transpose of nn.Linear; slices are joined back
-into that layout, so the saved checkpoint is the standard model."""
+The token embedding is split by vocabulary (VocabParallelEmbedding, padded to a multiple of the ranks: 50,257 is
+odd) and the head tied to it scores each rank's share of the vocabulary, so the loss is fairscale's vocabulary-
+parallel cross-entropy: in a small GPT-2 the 50,257 x width head is most of the compute. Position embeddings and
+layer norms stay whole on every rank. HF's Conv1D stores weights [in, out], the transpose of nn.Linear; slices are
+joined back into that layout, so the saved checkpoint is the standard model."""
 
 from __future__ import annotations
 
@@ -14,7 +15,17 @@ import torch
 from torch import nn
 
 from training.engine.backends.base import StrategyUnavailable
-from training.engine.tensor_parallel import Sliced, column_parallel, join_columns, register_plan, row_parallel
+from training.engine.tensor_parallel import (
+    Sliced,
+    VocabParallelHead,
+    column_parallel,
+    join_columns,
+    join_vocabulary,
+    register_plan,
+    row_parallel,
+    vocab_parallel_causal_lm_loss,
+    vocab_parallel_embedding,
+)
 
 
 def gpt2_plan(model: nn.Module, rank: int, size: int) -> list[Sliced]:
@@ -22,9 +33,10 @@ def gpt2_plan(model: nn.Module, rank: int, size: int) -> list[Sliced]:
     if heads % size or model.config.n_inner and model.config.n_inner % size:
         raise StrategyUnavailable(f"fairscale tp splits GPT-2's {heads} attention heads and its MLP across --tp "
                                   f"ranks; choose a --tp that divides {heads}")
-    if model.config.add_cross_attention:
-        raise StrategyUnavailable("fairscale tp has no plan for GPT-2's cross-attention layers")
-    sliced: list[Sliced] = []
+    if model.config.add_cross_attention or model.lm_head.weight is not model.transformer.wte.weight:
+        raise StrategyUnavailable("fairscale tp has a plan for GPT-2 with its head tied to the embedding and no "
+                                  "cross-attention")
+    sliced = _vocabulary(model, rank, size)
     for i, block in enumerate(model.transformer.h):
         prefix = f"transformer.h.{i}"
         attn, mlp = block.attn, block.mlp
@@ -35,6 +47,16 @@ def gpt2_plan(model: nn.Module, rank: int, size: int) -> list[Sliced]:
         mlp.c_fc = _column(mlp.c_fc, 1, rank, size, f"{prefix}.mlp.c_fc", sliced)
         mlp.c_proj = _row(mlp.c_proj, rank, size, f"{prefix}.mlp.c_proj", sliced)
     return sliced
+
+
+def _vocabulary(model: nn.Module, rank: int, size: int) -> list[Sliced]:
+    vocab = model.config.vocab_size
+    embedding = vocab_parallel_embedding(model.transformer.wte.weight.detach(), rank, size)
+    model.transformer.wte = embedding
+    model.lm_head = VocabParallelHead(embedding, vocab)
+    model.loss_function = vocab_parallel_causal_lm_loss  # transformers' forward calls it with the split logits
+    join = join_vocabulary(vocab)
+    return [Sliced("transformer.wte.weight", embedding.weight, join), Sliced("lm_head.weight", embedding.weight, join)]
 
 
 def _column(conv: nn.Module, groups: int, rank: int, size: int, name: str, sliced: list[Sliced]) -> nn.Module:
