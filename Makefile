@@ -32,7 +32,7 @@ browser:
 
 test: setup browser
 	$(BIN)/ruff check training serving streaming apps tests bench
-	$(BIN)/python -m pytest -m "not slow" --durations=15
+	$(BIN)/python -m pytest -m "not slow" --durations=30
 
 test-all: setup browser
 	$(BIN)/python -m pytest

@@ -7,8 +7,15 @@ import shutil
 import pytest
 import torch
 
-from tests.conftest import assert_clean_failure, assert_resumes_from_per_rank_optimizer_files, run_cli
+from tests.conftest import LEARNED_BPE, assert_clean_failure, assert_resumes_from_per_rank_optimizer_files, run_cli
 from training.checkpoint import load_checkpoint, verify_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def learned_bpe(monkeypatch):
+    """The runs here are on generated text: see LEARNED_BPE."""
+    for name in LEARNED_BPE:
+        monkeypatch.delenv(name, raising=False)
 
 
 def test_from_scratch_reports_perplexity_samples_and_a_curve(generator_ckpt):

@@ -17,7 +17,7 @@ from serving.continuous_batching import ContinuousBatcher, Generation
 from serving.decoding import Decoding
 from serving.server import start_server, stop_server, wait_ready
 from serving.text_generator import TextGenerator
-from tests.conftest import assert_api_honours_its_document, free_port, post, run_cli, running_app
+from tests.conftest import LEARNED_BPE, assert_api_honours_its_document, free_port, post, run_cli, running_app
 
 PROMPTS = ["The castle was", "In 1900 the river reached", "The band", "The governor of the city moved to the"]
 
@@ -123,7 +123,7 @@ def slow_api(wikitext_dir, tmp_path_factory):
     by seconds (the tiny model writes 200 in a quarter of a second, before a fourth client can arrive)."""
     out = tmp_path_factory.mktemp("generator-slow") / "ckpt"
     result = run_cli("train", "generator", "--out", out, "--data-dir", wikitext_dir, "--size", "small",
-                     "--block-size", "64", "--max-steps", "1")
+                     "--block-size", "64", "--max-steps", "1", env=LEARNED_BPE)
     assert result.returncode == 0, result.stderr[-3000:]
     port, log = free_port(), tmp_path_factory.mktemp("logs") / "serve.log"
     process = start_server("generator", out, port, "torch", log=log,
