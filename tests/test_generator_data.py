@@ -86,24 +86,19 @@ def test_corpus_is_cached_and_cut_into_blocks(wiki, tokenizer, tmp_path, monkeyp
         TokenBlocks(corpus.ids[:10], 32)
 
 
-def test_a_gpt2_from_scratch_takes_the_gpt2_tokenizer_in_modelyard_data(wiki, tmp_path, monkeypatch):
-    """GPT-2's vocab.json + merges.txt under $MODELYARD_DATA/gpt2_tokenizer (here a small BPE saved in their format)
-    are used over learning a BPE from the training text."""
-    from tokenizers import ByteLevelBPETokenizer
-
+def test_a_gpt2_from_scratch_takes_the_gpt2_tokenizer_in_modelyard_data(wiki, tokenizer, tmp_path, monkeypatch):
+    """GPT-2's vocab.json + merges.txt under $MODELYARD_DATA/gpt2_tokenizer (here the module's small BPE saved in
+    their format) are used over learning a BPE from the training text."""
     from training.tasks.generator import model_and_tokenizer
 
     folder = tmp_path / "data" / "gpt2_tokenizer"
     folder.mkdir(parents=True)
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(read_split(wiki / "wiki.train.tokens", "train").articles, vocab_size=300,
-                            special_tokens=["<|endoftext|>"], show_progress=False)
-    bpe.save_model(str(folder))
+    tokenizer.backend_tokenizer.model.save(str(folder))
     monkeypatch.setenv("MODELYARD_DATA", str(tmp_path / "data"))
     opts = {"model": None, "tokenizer": None, "size": "tiny"}
-    model, tokenizer, described = model_and_tokenizer(opts, wiki, ["unused"])
+    model, taken, described = model_and_tokenizer(opts, wiki, ["unused"])
     assert described == f"GPT-2 tiny from scratch, GPT-2 BPE from {folder}"
-    assert len(tokenizer) == model.config.vocab_size == bpe.get_vocab_size()
+    assert len(taken) == model.config.vocab_size == len(tokenizer)
     monkeypatch.delenv("MODELYARD_DATA")
     learned = model_and_tokenizer(opts, wiki, ["a b a b"] * 4)[2]
     assert learned.endswith("a byte-level BPE learned from the training text")
