@@ -128,6 +128,28 @@ def test_sliding_perplexity_matches_the_model_loss_in_one_window():
     assert strided.tokens == 39 and strided.token_level != pytest.approx(whole.token_level, rel=1e-6)
 
 
+def test_sliding_perplexity_projects_only_scored_positions_and_agrees_with_one_window_at_a_time():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=60, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, max_position_embeddings=64)).eval()
+    ids = np.random.default_rng(1).integers(0, 60, 47)
+    nll = 0.0
+    with torch.no_grad():
+        for begin, end, count in windows(len(ids), 16, 6):
+            window = torch.tensor([ids[begin:end]])
+            log_probs = torch.log_softmax(model(input_ids=window).logits[0, :-1], -1)
+            picked = log_probs.gather(-1, window[0, 1:, None])[:, 0]
+            nll -= float(picked[-count:].sum())
+    seen = []
+    head = model.lm_head.forward
+    model.lm_head.forward = lambda hidden: seen.append(hidden.shape[1]) or head(hidden)
+    batched = sliding_perplexity(model, ids, context=16, stride=6, batch=3)
+    assert batched.tokens == 46 and batched.nll == pytest.approx(nll, rel=1e-5)
+    assert max(seen[1:]) < 15  # after the first group, fewer positions than a whole window reach the head
+
+
 def test_text_quality_measures():
     assert distinct_n(["a b c d"], 1) == 1.0 and distinct_n(["a a a a"], 1) == 0.25
     assert repeated_ngram_share("a b c d a b c d") == pytest.approx(1 / 5)

@@ -250,6 +250,9 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
     corpus = load_corpus(Path(data_dir) if data_dir else Path(training["data_dir"]))
     context = min(opts["eval_context"] or lm.context_length(model), lm.context_length(model), 1024)
     stride = opts["stride"] or max(1, context // 2)
+    # scored in the precision it trained in: bf16 halves the time here and moved SmolLM2's test perplexity by
+    # 0.1% (17.076 in fp32, 17.092); a model trained in fp16 on a GPU is scored in bf16 on the CPU
+    scored_in = "fp32" if training.get("precision", "fp32") == "fp32" else "bf16"
 
     def score(net: nn.Module, tok: Any, split: WikiSplit, label: str) -> dict[str, Any]:
         corpus_ids = token_ids(tok, prepare(split.articles, pre["detokenize"]), f"tokenize {split.name}")
@@ -257,8 +260,9 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
         words = sum(len(a.split()) for a in split.articles[:articles])
         from training.metrics.perplexity import sliding_perplexity
 
-        result = sliding_perplexity(net, ids, context, stride, words, label=label).as_dict()
-        return {**result, "articles": articles, "of_articles": len(split.articles)}
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=scored_in == "bf16"):
+            result = sliding_perplexity(net, ids, context, stride, words, label=label).as_dict()
+        return {**result, "articles": articles, "of_articles": len(split.articles), "scored_in": scored_in}
 
     report: dict[str, Any] = {"task": NAME, "subset": ", ".join(corpus.evaluated), "model": training["described"],
                               "data_note": training["data"]["note"], "context": context, "stride": stride,
