@@ -121,6 +121,30 @@ def test_lag_features_only_see_days_old_enough():
     assert set(feature_columns(7)) <= set(features.columns)
 
 
+def test_tree_matrix_built_in_slices_equals_the_whole_table(generated, monkeypatch):
+    import polars as pl
+
+    from training.data import m5_features
+    from training.tasks.sales import load_data
+
+    data = load_data(generated)
+    origin, shift, history = 1885, 14, 400
+    started = data.alive > 0
+    whole = lag_features(long_table(data.m5.sales[:, :origin + 1], started[:, :origin + 1], data.covariates,
+                                    data.codes, origin + 1 + 28), shift)
+    columns = feature_columns(shift)
+    expected = whole.filter(pl.col("day").is_between(origin - history + 1, origin) & pl.col("sales").is_not_null())
+    ahead = whole.filter(pl.col("day").is_between(origin + shift - 6, origin + shift))
+    monkeypatch.setattr(m5_features, "CHUNK_ROWS", 7 * 1000)  # 8 series a slice: the last one is short
+    rows = m5_features.tree_matrix(data.m5.sales, started, data.covariates, data.codes, origin, shift, history)
+    assert rows.columns == columns and rows.x.dtype == np.float32
+    np.testing.assert_array_equal(rows.x, expected.select(columns).to_numpy().astype(np.float32))
+    np.testing.assert_array_equal(rows.y, expected["sales"].to_numpy())
+    np.testing.assert_array_equal(rows.predict_x, ahead.select(columns).to_numpy().astype(np.float32))
+    assert rows.predict_series.tolist() == ahead["series"].to_list()
+    assert rows.predict_day.tolist() == ahead["day"].to_list()
+
+
 def test_naive_scale_counts_from_the_first_sale():
     history = np.array([[0, 0, 0, 2, 0, 2, 4]], dtype=np.float32)
     # changes from day 3 on: 2->0, 0->2, 2->4 (the launch step 0->2 is not counted)

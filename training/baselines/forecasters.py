@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 from tqdm import tqdm
 
-from training.data.m5_features import HORIZON, ID_FIELDS, feature_columns, lag_features, long_table
+from training.data.m5_features import HORIZON, ID_FIELDS, tree_matrix
 
 STATISTICAL = {"seasonal_naive": "SeasonalNaive", "ets": "AutoETS", "arima": "AutoARIMA"}
 TREES = ("lightgbm", "xgboost")
@@ -116,34 +116,26 @@ def prophet(data, origin: int) -> np.ndarray:
 
 def _tree_forecast(data, origin: int, train: Callable) -> np.ndarray:
     """One model per week ahead (lags of at least 7, 14, 21, 28 days), so no forecast is fed back in."""
-    import polars as pl
-
-    table = long_table(data.m5.sales[:, :origin + 1], data.alive[:, :origin + 1] > 0, data.covariates,
-                       data.codes, origin + 1 + HORIZON)
     out = np.zeros((len(data.alive), HORIZON))
     for shift in BUCKETS:
-        features = lag_features(table, shift)
-        columns = feature_columns(shift)
-        rows = features.filter((pl.col("day") <= origin) & (pl.col("day") > origin - TREE_HISTORY)
-                               & pl.col("sales").is_not_null())
-        predict = features.filter((pl.col("day") > origin + shift - 7) & (pl.col("day") <= origin + shift))
-        model = train(rows.select(columns).to_pandas(), rows["sales"].to_numpy())
-        values = model(predict.select(columns).to_pandas())
-        out[predict["series"].to_numpy(), predict["day"].to_numpy() - origin - 1] = values
+        rows = tree_matrix(data.m5.sales, data.alive > 0, data.covariates, data.codes, origin, shift, TREE_HISTORY)
+        predict = train(rows.x, rows.y, rows.columns)
+        out[rows.predict_series, rows.predict_day - origin - 1] = predict(rows.predict_x)
+        del rows  # before the next bucket's matrices are allocated
     return out
 
 
-def _train_lightgbm(x, y: np.ndarray):
+def _train_lightgbm(x: np.ndarray, y: np.ndarray, columns: list[str]) -> Callable:
     import lightgbm as lgb
 
     model = lgb.LGBMRegressor(objective="tweedie", tweedie_variance_power=1.1, learning_rate=0.05, n_estimators=300,
                               num_leaves=31, min_child_samples=50, subsample=0.8, subsample_freq=1,
                               colsample_bytree=0.8, n_jobs=os.cpu_count(), verbose=-1)
-    model.fit(x, y, categorical_feature=ID_FIELDS)
+    model.fit(x, y, feature_name=columns, categorical_feature=ID_FIELDS)
     return model.predict
 
 
-def _train_xgboost(x, y: np.ndarray):
+def _train_xgboost(x: np.ndarray, y: np.ndarray, columns: list[str]) -> Callable:
     import xgboost as xgb
 
     model = xgb.XGBRegressor(objective="reg:tweedie", tweedie_variance_power=1.1, learning_rate=0.05,

@@ -91,19 +91,22 @@ LAG_STEPS = (0, 7, 14, 21)  # added to the bucket's shift: lag_7, lag_14, ... fo
 ROLLING_WINDOWS = (7, 28, 56)
 
 
-def long_table(sales: np.ndarray, started: np.ndarray, covariates: np.ndarray, ids: np.ndarray, days: int):
-    """One row per series and day for `days` days (sales past the history are null), with covariates and id codes.
+def long_table(sales: np.ndarray, started: np.ndarray, covariates: np.ndarray, ids: np.ndarray, days: int,
+               first: int = 0, first_series: int = 0):
+    """One row per series and day for days [first, days) (sales past the history are null), with covariates and id
+    codes; `day` and `series` keep their indices in the whole arrays (`first_series` for a slice of the series).
     Sales before a series' first sale are null: not yet on sale is not zero demand."""
     import polars as pl
 
     series, history = sales.shape
-    padded = np.full((series, days), np.nan, dtype=np.float32)
-    padded[:, :history] = np.where(started, sales, np.nan)
-    columns = {"series": np.repeat(np.arange(series, dtype=np.int32), days),
-               "day": np.tile(np.arange(days, dtype=np.int32), series),
+    span = days - first
+    padded = np.full((series, span), np.nan, dtype=np.float32)
+    padded[:, :max(history - first, 0)] = np.where(started[:, first:], sales[:, first:], np.nan)
+    columns = {"series": np.repeat(np.arange(first_series, first_series + series, dtype=np.int32), span),
+               "day": np.tile(np.arange(first, days, dtype=np.int32), series),
                "sales": padded.reshape(-1)}
-    columns.update({name: covariates[:, :days, i].reshape(-1) for i, name in enumerate(COVARIATES)})
-    columns.update({field: np.repeat(ids[:, i].astype(np.int32), days) for i, field in enumerate(ID_FIELDS)})
+    columns.update({name: covariates[:, first:days, i].reshape(-1) for i, name in enumerate(COVARIATES)})
+    columns.update({field: np.repeat(ids[:, i].astype(np.int32), span) for i, field in enumerate(ID_FIELDS)})
     return pl.DataFrame(columns).with_columns(pl.col("sales").fill_nan(None))
 
 
@@ -125,3 +128,56 @@ def lag_features(table, shift: int):
 def feature_columns(shift: int) -> list[str]:
     return ([f"lag_{shift + step}" for step in LAG_STEPS] + ["lag_364"] +
             [f"{stat}_{w}" for w in ROLLING_WINDOWS for stat in ("mean", "std")] + COVARIATES + ID_FIELDS)
+
+
+LOOKBACK = 364  # the oldest day any feature reads: lag_364 (the rolling windows reach back at most 28 + 56)
+CHUNK_ROWS = 4_000_000  # rows of the long table built at once: about 0.5 GB with its features
+
+
+@dataclass
+class TreeMatrix:
+    """One week-ahead bucket's training rows and the rows it forecasts, as float32 matrices over feature_columns."""
+
+    columns: list[str]
+    x: np.ndarray  # (rows, features): every series' days in the training window on which it was on sale
+    y: np.ndarray  # (rows,) their sales
+    predict_x: np.ndarray  # (series * 7, features): the bucket's week to forecast
+    predict_series: np.ndarray
+    predict_day: np.ndarray
+
+
+def tree_matrix(sales: np.ndarray, started: np.ndarray, covariates: np.ndarray, ids: np.ndarray, origin: int,
+                shift: int, history: int) -> TreeMatrix:
+    """The trees' rows for forecasting days origin+shift-6 .. origin+shift from sales up to `origin`, trained on the
+    `history` days up to it. Built a slice of series at a time into matrices allocated once, because the whole
+    long table with its lag columns is about 2.5 times the size of the rows kept (full M5: 59M rows x 32 columns
+    against 33M x 31), and the data frame handed to a tree library would be a second copy."""
+    import polars as pl
+
+    columns = feature_columns(shift)
+    series, days = len(sales), origin + 1 + HORIZON
+    low, first = max(0, origin - history + 1), max(0, origin - history + 1 - LOOKBACK)
+    train_mask = started[:, low:origin + 1]
+    x = np.empty((int(train_mask.sum()), len(columns)), dtype=np.float32)
+    y = np.empty(len(x), dtype=np.float32)
+    predict = [origin + shift - 6, origin + shift]
+    predict_x = np.empty((series * 7, len(columns)), dtype=np.float32)
+    predict_series, predict_day = np.empty(series * 7, dtype=np.int64), np.empty(series * 7, dtype=np.int64)
+    step = max(1, CHUNK_ROWS // (days - first))
+    filled = 0
+    for start in range(0, series, step):
+        end = min(start + step, series)
+        table = long_table(sales[start:end, :origin + 1], started[start:end, :origin + 1], covariates[start:end],
+                           ids[start:end], days, first=first, first_series=start)
+        features = lag_features(table, shift)
+        rows = features.filter(pl.col("day").is_between(low, origin) & pl.col("sales").is_not_null())
+        x[filled:filled + len(rows)] = rows.select(pl.col(columns).cast(pl.Float32)).to_numpy()
+        y[filled:filled + len(rows)] = rows["sales"].to_numpy()
+        filled += len(rows)
+        ahead = features.filter(pl.col("day").is_between(*predict))
+        part = slice(start * 7, end * 7)
+        predict_x[part] = ahead.select(pl.col(columns).cast(pl.Float32)).to_numpy()
+        predict_series[part], predict_day[part] = ahead["series"].to_numpy(), ahead["day"].to_numpy()
+    if filled != len(x):  # a sales value missing on a day its series was on sale
+        raise ValueError(f"tree rows: {filled} rows with sales where the series were on sale on {len(x)}")
+    return TreeMatrix(columns, x, y, predict_x, predict_series, predict_day)
