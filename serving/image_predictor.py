@@ -54,6 +54,12 @@ def decode_upload(raw: bytes, size: int, max_pixels: int = MAX_PIXELS) -> np.nda
             from None
 
 
+def _averaged(model: Any, preprocessing: dict[str, Any]) -> Any:
+    from training.models.image import test_time_model  # torch runtime only: the ONNX graph has the averaging
+
+    return test_time_model(model, preprocessing)
+
+
 class ImagePredictor:
     task = "image"
 
@@ -64,9 +70,8 @@ class ImagePredictor:
         self.manifest, self.classes, self.size = manifest, list(pre["classes"]), int(pre["image_size"])
         self.mean = np.asarray(pre["mean"], dtype=np.float32).reshape(1, 3, 1, 1)
         self.std = np.asarray(pre["std"], dtype=np.float32).reshape(1, 3, 1, 1)
-        self.tta = bool(pre.get("tta"))
         self.runtime = runtime
-        self.runner = ModelRunner(self.ckpt, manifest, runtime, ["image"])
+        self.runner = ModelRunner(self.ckpt, manifest, runtime, ["image"], wrap=lambda model: _averaged(model, pre))
 
     def normalise(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) as in training."""
@@ -76,8 +81,6 @@ class ImagePredictor:
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         x = self.normalise(images)
         logits = self.runner(image=x)
-        if self.tta and self.runtime == "torch":  # the ONNX graph averages the flip itself (training.export)
-            logits = (logits + self.runner(image=np.ascontiguousarray(x[..., ::-1]))) / 2
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         return shifted / shifted.sum(axis=1, keepdims=True)
 

@@ -7,6 +7,7 @@ manifest's sha256 is checked for every file before it is used, and nothing is un
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +22,18 @@ ONNX_FILE = "model.onnx"
 class ModelRunner:
     """One forward pass over named numpy inputs, returning the model's single output."""
 
-    def __init__(self, ckpt: Path, manifest: CheckpointManifest, runtime: str, input_names: list[str]) -> None:
+    def __init__(self, ckpt: Path, manifest: CheckpointManifest, runtime: str, input_names: list[str],
+                 wrap: Callable[[Any], Any] | None = None) -> None:
+        """wrap: for the torch runtime, what the export put around the model in the ONNX graph (e.g. test-time
+        averaging), so both runtimes answer the same."""
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r}; choose {' or '.join(RUNTIMES)}")
         self.runtime, self.input_names = runtime, input_names
         if runtime == "onnx":
             self._session = _onnx_session(ckpt, manifest)
         else:
-            self._model = _torch_model(ckpt)
+            model = _torch_model(ckpt)
+            self._model = wrap(model) if wrap is not None else model
 
     def __call__(self, **inputs: np.ndarray) -> np.ndarray:
         if self.runtime == "onnx":

@@ -109,3 +109,14 @@ def test_gpu_combinations_checked_without_a_gpu(backend, strategy, precision, me
         backend_class(cfg, "cuda")
     cfg.precision = "bf16" if precision == "fp32" else "fp32"
     assert backend_class(cfg, "cuda").name == backend  # the same strategy in a precision it takes
+
+
+def test_precision_auto_takes_the_tasks_choice_only_where_the_hardware_computes_it(monkeypatch):
+    from training.engine import distributed
+
+    assert distributed.resolve_precision("fp16", "cuda", "bf16") == "fp16"  # a stated precision is kept
+    assert distributed.resolve_precision("auto", "cpu", "fp32") == "fp32"
+    monkeypatch.setattr(distributed, "native_bf16", lambda device: True)
+    assert distributed.resolve_precision("auto", "cpu", "bf16") == "bf16"
+    monkeypatch.setattr(distributed, "native_bf16", lambda device: False)
+    assert distributed.resolve_precision("auto", "cpu", "bf16") == "fp32"  # emulated bf16 would be slower

@@ -23,7 +23,8 @@ def test_report_has_the_metrics_plots_and_examples(image_ckpt):
                 "train_images_per_second", "inference_images_per_second", "test_accuracy_per_epoch"):
         assert key in report, key
     assert report["accuracy"] > 0.5, "generated classes are easy: a working pipeline learns them"
-    assert len(report["test_accuracy_per_epoch"]) == 4 and report["tta"] is True
+    assert len(report["test_accuracy_per_epoch"]) == 4 and report["tta"] is True and report["tta_shift"] == 1
+    assert report["per_epoch_scored_in"] == load_checkpoint(image_ckpt)[0].training["precision"]
     manifest = verify_checkpoint(image_ckpt)
     for plot in ("confusion_matrix.png", "mistakes.png", "training_curves.png", "accuracy_vs_time.png"):
         assert (image_ckpt / plot).read_bytes()[:4] == b"\x89PNG" and plot in manifest.files
@@ -32,18 +33,67 @@ def test_report_has_the_metrics_plots_and_examples(image_ckpt):
     assert len(pre["mean"]) == 3 and all(0 < s < 1 for s in pre["std"])  # from the training images, in 0..1
 
 
-def test_export_parity_with_flip_averaging_in_the_graph(image_ckpt):
+def test_translate_moves_the_picture_and_test_time_averaging_takes_six_views():
+    from training.models.image import TestTimeAveraged, translate
+
+    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).view(2, 3, 6, 6)
+    moved = translate(x, 1, -2)  # one pixel down, two left
+    assert torch.equal(moved[:, :, 1:, :4], x[:, :, :5, 2:])
+    torch.manual_seed(0)
+    model = build_model({"arch": "fastnet", "num_classes": 10, "widths": [8, 16, 32], "stem": "whiten"}).eval()
+    images = torch.randn(4, 3, 32, 32)
+    mirrored = images.flip(3)
+    views = [images, mirrored] + [translate(v, d, d) for v in (images, mirrored) for d in (2, -2)]
+    with torch.no_grad():
+        expected = torch.stack([model(v) for v in views]).mean(0)
+        torch.testing.assert_close(TestTimeAveraged(model, 2)(images), expected)
+        torch.testing.assert_close(TestTimeAveraged(model, 0)(images), (model(images) + model(mirrored)) / 2)
+
+
+def test_export_parity_with_the_test_time_averaging_in_the_graph(image_ckpt):
     import onnxruntime as ort
 
+    from training.models.image import TestTimeAveraged
+
     manifest, weights = load_checkpoint(image_ckpt)
+    assert manifest.preprocessing["tta"] is True and manifest.preprocessing["tta_shift"] == 1
     model = build_model(manifest.model)
     model.load_state_dict(weights)
     model.eval()
     x = torch.randn(7, 3, 32, 32)  # another batch size than traced
     with torch.no_grad():
-        expected = ((model(x) + model(x.flip(3))) / 2).numpy()
+        expected = TestTimeAveraged(model, 1)(x).numpy()
     session = ort.InferenceSession(str(image_ckpt / "model.onnx"), providers=["CPUExecutionProvider"])
     assert np.abs(session.run(None, {"image": x.numpy()})[0] - expected).max() < 1e-4
+
+
+def test_the_whitening_stem_decorrelates_patches_and_travels_in_the_checkpoint(image_ckpt):
+    from torch.nn import functional as F
+
+    from training.engine.distributed import native_bf16
+    from training.models.image import PatchWhitening
+
+    generator = torch.Generator().manual_seed(0)
+    mixing = torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.5, 0.5, 0.7]])  # correlated colour channels
+    images = torch.einsum("nchw,dc->ndhw", torch.randn(300, 3, 33, 33, generator=generator), mixing)
+    images = F.avg_pool2d(images, 2, stride=1)  # and correlated neighbouring pixels
+    stem = PatchWhitening()
+    stem.fit(images)
+    out = stem(images).detach()
+    cov = torch.cov(out.permute(1, 0, 2, 3).reshape(out.shape[1], -1))
+    half = out.shape[1] // 2
+    block = cov[:half, :half]
+    off_diagonal = block - torch.diag(block.diag())
+    assert off_diagonal.abs().max() < 0.05  # decorrelated
+    assert (block.diag() > 0.5).all() and (block.diag() < 1.05).all()  # unit variance, less where eps dominates
+    torch.testing.assert_close(out[:, half:], -out[:, :half])  # each direction with both signs (bias still 0)
+    assert [name for name, _ in stem.named_parameters()] == ["bias"]  # the filters are fitted, never trained
+
+    manifest, weights = load_checkpoint(image_ckpt)  # what `modelyard train image` fitted and saved
+    assert manifest.model["stem"] == "whiten" and weights["stem.0.weight"].shape == (24, 3, 2, 2)
+    assert weights["stem.0.weight"].abs().sum() > 0
+    # trained without --precision: the recipe's bf16 where this CPU computes it natively
+    assert manifest.training["precision"] == ("bf16" if native_bf16("cpu") else "fp32")
 
 
 CPU_STRATEGIES = [("torch", "ddp"), ("torch", "fsdp"), ("colossalai", "ddp"), ("colossalai", "zero1"),
@@ -54,7 +104,7 @@ CPU_STRATEGIES = [("torch", "ddp"), ("torch", "fsdp"), ("colossalai", "ddp"), ("
 def test_two_ranks_train_and_consolidate_on_every_cpu_backend(tmp_path, cifar_dir, backend, strategy):
     out = tmp_path / "ckpt"
     result = run_cli("train", "image", "--out", out, "--data-dir", cifar_dir, "--backend", backend, "--strategy",
-                     strategy, "--nproc", "2", "--max-steps", "4", *TINY_IMAGE, "--no-evaluate")
+                     strategy, "--nproc", "2", "--precision", "fp32", "--max-steps", "4", *TINY_IMAGE, "--no-evaluate")
     assert result.returncode == 0, result.stderr[-3000:]
     manifest, weights = load_checkpoint(out)
     assert manifest.training["steps"] == 4 and manifest.training["strategy"] == strategy

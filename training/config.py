@@ -30,7 +30,7 @@ class TrainConfig:
     node_rank: int | None = None
     rdzv_endpoint: str | None = None
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "fp32"  # the CLI's default is "auto", which training.launch resolves per task and device
     grad_accum: int = 1
     epochs: int | None = None
     max_steps: int | None = None
@@ -75,8 +75,9 @@ ENGINE_OPTIONS: tuple[Option, ...] = (
     Option("node_rank", int, None, "this machine's rank (static rendezvous)", minimum=0),
     Option("rdzv_endpoint", str, None, "HOST:PORT every machine can reach"),
     Option("device", str, "auto", "where to train", choices=("auto", "cpu", "cuda")),
-    Option("precision", str, "fp32", "fp32, bf16 autocast, or fp16 with loss scaling (GPU)",
-           choices=("fp32", "bf16", "fp16")),
+    Option("precision", str, "auto", "fp32, bf16 autocast, fp16 with loss scaling (GPU), or auto: the task's "
+                                     "choice where the device computes it natively (image: bf16), else fp32",
+           choices=("auto", "fp32", "bf16", "fp16")),
     Option("grad_accum", int, 1, "micro-batches per optimizer step", minimum=1),
     Option("epochs", int, None, "epochs (task default otherwise)", minimum=1),
     Option("max_steps", int, None, "stop after this many optimizer steps", minimum=1),

@@ -15,6 +15,7 @@ from training.checkpoint import CheckpointManifest, load_checkpoint, read_manife
 from training.models import build_model
 from training.models.causal_lm import ARCH as CAUSAL_LM
 from training.models.image import ARCHS as IMAGE_ARCHS
+from training.models.image import test_time_model
 from training.models.sales import ARCHS as SALES_ARCHS
 from training.models.text_classifier import ARCH as TEXT_CLASSIFIER
 
@@ -63,17 +64,6 @@ class WindowSignature(OnnxSignature):
         return (torch.randn(batch, self.window, self.n_features, generator=generator),)
 
 
-class _FlipAveraged(nn.Module):
-    """Test-time flip averaging inside the exported graph, so every runtime serves what evaluation measured."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return (self.model(image) + self.model(image.flip(3))) / 2
-
-
 class ImageSignature(OnnxSignature):
     def __init__(self, module: nn.Module, size: int) -> None:
         super().__init__(module, ["image"], {"image": {0: "batch"}, "logits": {0: "batch"}}, "logits")
@@ -111,7 +101,7 @@ def signature(manifest: CheckpointManifest, model: nn.Module) -> OnnxSignature:
     if manifest.model["arch"] in SALES_ARCHS:
         return SalesSignature(model, manifest.model)
     if manifest.model["arch"] in IMAGE_ARCHS:
-        module = _FlipAveraged(model).eval() if manifest.preprocessing.get("tta") else model
+        module = test_time_model(model, manifest.preprocessing)  # the averaging inside the graph
         return ImageSignature(module, int(manifest.preprocessing["image_size"]))
     if manifest.model["arch"] == TEXT_CLASSIFIER:
         names = ["input_ids", "attention_mask"]

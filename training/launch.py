@@ -20,7 +20,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, r
 from training.config import TrainConfig
 from training.engine.backends import backend_class
 from training.engine.backends.base import StrategyUnavailable
-from training.engine.distributed import DistContext, free_port, resolve_device
+from training.engine.distributed import DistContext, free_port, resolve_device, resolve_precision
 from training.engine.trainer import EPOCHS_DIR
 from training.fingerprint import run_fingerprint
 from training.processes import die_with_parent_now
@@ -65,6 +65,7 @@ def run_training(cfg: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | 
     """Train and save a checkpoint in cfg.out; raises StrategyUnavailable/TrainingFailed with a one-line reason.
     `on_epoch` sees each epoch's log record (one process only; it may raise to end the run, as a pruner does)."""
     device = resolve_device(cfg.device)
+    cfg.precision = resolve_precision(cfg.precision, device, getattr(get_task(cfg.task), "PRECISION", "fp32"))
     backend_class(cfg, device, get_task(cfg.task).HF_MODEL)  # refuse impossible combinations before any start
     if device == "cuda" and cfg.nproc > torch.cuda.device_count():
         # NCCL refuses two ranks on one GPU; say so before starting processes that would each fail.

@@ -43,6 +43,22 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def native_bf16(device: str) -> bool:
+    """Whether the device computes bf16 in hardware (a CPU with AVX-512 BF16 or AMX, a GPU from Ampere on); where
+    it does not, bf16 autocast is emulated and slower than fp32."""
+    if device == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own probes (private API)
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
+def resolve_precision(name: str, device: str, task_choice: str) -> str:
+    """--precision auto: the task's choice (its PRECISION) where the device computes it natively, else fp32."""
+    if name != "auto":
+        return name
+    return task_choice if task_choice != "bf16" or native_bf16(device) else "fp32"
+
+
 @dataclass
 class DistContext:
     rank: int

@@ -1,7 +1,7 @@
 """Image classifiers for 32x32 inputs (batch, 3, 32, 32), normalised with the training split's statistics.
 
-- `FastNet`: the default. The cifar10-airbench family's shape (conv-BatchNorm-GELU groups with max pooling between
-  stages, a scaled linear head), narrower, for accuracy per second of training on a CPU.
+- `FastNet`: the default. The cifar10-airbench family's shape (a fixed patch-whitening first layer, conv-BatchNorm-GELU
+  groups with max pooling between stages, a scaled linear head), narrower, for accuracy per second of training on a CPU.
 - `CifarResNet`: He et al.'s CIFAR ResNets (3 stages of 16/32/64 channels, parameter-free option-A shortcuts);
   depth 20 and 56 load the pretrained state dicts of akamaster/pytorch_resnet_cifar10.
 - torchvision's ResNet-18, for ImageNet-style transfer when a user has such weights.
@@ -38,16 +38,55 @@ class ConvGroup(nn.Module):
         return x + self.conv2(x)
 
 
+class PatchWhitening(nn.Module):
+    """A 2x2 convolution (no padding: 32x32 -> 31x31) whose filters whiten the training images' 2x2 patches, each
+    eigen-direction twice with both signs, as airbench's first layer: the network starts from decorrelated inputs.
+    The filters are a buffer set once from the data by `fit` (they travel in the state dict, nothing trains them);
+    the bias learns."""
+
+    def __init__(self, channels: int = 3, size: int = 2) -> None:
+        super().__init__()
+        self.size, self.dims = size, channels * size * size
+        self.register_buffer("weight", torch.zeros(2 * self.dims, channels, size, size))
+        self.bias = nn.Parameter(torch.zeros(2 * self.dims))
+
+    @property
+    def out_channels(self) -> int:
+        return 2 * self.dims
+
+    @torch.no_grad()
+    def fit(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """images: normalised float (N, C, H, W), a few thousand are plenty."""
+        patches = F.unfold(images.float(), self.size).transpose(1, 2).reshape(-1, self.dims)
+        eigenvalues, eigenvectors = torch.linalg.eigh(torch.cov(patches.T.double()))
+        filters = (eigenvectors.T / torch.sqrt(eigenvalues.clamp(min=0) + eps)[:, None]).float()
+        filters = filters.reshape(self.dims, *self.weight.shape[1:])
+        self.weight.copy_(torch.cat([filters, -filters]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
+
+
 class FastNet(nn.Module):
     HEAD = "head"
 
     def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), num_classes: int = 10, scale: float = 1 / 8,
-                 **_: Any) -> None:
+                 stem: str = "conv", **_: Any) -> None:
         super().__init__()
-        self.stem = nn.Sequential(*conv_bn(3, widths[0]))
-        self.blocks = nn.ModuleList(ConvGroup(a, b) for a, b in zip((widths[0], *widths[:-1]), widths, strict=True))
+        # "conv": the first layer learns (checkpoints from before the whitening stem); "whiten": PatchWhitening
+        if stem == "whiten":
+            whiten = PatchWhitening()
+            self.stem, first = nn.Sequential(whiten, nn.GELU()), whiten.out_channels
+        else:
+            self.stem, first = nn.Sequential(*conv_bn(3, widths[0])), widths[0]
+        self.blocks = nn.ModuleList(ConvGroup(a, b) for a, b in zip((first, *widths[:-1]), widths, strict=True))
         self.head = nn.Linear(widths[-1], num_classes, bias=False)
         self.scale = scale  # a small logit scale, as airbench: the head learns fast without overconfident logits
+
+    def fit_to_data(self, images: torch.Tensor) -> None:
+        """Set what is computed from the training images rather than learned (the whitening filters)."""
+        if isinstance(self.stem[0], PatchWhitening):
+            self.stem[0].fit(images)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -132,6 +171,37 @@ class TorchvisionResNet18(nn.Module):
         return {k if k.startswith("net.") else f"net.{k}": v for k, v in state.items()}
 
 
+def translate(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Move each image by (dy, dx) pixels, the uncovered border filled by reflection."""
+    pad = max(abs(dy), abs(dx))
+    h, w = images.shape[2:]
+    padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
+    return padded[:, :, pad - dy:pad - dy + h, pad - dx:pad - dx + w]
+
+
+class TestTimeAveraged(nn.Module):
+    """The model's logits averaged over views of each image: the image and its mirror image, and with `shift` both
+    also moved by `shift` pixels diagonally each way (6 views). Evaluation, the exported ONNX graph and the torch
+    serving runtime all run this one module, so every runtime serves what evaluation measured."""
+
+    def __init__(self, model: nn.Module, shift: int = 0) -> None:
+        super().__init__()
+        self.model, self.shift = model, shift
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        views = [images, images.flip(3)]
+        if self.shift:
+            views += [translate(view, d, d) for view in views for d in (self.shift, -self.shift)]
+        return sum(self.model(view) for view in views) / len(views)
+
+
+def test_time_model(model: nn.Module, preprocessing: dict[str, Any]) -> nn.Module:
+    """`model` as the checkpoint's preprocessing says to predict with: flip (and shift) averaged, or alone."""
+    if not preprocessing.get("tta"):
+        return model
+    return TestTimeAveraged(model, int(preprocessing.get("tta_shift", 0))).eval()
+
+
 ARCHS = {"fastnet": FastNet, "resnet20": CifarResNet, "resnet56": CifarResNet, "resnet18": TorchvisionResNet18}
 
 
@@ -142,6 +212,7 @@ def image_model_config(arch: str, num_classes: int, width: int | None = None) ->
     if arch == "fastnet":
         base = width or 32
         config["widths"] = [base, 2 * base, 4 * base]
+        config["stem"] = "whiten"
     elif arch.startswith("resnet") and arch != "resnet18":
         config["depth"] = int(arch[len("resnet"):])
     return config

@@ -182,10 +182,13 @@ class FairScaleBackend(Backend):
         import torch.distributed as dist
 
         state = unwrap_state_dict(self.module)
+        gathered: dict[int, list[torch.Tensor]] = {}  # a tied parameter (embedding and head) crosses the wire once
         for s in self.sliced:
-            slices = [torch.empty_like(s.param) for _ in range(self.cfg.tp)]
-            dist.all_gather(slices, s.param.detach().contiguous(), group=self.tp_group)
-            state[s.name] = s.join([cpu_fp32(t) for t in slices])
+            if id(s.param) not in gathered:
+                slices = [torch.empty_like(s.param) for _ in range(self.cfg.tp)]
+                dist.all_gather(slices, s.param.detach().contiguous(), group=self.tp_group)
+                gathered[id(s.param)] = [cpu_fp32(t) for t in slices]
+            state[s.name] = s.join(gathered[id(s.param)])
         return state
 
     def optimizer_state_dict(self) -> dict[str, Any]:
