@@ -55,9 +55,9 @@ def decode_upload(raw: bytes, size: int, max_pixels: int = MAX_PIXELS) -> np.nda
 
 
 def _averaged(model: Any, preprocessing: dict[str, Any]) -> Any:
-    from training.models.image import test_time_model  # torch runtime only: the ONNX graph has the averaging
+    from training.models.image import view_averaged  # torch runtime only: the ONNX graph has the averaging
 
-    return test_time_model(model, preprocessing)
+    return view_averaged(model, preprocessing)
 
 
 class ImagePredictor:

@@ -34,7 +34,7 @@ def test_report_has_the_metrics_plots_and_examples(image_ckpt):
 
 
 def test_translate_moves_the_picture_and_test_time_averaging_takes_six_views():
-    from training.models.image import TestTimeAveraged, translate
+    from training.models.image import ViewAveraged, translate
 
     x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).view(2, 3, 6, 6)
     moved = translate(x, 1, -2)  # one pixel down, two left
@@ -46,14 +46,14 @@ def test_translate_moves_the_picture_and_test_time_averaging_takes_six_views():
     views = [images, mirrored] + [translate(v, d, d) for v in (images, mirrored) for d in (2, -2)]
     with torch.no_grad():
         expected = torch.stack([model(v) for v in views]).mean(0)
-        torch.testing.assert_close(TestTimeAveraged(model, 2)(images), expected)
-        torch.testing.assert_close(TestTimeAveraged(model, 0)(images), (model(images) + model(mirrored)) / 2)
+        torch.testing.assert_close(ViewAveraged(model, 2)(images), expected)
+        torch.testing.assert_close(ViewAveraged(model, 0)(images), (model(images) + model(mirrored)) / 2)
 
 
 def test_export_parity_with_the_test_time_averaging_in_the_graph(image_ckpt):
     import onnxruntime as ort
 
-    from training.models.image import TestTimeAveraged
+    from training.models.image import ViewAveraged
 
     manifest, weights = load_checkpoint(image_ckpt)
     assert manifest.preprocessing["tta"] is True and manifest.preprocessing["tta_shift"] == 1
@@ -62,7 +62,7 @@ def test_export_parity_with_the_test_time_averaging_in_the_graph(image_ckpt):
     model.eval()
     x = torch.randn(7, 3, 32, 32)  # another batch size than traced
     with torch.no_grad():
-        expected = TestTimeAveraged(model, 1)(x).numpy()
+        expected = ViewAveraged(model, 1)(x).numpy()
     session = ort.InferenceSession(str(image_ckpt / "model.onnx"), providers=["CPUExecutionProvider"])
     assert np.abs(session.run(None, {"image": x.numpy()})[0] - expected).max() < 1e-4
 

@@ -15,7 +15,7 @@ from training.checkpoint import CheckpointManifest, load_checkpoint, read_manife
 from training.models import build_model
 from training.models.causal_lm import ARCH as CAUSAL_LM
 from training.models.image import ARCHS as IMAGE_ARCHS
-from training.models.image import test_time_model
+from training.models.image import view_averaged
 from training.models.sales import ARCHS as SALES_ARCHS
 from training.models.text_classifier import ARCH as TEXT_CLASSIFIER
 
@@ -101,7 +101,7 @@ def signature(manifest: CheckpointManifest, model: nn.Module) -> OnnxSignature:
     if manifest.model["arch"] in SALES_ARCHS:
         return SalesSignature(model, manifest.model)
     if manifest.model["arch"] in IMAGE_ARCHS:
-        module = test_time_model(model, manifest.preprocessing)  # the averaging inside the graph
+        module = view_averaged(model, manifest.preprocessing)  # the averaging inside the graph
         return ImageSignature(module, int(manifest.preprocessing["image_size"]))
     if manifest.model["arch"] == TEXT_CLASSIFIER:
         names = ["input_ids", "attention_mask"]

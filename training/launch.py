@@ -65,8 +65,9 @@ def run_training(cfg: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | 
     """Train and save a checkpoint in cfg.out; raises StrategyUnavailable/TrainingFailed with a one-line reason.
     `on_epoch` sees each epoch's log record (one process only; it may raise to end the run, as a pruner does)."""
     device = resolve_device(cfg.device)
-    cfg.precision = resolve_precision(cfg.precision, device, getattr(get_task(cfg.task), "PRECISION", "fp32"))
-    backend_class(cfg, device, get_task(cfg.task).HF_MODEL)  # refuse impossible combinations before any start
+    task = get_task(cfg.task)
+    cfg.precision = resolve_precision(cfg.precision, device, getattr(task, "PRECISION", "fp32"))
+    backend_class(cfg, device, task.HF_MODEL)  # refuse impossible combinations before any start
     if device == "cuda" and cfg.nproc > torch.cuda.device_count():
         # NCCL refuses two ranks on one GPU; say so before starting processes that would each fail.
         raise TrainingFailed(f"--nproc {cfg.nproc} needs {cfg.nproc} GPUs on this machine (one per process); "

@@ -179,7 +179,7 @@ def translate(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return padded[:, :, pad - dy:pad - dy + h, pad - dx:pad - dx + w]
 
 
-class TestTimeAveraged(nn.Module):
+class ViewAveraged(nn.Module):
     """The model's logits averaged over views of each image: the image and its mirror image, and with `shift` both
     also moved by `shift` pixels diagonally each way (6 views). Evaluation, the exported ONNX graph and the torch
     serving runtime all run this one module, so every runtime serves what evaluation measured."""
@@ -195,11 +195,11 @@ class TestTimeAveraged(nn.Module):
         return sum(self.model(view) for view in views) / len(views)
 
 
-def test_time_model(model: nn.Module, preprocessing: dict[str, Any]) -> nn.Module:
+def view_averaged(model: nn.Module, preprocessing: dict[str, Any]) -> nn.Module:
     """`model` as the checkpoint's preprocessing says to predict with: flip (and shift) averaged, or alone."""
     if not preprocessing.get("tta"):
         return model
-    return TestTimeAveraged(model, int(preprocessing.get("tta_shift", 0))).eval()
+    return ViewAveraged(model, int(preprocessing.get("tta_shift", 0))).eval()
 
 
 ARCHS = {"fastnet": FastNet, "resnet20": CifarResNet, "resnet56": CifarResNet, "resnet18": TorchvisionResNet18}

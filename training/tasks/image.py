@@ -25,7 +25,7 @@ from training.demo_runs import DemoRun, real_data_folder
 from training.engine.trainer import EPOCHS_DIR, FitResult, TrainingJob
 from training.metrics.classification import class_metrics
 from training.models import build_model
-from training.models.image import ARCHS, image_model_config, test_time_model
+from training.models.image import ARCHS, image_model_config, view_averaged
 from training.options import Option
 
 NAME = "image"
@@ -147,7 +147,7 @@ class AugmentedLoss:
 
 def predict_logits(model: nn.Module, images: np.ndarray, mean: list[float], std: list[float],
                    batch: int = 500) -> np.ndarray:
-    """Logits per image (of `model` as given: wrap it in test_time_model for averaged views); the caller sets
+    """Logits per image (of `model` as given: wrap it in view_averaged for averaged views); the caller sets
     eval/no_grad."""
     device = next(model.parameters()).device
     mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
@@ -246,7 +246,7 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
     pre, trained = manifest.preprocessing, manifest.training
     cifar = load_cifar(Path(data_dir or trained["data_dir"]))
     classes = pre["classes"]
-    model = test_time_model(_eval_model(manifest.model, weights), pre)
+    model = _eval_model(manifest, weights)
     images, labels = cifar.test_images, cifar.test_labels
     with torch.no_grad():
         logits = predict_logits(model, images, pre["mean"], pre["std"])
@@ -275,16 +275,17 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
 
         load_pretrained(start, Path(trained["pretrained"]["file"]))
         with torch.no_grad():
-            start_logits = predict_logits(test_time_model(start.eval(), pre), images, pre["mean"], pre["std"])
+            start_logits = predict_logits(view_averaged(start.eval(), pre), images, pre["mean"], pre["std"])
         report["pretrained_accuracy"] = float((start_logits.argmax(1) == labels).mean())
     plots = [plot_confusion_matrix(ckpt / "confusion_matrix.png", matrix, classes, "test images"),
              plot_mistakes(ckpt / "mistakes.png", images[worst], [classes[labels[i]] for i in worst],
                            [classes[predicted[i]] for i in worst], [float(probs[i].max()) for i in worst]),
              plot_training_curves(ckpt / "training_curves.png", trained["history"])]
-    curve = _test_accuracy_per_epoch(ckpt, manifest, images, labels)
+    scored_in = "bf16" if trained.get("precision") == "bf16" else "fp32"
+    curve = _test_accuracy_per_epoch(ckpt, manifest, images, labels, scored_in)
     if curve:
         report["test_accuracy_per_epoch"] = curve
-        report["per_epoch_scored_in"] = "bf16" if trained.get("precision") == "bf16" else "fp32"
+        report["per_epoch_scored_in"] = scored_in
         plots.append(plot_accuracy_vs_time(ckpt / "accuracy_vs_time.png", [p["train_seconds"] for p in curve],
                                            [p["accuracy"] for p in curve], manifest.model["arch"]))
     report["plots"] = [p.name for p in plots]
@@ -295,10 +296,11 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
     return report
 
 
-def _eval_model(config: dict[str, Any], weights: dict[str, torch.Tensor]) -> nn.Module:
-    model = build_model(config).to(memory_format=torch.channels_last)
+def _eval_model(manifest: CheckpointManifest, weights: dict[str, torch.Tensor]) -> nn.Module:
+    """The model with `weights`, predicting with the views the checkpoint's preprocessing names."""
+    model = build_model(manifest.model).to(memory_format=torch.channels_last)
     model.load_state_dict(weights)
-    return model.eval()
+    return view_averaged(model.eval(), manifest.preprocessing)
 
 
 def _timed(action) -> float:
@@ -307,25 +309,24 @@ def _timed(action) -> float:
     return time.perf_counter() - start
 
 
-def _test_accuracy_per_epoch(ckpt: Path, manifest: CheckpointManifest, images: np.ndarray,
-                             labels: np.ndarray) -> list[dict[str, float]]:
+def _test_accuracy_per_epoch(ckpt: Path, manifest: CheckpointManifest, images: np.ndarray, labels: np.ndarray,
+                             scored_in: str) -> list[dict[str, float]]:
     """Each epoch's saved weights on the test images, beside the training time spent by the end of that epoch.
-    Scored in the precision the model trained in (bf16 on the CPU is 2-3x faster, and there is a model per
-    epoch), where the report's accuracy is fp32, as the exported model answers."""
+    Scored in `scored_in`, the precision the model trained in (bf16 on the CPU is 2-3x faster, and there is a
+    model per epoch), where the report's accuracy is fp32, as the exported model answers."""
     from safetensors.torch import load_file
 
     from training.checkpoint import verify_file
 
     pre, history = manifest.preprocessing, manifest.training["history"]
-    bf16 = manifest.training.get("precision") == "bf16"
     seconds = np.cumsum([record["epoch_seconds"] for record in history])
     curve = []
     for record, spent in zip(history, seconds, strict=True):
         name = f"{EPOCHS_DIR}/epoch-{record['epoch']}.safetensors"
         if name not in manifest.files:
             continue
-        model = test_time_model(_eval_model(manifest.model, load_file(str(verify_file(ckpt, manifest, name)))), pre)
-        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+        model = _eval_model(manifest, load_file(str(verify_file(ckpt, manifest, name))))
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=scored_in == "bf16"):
             logits = predict_logits(model, images, pre["mean"], pre["std"])
         curve.append({"epoch": record["epoch"], "train_seconds": round(float(spent), 1),
                       "accuracy": float((logits.argmax(1) == labels).mean())})
