@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +51,14 @@ def plot_training_curves(path: Path, history: list[dict[str, Any]]) -> Path:
 def plot_accuracy_vs_time(path: Path, seconds: list[float], accuracy: list[float], label: str) -> Path:
     """Test accuracy of each epoch's weights against the training wall time spent by then."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(np.asarray(seconds) / 60, accuracy, "o-")
-    for minutes, value in zip(np.asarray(seconds) / 60, accuracy, strict=True):
-        ax.annotate(f"{value:.1%}", (minutes, value), textcoords="offset points", xytext=(0, 6), fontsize=7,
-                    ha="center")
+    minutes = np.asarray(seconds) / 60
+    ax.plot(minutes, accuracy, "o-")
+    # at most about ten labels (every step-th epoch, the best and the last): a label per point of a long run overlaps
+    step, best, last = max(1, math.ceil(len(accuracy) / 10)), int(np.argmax(accuracy)), len(accuracy) - 1
+    for i in sorted({*range(0, len(accuracy), step), best, last}):
+        below = i == last != best  # the last point often sits beside the best one
+        ax.annotate(f"{accuracy[i]:.1%}", (minutes[i], accuracy[i]), textcoords="offset points",
+                    xytext=(0, -12 if below else 6), fontsize=7, ha="center")
     ax.set(xlabel="training wall time (minutes)", ylabel="test accuracy", title=f"Test accuracy per epoch ({label})")
     ax.grid(alpha=0.3)
     fig.tight_layout()
