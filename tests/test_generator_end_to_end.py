@@ -130,7 +130,7 @@ def _gpt2_after_steps(backend_name: str, strategy: str, out, steps: int = 2, **o
     model = GPT2LMHeadModel(config)
     ids = np.random.default_rng(0).integers(0, 97, 16 * 8 * steps).astype(np.int64)
     cfg = TrainConfig(task="generator", out=str(out), backend=backend_name, strategy=strategy, batch_size=8,
-                      max_steps=steps, warmup_steps=0, max_grad_norm=0.5, **options)
+                      max_steps=steps, warmup_steps=0, max_grad_norm=0.5, **{"precision": "fp32", **options})
     out.mkdir(exist_ok=True)
     losses: list[float] = []
     job = TrainingJob(model=model, train_set=TokenBlocks(ids, 16), loss=lambda m, b: losses.append(

@@ -154,7 +154,7 @@ def test_gradient_accumulation_equals_a_larger_batch():
                 if isinstance(child, nn.BatchNorm2d):
                     setattr(module, child_name, nn.Identity())
         cfg = TrainConfig(task="image", out=str(out), batch_size=batch_size, grad_accum=accumulate, max_steps=1,
-                          warmup_steps=0, max_grad_norm=1e9, optimizer="sgd")
+                          warmup_steps=0, max_grad_norm=1e9, optimizer="sgd", precision="fp32")
         out.mkdir()
         job = TrainingJob(model=model, train_set=image.ImageBatches(images, labels),
                           loss=image.AugmentedLoss(image.Augment(()), [0.5] * 3, [0.25] * 3, 0.2),

@@ -30,7 +30,7 @@ class TrainConfig:
     node_rank: int | None = None
     rdzv_endpoint: str | None = None
     device: str = "auto"
-    precision: str = "fp32"  # the CLI's default is "auto", which training.launch resolves per task and device
+    precision: str = "auto"  # resolved per task and device by training.launch.planned (backends take no "auto")
     grad_accum: int = 1
     epochs: int | None = None
     max_steps: int | None = None
