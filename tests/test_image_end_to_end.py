@@ -119,6 +119,19 @@ def test_two_ranks_train_and_consolidate_on_every_cpu_backend(tmp_path, cifar_di
     assert metrics["val_accuracy"] == pytest.approx(manifest.metrics["val_accuracy"], abs=1e-6)
 
 
+@pytest.mark.parametrize(("backend", "strategy"), [("torch", "fsdp"), ("fairscale", "oss")], ids=["torch-fsdp",
+                                                                                                  "fairscale-oss"])
+def test_two_ranks_shard_a_batchnorm_model_in_bf16(tmp_path, cifar_dir, backend, strategy):
+    # FSDP casts parameters to bf16 while BatchNorm's running statistics stay fp32: the norms keep fp32 weights.
+    out = tmp_path / "ckpt"
+    result = run_cli("train", "image", "--out", out, "--data-dir", cifar_dir, "--backend", backend, "--strategy",
+                     strategy, "--nproc", "2", "--precision", "bf16", "--max-steps", "3", *TINY_IMAGE, "--no-evaluate")
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest, weights = load_checkpoint(out)
+    assert manifest.training["precision"] == "bf16" and np.isfinite(manifest.metrics["val_loss"])
+    assert {w.dtype for name, w in weights.items() if "num_batches" not in name} == {torch.float32}
+
+
 def test_bf16_autocast_and_sgd_adamw_defaults(tmp_path, cifar_dir):
     for optimizer, lr in (("sgd", 0.1), ("adamw", 2e-3)):
         out = tmp_path / optimizer

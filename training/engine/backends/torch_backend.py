@@ -36,6 +36,12 @@ class TorchBackend(Backend):
             from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
             policy = MixedPrecisionPolicy(param_dtype=self.dtype, reduce_dtype=torch.float32)
+            if self.dtype != torch.float32:
+                # BatchNorm keeps fp32 weights beside its fp32 running statistics (the CPU kernel refuses a bf16
+                # weight with fp32 statistics); autocast still runs the convolutions around it in low precision.
+                norm_policy = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
+                for norm in (m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+                    fully_shard(norm, mp_policy=norm_policy)
             for block in model_blocks(model) or []:
                 fully_shard(block, mp_policy=policy)
             self.model = fully_shard(model, mp_policy=policy)
