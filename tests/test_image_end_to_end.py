@@ -100,13 +100,17 @@ CPU_STRATEGIES = [("torch", "ddp"), ("torch", "fsdp"), ("colossalai", "ddp"), ("
                   ("colossalai", "zero2"), ("fairscale", "oss")]
 
 
+def train_two_ranks(out: Path, cifar_dir: Path, backend: str, strategy: str, precision: str, steps: int):
+    result = run_cli("train", "image", "--out", out, "--data-dir", cifar_dir, "--backend", backend, "--strategy",
+                     strategy, "--nproc", "2", "--precision", precision, "--max-steps", str(steps), *TINY_IMAGE,
+                     "--no-evaluate")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return load_checkpoint(out)
+
+
 @pytest.mark.parametrize(("backend", "strategy"), CPU_STRATEGIES, ids=[f"{b}-{s}" for b, s in CPU_STRATEGIES])
 def test_two_ranks_train_and_consolidate_on_every_cpu_backend(tmp_path, cifar_dir, backend, strategy):
-    out = tmp_path / "ckpt"
-    result = run_cli("train", "image", "--out", out, "--data-dir", cifar_dir, "--backend", backend, "--strategy",
-                     strategy, "--nproc", "2", "--precision", "fp32", "--max-steps", "4", *TINY_IMAGE, "--no-evaluate")
-    assert result.returncode == 0, result.stderr[-3000:]
-    manifest, weights = load_checkpoint(out)
+    manifest, weights = train_two_ranks(tmp_path / "ckpt", cifar_dir, backend, strategy, "fp32", 4)
     assert manifest.training["steps"] == 4 and manifest.training["strategy"] == strategy
     # The consolidated weights reproduce the validation accuracy the sharded model measured in training.
     data = image.load_data(Path(manifest.training["data_dir"]), manifest.training["seed"])
@@ -123,11 +127,7 @@ def test_two_ranks_train_and_consolidate_on_every_cpu_backend(tmp_path, cifar_di
                                                                                                   "fairscale-oss"])
 def test_two_ranks_shard_a_batchnorm_model_in_bf16(tmp_path, cifar_dir, backend, strategy):
     # FSDP casts parameters to bf16 while BatchNorm's running statistics stay fp32: the norms keep fp32 weights.
-    out = tmp_path / "ckpt"
-    result = run_cli("train", "image", "--out", out, "--data-dir", cifar_dir, "--backend", backend, "--strategy",
-                     strategy, "--nproc", "2", "--precision", "bf16", "--max-steps", "3", *TINY_IMAGE, "--no-evaluate")
-    assert result.returncode == 0, result.stderr[-3000:]
-    manifest, weights = load_checkpoint(out)
+    manifest, weights = train_two_ranks(tmp_path / "ckpt", cifar_dir, backend, strategy, "bf16", 3)
     assert manifest.training["precision"] == "bf16" and np.isfinite(manifest.metrics["val_loss"])
     assert {w.dtype for name, w in weights.items() if "num_batches" not in name} == {torch.float32}
 
