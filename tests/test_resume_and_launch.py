@@ -99,3 +99,12 @@ def test_early_stopping_stops_when_validation_stalls(tmp_path, synthetic_cmapss)
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = verify_checkpoint(out)
     assert manifest.training["stopped_early"] is True and manifest.training["epochs_run"] == 3
+
+
+def test_schedule_warms_up_then_decays_to_the_jobs_floor():
+    from training.engine.trainer import lr_factor
+
+    assert lr_factor(0, 10, 110) == pytest.approx(0.1) and lr_factor(9, 10, 110) == pytest.approx(1.0)
+    assert lr_factor(60, 10, 110) == pytest.approx(0.55)  # half way down the cosine from 1 to the default floor 0.1
+    assert lr_factor(110, 10, 110) == pytest.approx(0.1) and lr_factor(110, 10, 110, floor=0.0) == 0.0
+    assert lr_factor(60, 10, 110, floor=0.0) == pytest.approx(0.5)

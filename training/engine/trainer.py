@@ -63,6 +63,7 @@ class TrainingJob:
     group_of: Callable[[str], int] | None = None
     lr_scales: Callable[[int], Sequence[float]] | None = None
     snapshot_epochs: bool = False  # keep every epoch's weights in OUT/epochs/ (for curves of test metrics)
+    lr_floor: float = 0.1  # the cosine decay ends at this fraction of the peak learning rate
 
 
 @dataclass
@@ -77,12 +78,13 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warmup then cosine decay to 10% of the peak; a pure function of the step, so resuming needs no state."""
+def lr_factor(step: int, warmup: int, total: int, floor: float = 0.1) -> float:
+    """Linear warmup then cosine decay to `floor` of the peak; a pure function of the step, so resuming needs no
+    state."""
     if step < warmup:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def optimizer_spec(job: TrainingJob, cfg: TrainConfig) -> OptimizerSpec:
@@ -200,7 +202,7 @@ def fit(job: TrainingJob, cfg: TrainConfig, ctx: DistContext, backend: Backend,
                 continue
             for group in backend.param_groups:
                 scale = scales[group.get("group_index", 0)] if scales is not None else 1.0
-                group["lr"] = lr * lr_factor(state["step"], warmup, total_steps) * scale
+                group["lr"] = lr * lr_factor(state["step"], warmup, total_steps, job.lr_floor) * scale
             grad_norm = backend.step()
             state["step"] += 1
             progress.update(1)

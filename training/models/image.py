@@ -210,7 +210,7 @@ def image_model_config(arch: str, num_classes: int, width: int | None = None) ->
         raise ValueError(f"unknown image model {arch!r}; choose {', '.join(ARCHS)}")
     config: dict[str, Any] = {"arch": arch, "num_classes": num_classes}
     if arch == "fastnet":
-        base = width or 32
+        base = width or 64
         config["widths"] = [base, 2 * base, 4 * base]
         config["stem"] = "whiten"
     elif arch.startswith("resnet") and arch != "resnet18":

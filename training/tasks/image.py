@@ -35,13 +35,13 @@ VAL_FRACTION = 0.1
 OPTIONS = (
     Option("model", str, "fastnet", "fastnet (default, fast residual CNN for 32x32), resnet20 / resnet56 (He et al. "
                                      "CIFAR ResNets), resnet18 (torchvision)", choices=tuple(ARCHS)),
-    Option("width", int, None, "fastnet: channels of its first stage, doubled per stage (default 32)", minimum=4),
+    Option("width", int, None, "fastnet: channels of its first stage, doubled per stage (default 64)", minimum=4),
     Option("pretrained", Path, None, "weights to start from: safetensors, a modelyard checkpoint, or a torch file "
                                      "(read with torch.load(weights_only=True))"),
     Option("freeze_epochs", int, 0, "epochs that train only the classifier head first (with --pretrained)",
            minimum=0),
     Option("augment", str, "crop,flip", "crop, flip, rotate, cutout (comma-separated), all, or none"),
-    Option("augment_strength", float, 1.0, "scales crop padding (4 px), rotation (10 degrees), cutout (8 px)",
+    Option("augment_strength", float, 0.5, "scales crop padding (4 px at 1.0), rotation (10 degrees), cutout (8 px)",
            minimum=0),
     Option("label_smoothing", float, 0.2, "label smoothing of the training loss", minimum=0),
     Option("train_images", int, None, "use this many of the training images (stratified), for quick runs",
@@ -53,7 +53,7 @@ OPTIONS = (
 HEADLINE = ("accuracy", "test accuracy")
 # --precision auto: convolutions in bf16 where the hardware has it (2.6x the images/s of fp32 on an AVX-512 BF16 CPU)
 PRECISION = "bf16"
-DEFAULTS = {"batch_size": 256, "epochs": 10, "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4,
+DEFAULTS = {"batch_size": 256, "epochs": 26, "optimizer": "sgd", "lr": 0.2, "weight_decay": 5e-4,
             "optimizer_defaults": {"adamw": {"lr": 2e-3, "weight_decay": 0.05}}}
 
 
@@ -198,6 +198,7 @@ def build_job(cfg: TrainConfig) -> tuple[TrainingJob, ImageRun, dict[str, Any]]:
         lr_scales=lambda epoch: (0.0 if epoch < freeze else 1.0, 1.0),
         snapshot_epochs=True,
         warmup_steps=100,
+        lr_floor=0.0,  # +0.3% validation accuracy after 8 epochs against ending at 10% of the peak
         **DEFAULTS,
     )
     return job, ImageRun(data, start, {"augment": list(augment.kinds), "augment_strength": augment.strength}), config
@@ -377,11 +378,15 @@ def synthesize(out: Path, seed: int = 0) -> list[Path]:
 
 # --- the demo -----------------------------------------------------------------------------------------------------
 
+# FastNet-32 in the demo's minutes: 2.7x the images/s of the default FastNet-64, the better model in that time
+DEMO_OPTIONS = {"width": 32}
+
+
 def demo_runs() -> list[DemoRun]:
     """FastNet on the real CIFAR-10 JPEG images (or generated CIFAR-10 binary data), time-boxed."""
     folder = real_data_folder(DATA_SUBDIR, "train.tar")
     if folder is None:
-        return [DemoRun(NAME, "image classifier (CIFAR-10)", {"synthetic": True, "time_limit": 120},
+        return [DemoRun(NAME, "image classifier (CIFAR-10)", {"synthetic": True, "time_limit": 120}, DEMO_OPTIONS,
                         data_note="data: generated CIFAR-10-format data (set MODELYARD_DATA for the real images)")]
-    return [DemoRun(NAME, "image classifier (CIFAR-10)", {"data_dir": folder, "time_limit": 240},
+    return [DemoRun(NAME, "image classifier (CIFAR-10)", {"data_dir": folder, "time_limit": 240}, DEMO_OPTIONS,
                     data_note=f"data: real CIFAR-10 images from {folder} (50,000 training, 5,000 test JPEGs)")]
