@@ -5,6 +5,7 @@ Runs the CLI as a user would and reads images/s (training-loop time only) from e
 plain loop runs here, in this process, with the same thread count as one training process.
 
     python bench/train_image.py [--steps 40] [--nproc 1 2] [--data-dir DIR] [--width 32] [--batch-size 256]
+                                [--precision bf16|fp32]
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def engine_rate(backend: str, strategy: str, nproc: int, args, work: Path) -> tu
     out = work / f"{backend}-{strategy}-{nproc}"
     command = [sys.executable, "-m", "apps.cli", "train", "image", "--out", str(out), "--backend", backend,
                "--strategy", strategy, "--nproc", str(nproc), "--max-steps", str(args.steps), "--batch-size",
-               str(args.batch_size), "--width", str(args.width), "--no-evaluate", *data_args(args)]
+               str(args.batch_size), "--width", str(args.width), "--precision", args.precision, "--no-evaluate",
+               *data_args(args)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
         return None, (result.stderr.strip().splitlines() or ["failed"])[-1][:80]
@@ -65,10 +67,12 @@ def plain_rate(args, work: Path) -> float:
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                          collate_fn=image.keep_batch)
     model.train()
+    low_precision = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
     seen, steps, start = 0, 0, time.perf_counter()
     while steps < args.steps:
         for batch in loader:
-            loss = loss_fn(model, batch)
+            with low_precision:
+                loss = loss_fn(model, batch)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -85,11 +89,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256, help="per process")
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                        help="the engine runs and the plain loop alike (bf16: autocast, as the recipe trains)")
     parser.add_argument("--data-dir", default=None, help="CIFAR-10 folder (generated data when omitted)")
     args = parser.parse_args()
     log = Console(stderr=True)
     table = Table(title=f"image training throughput (FastNet width {args.width}, batch {args.batch_size}/process, "
-                        f"{args.steps} steps, images/s)")
+                        f"{args.precision}, {args.steps} steps, images/s)")
     for column in ("backend", "strategy", *(f"{n} proc" for n in args.nproc), "vs plain loop (1 proc)", "note"):
         table.add_column(column, justify="left" if column in ("backend", "strategy", "note") else "right")
     with tempfile.TemporaryDirectory() as tmp:

@@ -120,7 +120,7 @@ def test_sliding_perplexity_matches_the_model_loss_in_one_window():
     model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=64, n_embd=32, n_layer=1, n_head=2)).eval()
     ids = np.random.default_rng(0).integers(0, 50, 40)
     with torch.no_grad():
-        loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids])).loss.item()
+        loss = model(input_ids=torch.from_numpy(ids[None]), labels=torch.from_numpy(ids[None])).loss.item()
     whole = sliding_perplexity(model, ids, context=64, stride=32, words=20)
     assert whole.tokens == 39 and whole.token_level == pytest.approx(math.exp(loss), rel=1e-4)
     assert whole.word_level == pytest.approx(math.exp(loss * 39 / 20), rel=1e-4)
@@ -138,7 +138,7 @@ def test_sliding_perplexity_projects_only_scored_positions_and_agrees_with_one_w
     nll = 0.0
     with torch.no_grad():
         for begin, end, count in windows(len(ids), 16, 6):
-            window = torch.tensor([ids[begin:end]])
+            window = torch.from_numpy(ids[None, begin:end])
             log_probs = torch.log_softmax(model(input_ids=window).logits[0, :-1], -1)
             picked = log_probs.gather(-1, window[0, 1:, None])[:, 0]
             nll -= float(picked[-count:].sum())
