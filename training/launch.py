@@ -50,10 +50,9 @@ def resolve_data_dir(cfg: TrainConfig) -> Path:
                             f"{task.DATA_SUBDIR}/, or use --synthetic for generated data")
 
 
-def _precision(cfg: TrainConfig) -> str:
+def _precision(cfg: TrainConfig, device: str) -> str:
     """--precision as it will run: auto becomes the task's choice where the device computes it natively."""
-    task_choice = getattr(get_task(cfg.task), "PRECISION", "fp32")
-    return resolve_precision(cfg.precision, resolve_device(cfg.device), task_choice)
+    return resolve_precision(cfg.precision, device, getattr(get_task(cfg.task), "PRECISION", "fp32"))
 
 
 def planned(cfg: TrainConfig) -> TrainConfig:
@@ -61,7 +60,7 @@ def planned(cfg: TrainConfig) -> TrainConfig:
     found (generated data written where asked for), and the fingerprint of code, data and settings that the
     manifest will record."""
     cfg.task_options = task_options(cfg.task, cfg.task_options)
-    cfg.precision = _precision(cfg)
+    cfg.precision = _precision(cfg, resolve_device(cfg.device))
     cfg.data_dir = str(resolve_data_dir(cfg).resolve())
     task = get_task(cfg.task)
     files = task.data_files(cfg) if hasattr(task, "data_files") else None
@@ -73,7 +72,7 @@ def run_training(cfg: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | 
     """Train and save a checkpoint in cfg.out; raises StrategyUnavailable/TrainingFailed with a one-line reason.
     `on_epoch` sees each epoch's log record (one process only; it may raise to end the run, as a pruner does)."""
     device = resolve_device(cfg.device)
-    cfg.precision = _precision(cfg)  # planned() does it too; the check below needs it first
+    cfg.precision = _precision(cfg, device)  # planned() does it too; the check below needs it first
     backend_class(cfg, device, get_task(cfg.task).HF_MODEL)  # refuse impossible combinations before any start
     if device == "cuda" and cfg.nproc > torch.cuda.device_count():
         # NCCL refuses two ranks on one GPU; say so before starting processes that would each fail.
