@@ -50,6 +50,22 @@ def test_translate_moves_the_picture_and_test_time_averaging_takes_six_views():
         torch.testing.assert_close(ViewAveraged(model, 0)(images), (model(images) + model(mirrored)) / 2)
 
 
+@pytest.mark.parametrize("names", [(), ("crop",), ("flip",), ("crop", "flip", "rotate", "cutout")])
+def test_augmented_batches_reach_the_model_channels_last(names):
+    """The sharding strategies keep weights channels-first, so the layout of the input decides the layout the whole
+    network runs in (channels-first, torch fsdp trained 997 images/s on this CPU instead of 1,608)."""
+    seen = []
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.is_contiguous(memory_format=torch.channels_last))
+        return x.flatten(1)[:, :10]
+
+    images = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)
+    loss = image.AugmentedLoss(image.Augment(names), [0.5] * 3, [0.25] * 3, 0.2)
+    loss(model, (images, torch.zeros(4, dtype=torch.long)))
+    assert seen == [True]
+
+
 def test_export_parity_with_the_test_time_averaging_in_the_graph(image_ckpt):
     import onnxruntime as ort
 
