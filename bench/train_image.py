@@ -2,10 +2,11 @@
 a plain PyTorch loop with the same model, data path, augmentation and optimizer (the engine's overhead).
 
 Runs the CLI as a user would and reads images/s (training-loop time only) from each checkpoint's manifest; the
-plain loop runs here, in this process, with the same thread count as one training process.
+plain loop runs here, in this process, with the same thread count as one training process. On a GPU machine pass
+--device cuda to add the GPU-only strategies (gemini steps AdamW: its own Adam kernels are all it has).
 
     python bench/train_image.py [--steps 40] [--nproc 1 2] [--data-dir DIR] [--width 32] [--batch-size 256]
-                                [--precision bf16|fp32]
+                                [--precision bf16|fp32|fp16] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -25,20 +26,24 @@ sys.path.insert(0, str(REPO))
 
 from training.checkpoint import read_manifest  # noqa: E402
 
-STRATEGIES = [("torch", "ddp"), ("torch", "fsdp"), ("colossalai", "ddp"), ("colossalai", "zero1"),
-              ("colossalai", "zero2"), ("fairscale", "oss")]
+# (backend, strategy, extra CLI options, GPU only)
+STRATEGIES = [("torch", "ddp", [], False), ("torch", "fsdp", [], False), ("colossalai", "ddp", [], False),
+              ("colossalai", "zero1", [], False), ("colossalai", "zero2", [], False), ("fairscale", "oss", [], False),
+              ("colossalai", "gemini", ["--optimizer", "adamw"], True), ("colossalai", "fsdp", [], True),
+              ("fairscale", "fsdp", [], True)]
 
 
 def data_args(args) -> list[str]:
     return ["--data-dir", args.data_dir] if args.data_dir else ["--synthetic"]
 
 
-def engine_rate(backend: str, strategy: str, nproc: int, args, work: Path) -> tuple[float | None, str]:
+def engine_rate(backend: str, strategy: str, extra: list[str], nproc: int, args,
+                work: Path) -> tuple[float | None, str]:
     out = work / f"{backend}-{strategy}-{nproc}"
     command = [sys.executable, "-m", "apps.cli", "train", "image", "--out", str(out), "--backend", backend,
-               "--strategy", strategy, "--nproc", str(nproc), "--max-steps", str(args.steps), "--batch-size",
-               str(args.batch_size), "--width", str(args.width), "--precision", args.precision, "--no-evaluate",
-               *data_args(args)]
+               "--strategy", strategy, *extra, "--nproc", str(nproc), "--max-steps", str(args.steps), "--batch-size",
+               str(args.batch_size), "--width", str(args.width), "--precision", args.precision, "--device",
+               args.device, "--no-evaluate", *data_args(args)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
         return None, (result.stderr.strip().splitlines() or ["failed"])[-1][:80]
@@ -60,26 +65,34 @@ def plain_rate(args, work: Path) -> float:
         synthesize_cifar(data_dir, seed=0)
     data = image.load_data(data_dir, seed=0)
     torch.manual_seed(0)
-    model = build_model(image_model_config("fastnet", 10, args.width)).to(memory_format=torch.channels_last)
+    device = torch.device(args.device)
+    model = build_model(image_model_config("fastnet", 10, args.width)).to(device, memory_format=torch.channels_last)
     loss_fn = image.AugmentedLoss(Augment(("crop", "flip")), data.mean, data.std, 0.2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
     dataset = image.ImageBatches(data.cifar.train_images[data.fit_index], data.cifar.train_labels[data.fit_index])
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                          collate_fn=image.keep_batch)
     model.train()
-    low_precision = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.precision]
+    low_precision = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     seen, steps, start = 0, 0, time.perf_counter()
     while steps < args.steps:
         for batch in loader:
+            batch = tuple(t.to(device, non_blocking=True) for t in batch)
             with low_precision:
                 loss = loss_fn(model, batch)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
             seen, steps = seen + len(batch[0]), steps + 1
             if steps == args.steps:
                 break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return seen / (time.perf_counter() - start)
 
 
@@ -89,23 +102,27 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256, help="per process")
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
-                        help="the engine runs and the plain loop alike (bf16: autocast, as the recipe trains)")
+    parser.add_argument("--precision", choices=("bf16", "fp32", "fp16"), default="bf16",
+                        help="the engine runs and the plain loop alike (bf16: autocast, as the recipe trains; "
+                             "fp16 with loss scaling, on a GPU)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--data-dir", default=None, help="CIFAR-10 folder (generated data when omitted)")
     args = parser.parse_args()
     log = Console(stderr=True)
     table = Table(title=f"image training throughput (FastNet width {args.width}, batch {args.batch_size}/process, "
-                        f"{args.precision}, {args.steps} steps, images/s)")
+                        f"{args.device}, {args.precision}, {args.steps} steps, images/s)")
     for column in ("backend", "strategy", *(f"{n} proc" for n in args.nproc), "vs plain loop (1 proc)", "note"):
         table.add_column(column, justify="left" if column in ("backend", "strategy", "note") else "right")
     with tempfile.TemporaryDirectory() as tmp:
         plain = plain_rate(args, Path(tmp))
         log.print(f"plain PyTorch loop: {plain:,.0f} images/s")
         table.add_row("plain PyTorch", "(no engine)", f"{plain:,.0f}", *["-"] * (len(args.nproc) - 1), "1.00", "")
-        for backend, strategy in STRATEGIES:
+        for backend, strategy, extra, gpu_only in STRATEGIES:
+            if gpu_only and args.device != "cuda":
+                continue
             cells, notes, single = [], [], None
             for n in args.nproc:
-                rate, note = engine_rate(backend, strategy, n, args, Path(tmp))
+                rate, note = engine_rate(backend, strategy, extra, n, args, Path(tmp))
                 single = rate if n == 1 else single
                 cells.append(f"{rate:,.0f}" if rate else "-")
                 if note:
