@@ -30,6 +30,10 @@ class Augment:
         return cls(tuple(k for k in KINDS if k in kinds), strength)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The batch augmented, in the memory layout it came in: the crop's indexing returns channels-first, and a
+        channels-last batch turned channels-first runs the whole network channels-first (oneDNN's slow layout)
+        wherever the weights are channels-first too, as the strategies that shard flat parameters keep them."""
+        channels_last = images.is_contiguous(memory_format=torch.channels_last)
         if "crop" in self.kinds:
             images = random_crop(images, max(1, round(4 * self.strength)), generator)
         if "flip" in self.kinds:
@@ -38,7 +42,7 @@ class Augment:
             images = random_rotate(images, 10.0 * self.strength, generator)
         if "cutout" in self.kinds:
             images = cutout(images, max(1, round(8 * self.strength)), generator)
-        return images
+        return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
 
 def _uniform(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:

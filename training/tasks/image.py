@@ -142,9 +142,6 @@ class AugmentedLoss:
     def __call__(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         images, labels = batch
         x = self.augment(to_input(images, self.mean.to(images.device), self.std.to(images.device)))
-        # Crops come back channels-first; strategies that shard flat parameters keep weights channels-first
-        # too, and the whole network would then run in the layout oneDNN is slowest in.
-        x = x.contiguous(memory_format=torch.channels_last)
         return F.cross_entropy(model(x).float(), labels, label_smoothing=self.smoothing)
 
 
