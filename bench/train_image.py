@@ -24,26 +24,25 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.train_throughput import Case  # noqa: E402
 from training.checkpoint import read_manifest  # noqa: E402
 
-# (backend, strategy, extra CLI options, GPU only)
-STRATEGIES = [("torch", "ddp", [], False), ("torch", "fsdp", [], False), ("colossalai", "ddp", [], False),
-              ("colossalai", "zero1", [], False), ("colossalai", "zero2", [], False), ("fairscale", "oss", [], False),
-              ("colossalai", "gemini", ["--optimizer", "adamw"], True), ("colossalai", "fsdp", [], True),
-              ("fairscale", "fsdp", [], True)]
+STRATEGIES = [Case("torch", "ddp"), Case("torch", "fsdp"), Case("colossalai", "ddp"), Case("colossalai", "zero1"),
+              Case("colossalai", "zero2"), Case("fairscale", "oss"),
+              Case("colossalai", "gemini", ["--optimizer", "adamw"], gpu_only=True),
+              Case("colossalai", "fsdp", gpu_only=True), Case("fairscale", "fsdp", gpu_only=True)]
 
 
 def data_args(args) -> list[str]:
     return ["--data-dir", args.data_dir] if args.data_dir else ["--synthetic"]
 
 
-def engine_rate(backend: str, strategy: str, extra: list[str], nproc: int, args,
-                work: Path) -> tuple[float | None, str]:
-    out = work / f"{backend}-{strategy}-{nproc}"
-    command = [sys.executable, "-m", "apps.cli", "train", "image", "--out", str(out), "--backend", backend,
-               "--strategy", strategy, *extra, "--nproc", str(nproc), "--max-steps", str(args.steps), "--batch-size",
-               str(args.batch_size), "--width", str(args.width), "--precision", args.precision, "--device",
-               args.device, "--no-evaluate", *data_args(args)]
+def engine_rate(case: Case, nproc: int, args, work: Path) -> tuple[float | None, str]:
+    out = work / f"{case.backend}-{case.strategy}-{nproc}"
+    command = [sys.executable, "-m", "apps.cli", "train", "image", "--out", str(out), "--backend", case.backend,
+               "--strategy", case.strategy, *case.extra, "--nproc", str(nproc), "--max-steps", str(args.steps),
+               "--batch-size", str(args.batch_size), "--width", str(args.width), "--precision", args.precision,
+               "--device", args.device, "--no-evaluate", *data_args(args)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
         return None, (result.stderr.strip().splitlines() or ["failed"])[-1][:80]
@@ -56,6 +55,7 @@ def plain_rate(args, work: Path) -> float:
 
     from training.data.cifar10 import synthesize_cifar
     from training.data.image_augment import Augment
+    from training.engine.backends.base import PRECISION_DTYPES
     from training.models import build_model
     from training.models.image import image_model_config
     from training.tasks import image
@@ -73,7 +73,7 @@ def plain_rate(args, work: Path) -> float:
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                          collate_fn=image.keep_batch)
     model.train()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.precision]
+    dtype = PRECISION_DTYPES[args.precision]
     low_precision = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     seen, steps, start = 0, 0, time.perf_counter()
@@ -117,18 +117,17 @@ def main() -> None:
         plain = plain_rate(args, Path(tmp))
         log.print(f"plain PyTorch loop: {plain:,.0f} images/s")
         table.add_row("plain PyTorch", "(no engine)", f"{plain:,.0f}", *["-"] * (len(args.nproc) - 1), "1.00", "")
-        for backend, strategy, extra, gpu_only in STRATEGIES:
-            if gpu_only and args.device != "cuda":
-                continue
+        for case in (c for c in STRATEGIES if args.device == "cuda" or not c.gpu_only):
             cells, notes, single = [], [], None
             for n in args.nproc:
-                rate, note = engine_rate(backend, strategy, extra, n, args, Path(tmp))
+                rate, note = engine_rate(case, n, args, Path(tmp))
                 single = rate if n == 1 else single
                 cells.append(f"{rate:,.0f}" if rate else "-")
                 if note:
                     notes.append(note)
-                log.print(f"{backend}/{strategy} x{n}: {cells[-1]}")
-            table.add_row(backend, strategy, *cells, f"{single / plain:.2f}" if single else "-", "; ".join(notes))
+                log.print(f"{case.backend}/{case.label} x{n}: {cells[-1]}")
+            ratio = f"{single / plain:.2f}" if single else "-"
+            table.add_row(case.backend, case.label, *cells, ratio, "; ".join(notes))
     Console(width=160).print(table)
 
 

@@ -79,6 +79,7 @@ def plain_loop(args) -> float:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from training.engine.backends.base import PRECISION_DTYPES
     from training.models.causal_lm import CONFIGS
 
     layers, heads, width, context = CONFIGS[args.size]
@@ -88,7 +89,7 @@ def plain_loop(args) -> float:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     step = torch.compile(model) if args.compile else model
     batch = args.batch_size or 8
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+    dtype = PRECISION_DTYPES[args.precision]
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
     ids = torch.randint(0, config.vocab_size, (args.steps + 3, batch, args.block_size), device=device)
     start = 0.0
