@@ -269,6 +269,7 @@ def compare(checkpoints: tuple[Path, ...], plot: Path | None) -> None:
     from safetensors import safe_open
 
     from training.checkpoint import WEIGHTS, CheckpointError, verify_checkpoint
+    from training.tasks import get_task
 
     columns = []
     for ckpt in checkpoints:
@@ -278,13 +279,18 @@ def compare(checkpoints: tuple[Path, ...], plot: Path | None) -> None:
             fail(str(exc))
         report_path = ckpt / "report.json"
         report = json.loads(report_path.read_text()) if "report.json" in manifest.files else {}
-        with safe_open(str(ckpt / WEIGHTS), "pt") as weights:
-            params = sum(int(np.prod(weights.get_slice(k).get_shape())) for k in weights.keys())  # noqa: SIM118
+        params = report.get("params")
+        if params is None:  # the weights file also holds buffers (BatchNorm statistics): the report counts better
+            with safe_open(str(ckpt / WEIGHTS), "pt") as weights:
+                params = sum(int(np.prod(weights.get_slice(k).get_shape())) for k in weights.keys())  # noqa: SIM118
         t = manifest.training
+        metrics = dict.fromkeys((get_task(manifest.task).HEADLINE[0], *_COMPARED_METRICS))
         columns.append({
             "task": manifest.task, "model": str(t.get("base_model") or manifest.model.get("arch")),
             "backend / strategy": f"{t.get('backend')} / {t.get('strategy')}",
-            **{k: report.get(k) for k in _COMPARED_METRICS if k in report},
+            "optimizer / lr": f"{t.get('optimizer') or 'default'} / {t.get('lr') or 'default'}",
+            "epochs": t.get("epochs_run"),
+            **{k: report[k] for k in metrics if isinstance(report.get(k), int | float)},
             "params": params, "train time (s)": t.get("train_seconds"), "latency (ms)": report.get("latency_ms"),
         })
     table = Table(title="checkpoints compared (metrics from each report.json)")
@@ -304,7 +310,10 @@ def compare(checkpoints: tuple[Path, ...], plot: Path | None) -> None:
             fail(str(exc))
 
 
-_COMPARED_METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "rmse", "nasa_score", "alert_f1")
+# Beside each task's HEADLINE metric; a report lacking one leaves its cell empty.
+_COMPARED_METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "rmse", "nasa_score", "alert_f1",
+                     "zero_shot_test_perplexity", "network_wrmsse", "train_images_per_second",
+                     "inference_images_per_second")
 
 
 @data_app.command("synth")

@@ -33,6 +33,14 @@ def test_from_scratch_reports_perplexity_samples_and_a_curve(generator_ckpt):
     assert "zero_shot_test_perplexity" not in report  # from scratch: no starting model to compare
 
 
+def test_compare_shows_each_task_its_headline_metric(generator_ckpt):
+    report = json.loads((generator_ckpt / "report.json").read_text())
+    result = run_cli("compare", generator_ckpt, generator_ckpt, env={"COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if "test_perplexity" in line)
+    assert f"{report['test_perplexity']:.4f}" in row
+
+
 def test_lora_on_a_pretrained_folder_saves_the_plain_model(tmp_path, wikitext_dir, tiny_lm):
     data = tmp_path / "data"  # valid and test only, as WikiText-2 is here
     data.mkdir()

@@ -286,6 +286,7 @@ def test_compare_overlays_validation_curves(tmp_path, cifar_dir, image_ckpt):
     other = tmp_path / "adamw"
     assert run_cli("train", "image", "--out", other, "--data-dir", cifar_dir, "--optimizer", "adamw", "--epochs",
                    "2", *TINY_IMAGE).returncode == 0
-    result = run_cli("compare", image_ckpt, other, "--plot", tmp_path / "curves.png")
+    result = run_cli("compare", image_ckpt, other, "--plot", tmp_path / "curves.png", env={"COLUMNS": "200"})
     assert result.returncode == 0, result.stderr
     assert "accuracy" in result.stdout and (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "adamw" in result.stdout and "inference_images_per_second" in result.stdout
