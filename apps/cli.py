@@ -290,7 +290,7 @@ def compare(checkpoints: tuple[Path, ...], plot: Path | None) -> None:
             "backend / strategy": f"{t.get('backend')} / {t.get('strategy')}",
             "optimizer / lr": f"{t.get('optimizer') or 'default'} / {t.get('lr') or 'default'}",
             "epochs": t.get("epochs_run"),
-            **{k: report[k] for k in metrics if isinstance(report.get(k), int | float)},
+            **{k: report[k] for k in metrics if k in report},
             "params": params, "train time (s)": t.get("train_seconds"), "latency (ms)": report.get("latency_ms"),
         })
     table = Table(title="checkpoints compared (metrics from each report.json)")
