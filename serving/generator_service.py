@@ -1,21 +1,28 @@
-"""The text generator API as a BentoML service.
+"""The text generator API as a BentoML service: OpenAI's API and modelyard's own routes over one continuous batch.
 
-POST /generate answers the whole text with token counts and why it ended (`stop`: an end token or a stop string,
-`length`: max_new_tokens reached); POST /generate/stream sends server-sent events as the text is decoded (`event:
-text` with `{"text": piece}`, then `event: done` with the same summary). Concurrent requests are decoded together
-in one running batch (serving.continuous_batching); a client that disconnects stops its generation. Refusals are
-HTTP 4xx in one shape, `{"error", "detail": [{"type", "loc", "msg"}]}`: bad parameters or a prompt beyond the
-token limit (400), a body too large (413), too many generations at once (429), another Content-Type (415).
-The routes are FastAPI routes mounted in the service, because a stream must be able to refuse with a status before
-its first event. BentoML's /metrics adds `modelyard_generations_total{finish_reason}` (stop, length, cancelled),
-`modelyard_generated_tokens_total` and `modelyard_time_to_first_token_seconds`. Settings: MODELYARD_CHECKPOINT and
-the OPTIONS below.
+OpenAI's API (serving.openai_api): GET /v1/models, POST /v1/completions and POST /v1/chat/completions, streamed as
+`data: {chunk}` lines ending with `data: [DONE]`, refusals in OpenAI's error body; with the `api_key` setting, these
+routes want `Authorization: Bearer KEY` (401 without it).
+
+modelyard's own: POST /generate answers the whole text with token counts and why it ended (`stop`: an end token or
+a stop string, `length`: max_new_tokens reached); POST /generate/stream sends server-sent events as the text is
+decoded (`event: text` with `{"text": piece}`, then `event: done` with the same summary). Refusals are HTTP 4xx in
+one shape, `{"error", "detail": [{"type", "loc", "msg"}]}`: bad parameters or a prompt beyond the token limit (400),
+a body too large (413), too many generations at once (429), another Content-Type (415).
+
+Every request of every route is decoded in one running batch (serving.continuous_batching); a client that
+disconnects stops its generation. The routes are FastAPI routes mounted in the service, because a stream must be
+able to refuse with a status before its first event. BentoML's /metrics adds
+`modelyard_generations_total{finish_reason}` (stop, length, cancelled) and, under vLLM's names with a `modelyard:`
+prefix, prompt and generated token counters, running and waiting requests, and time-to-first-token and end-to-end
+latency histograms. Settings: MODELYARD_CHECKPOINT, MODELYARD_RUNTIME and the OPTIONS below.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
@@ -23,12 +30,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from serving import openai_api as oai
 from serving.openapi import VALIDATION_ERROR_BODY, as_openapi30, document_truthfully
 from serving.settings import read_settings
 from training.options import Option
 
 SERVICE, ROUTE = "TextGenerator", "/generate"
-RUNTIMES = ("torch",)  # decoding with a KV cache, batched across requests: torch, not an ONNX graph
+RUNTIMES = ("torch",)
 OPTIONS = (Option("max_new_tokens", int, 256, "most tokens one request may ask for", minimum=1),
            Option("max_prompt_tokens", int, 512, "most tokens in a prompt", minimum=1),
            Option("max_concurrent", int, 32, "generations running or waiting at once; more get HTTP 429", minimum=1),
@@ -36,10 +44,29 @@ OPTIONS = (Option("max_new_tokens", int, 256, "most tokens one request may ask f
            # Measured on 2 cores, SmolLM2, 8 streams: 53.6 tokens/s with 1 thread, 38.7 with 2, where the HTTP side
            # and the decoding threads preempt each other; one stream decodes as fast with 1 as with 2.
            Option("threads", int, max(1, (os.cpu_count() or 1) - 1),
-                  "torch threads decoding (default: every core but one, left to the HTTP side)", minimum=1))
+                  "threads decoding (default: every core but one, left to the HTTP side)", minimum=1),
+           Option("served_model_name", str, None, "the model id of OpenAI's API (default: the checkpoint folder's "
+                                                  "name; `generator` is always an alias)"),
+           Option("api_key", str, None, "when set, OpenAI's routes want `Authorization: Bearer KEY`"))
 SETTINGS = read_settings(OPTIONS)
 MAX_NEW = SETTINGS["max_new_tokens"]
 MAX_BODY = 64_000
+
+
+def served_model_ids(ckpt: str | None, name: str | None) -> list[str]:
+    ids = [name or (Path(ckpt).resolve().name if ckpt else "generator"), "generator"]
+    return list(dict.fromkeys(ids))
+
+
+def _vocabulary(ckpt: str | None) -> int | None:
+    """The served model's vocabulary size, for the document's bound on token-id prompts."""
+    if not ckpt or not Path(ckpt, "manifest.json").is_file():
+        return None
+    return json.loads(Path(ckpt, "manifest.json").read_text())["model"]["hf_config"].get("vocab_size")
+
+
+MODEL_IDS = served_model_ids(os.environ.get("MODELYARD_CHECKPOINT"), SETTINGS["served_model_name"])
+VOCABULARY = _vocabulary(os.environ.get("MODELYARD_CHECKPOINT"))
 
 
 class GenerateRequest(BaseModel):
@@ -93,6 +120,49 @@ STREAM_ANSWER = {200: {"description": "server-sent events: `event: text` (data `
                                "data": {"type": "string", "description": "JSON: {\"text\": piece} for text, the "
                                                                          "Generated summary for done"}}}}}}}
 
+# OpenAI's routes in the document: their bodies, the model ids this server answers to, and OpenAI's error body.
+OPENAI_ERROR = {"content": {"application/json": {"schema": oai.ERROR_BODY}}}
+OPENAI_ERRORS = {400: {"description": "Bad Request: a parameter out of range, a prompt beyond the context, no chat "
+                                      "template", **OPENAI_ERROR},
+                 401: {"description": "Unauthorized: the server has an API key and the request did not carry it",
+                       **OPENAI_ERROR},
+                 404: {"description": "Not Found: no model with this id", **OPENAI_ERROR},
+                 413: {"description": "Content Too Large", **OPENAI_ERROR},
+                 429: {"description": "Too Many Requests: max_concurrent generations are running", **OPENAI_ERROR}}
+OPENAI_STREAM = {"text/event-stream": {"schema": {"type": "string", "description": "`data: {chunk}` lines, then "
+                                                                                      "`data: [DONE]`"}}}
+
+
+def _openai_body(model: type[BaseModel]) -> dict[str, Any]:
+    """The request's schema with what this server adds to OpenAI's: its model ids, its max_tokens, its vocabulary;
+    references to $defs inlined, so that each route's body stands alone."""
+    schema = as_openapi30(model.model_json_schema())
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return walk(defs[node["$ref"].rsplit("/", 1)[1]])
+            if node.get("type") == "integer" and node.get("title") == "TokenId" and VOCABULARY:
+                node = {**node, "maximum": VOCABULARY - 1}
+            return {key: walk(value) for key, value in node.items()}
+        return [walk(item) for item in node] if isinstance(node, list) else node
+
+    schema = walk(schema)
+    properties = schema["properties"]
+    properties["model"]["enum"] = MODEL_IDS
+    for name in ("max_tokens", "max_completion_tokens"):
+        if name in properties:
+            properties[name]["maximum"] = MAX_NEW
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _openai_answer(kind: str) -> dict[int, Any]:
+    return {200: {"description": f"the {kind}, or its chunks when `stream` is true", "content": {
+        "application/json": {"schema": {"type": "object", "required": ["id", "object", "created", "model", "choices",
+                                                                       "usage"]}},
+        **OPENAI_STREAM}}, **OPENAI_ERRORS}
+
 
 @document_truthfully
 @bentoml.service(name="text_generator", workers=1, traffic={"timeout": 300})
@@ -104,9 +174,14 @@ class TextGenerator:
         from serving.text_generator import TextGenerator as Runtime
 
         torch.set_num_threads(SETTINGS["threads"])
-        self.runtime = Runtime(os.environ["MODELYARD_CHECKPOINT"], max_batch=SETTINGS["max_batch"],
-                               max_concurrent=SETTINGS["max_concurrent"],
-                               max_prompt_tokens=SETTINGS["max_prompt_tokens"], on_finished=_metrics())
+        self.metrics = _Metrics()
+        checkpoint = os.environ["MODELYARD_CHECKPOINT"]
+        self.runtime = Runtime(checkpoint, runtime=os.environ.get("MODELYARD_RUNTIME", "torch"),
+                               max_batch=SETTINGS["max_batch"], max_concurrent=SETTINGS["max_concurrent"],
+                               max_prompt_tokens=SETTINGS["max_prompt_tokens"], threads=SETTINGS["threads"],
+                               on_finished=self.metrics.finished, on_schedule=self.metrics.scheduled)
+        self.openai = oai.OpenAIServer(self.runtime, MODEL_IDS, MAX_NEW,
+                                       created=int(Path(checkpoint, "manifest.json").stat().st_mtime))
 
     @app.post("/generate", response_model=Generated, openapi_extra={"requestBody": REQUEST_BODY}, responses=ERRORS,
               summary="Generate text", description="The continuation of `prompt`, whole.")
@@ -129,7 +204,6 @@ class TextGenerator:
         try:
             body = await _request(request)
             events = self.runtime.stream(body.prompt, _decoding(body))
-            first = await anext(events)  # refusals surface here, while a status can still be sent
         except GenerationRefused as exc:
             return Refused(exc.status, "refused", ["body", exc.field], str(exc)).response()
         except Refused as exc:
@@ -137,33 +211,92 @@ class TextGenerator:
 
         async def sse():
             try:
-                yield _event(*first)
-                async for event in events:
-                    yield _event(*event)
+                async for kind, payload in events:
+                    if kind in ("text", "done"):
+                        yield _event(kind, payload)
             finally:
-                await events.aclose()  # the client went away: stop decoding for it
+                events.close()  # the client went away: stop decoding for it
 
-        return StreamingResponse(sse(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return _event_stream(sse())
+
+    # --- OpenAI's API ---
+    @app.get("/v1/models", summary="The served model (OpenAI's API)", responses={
+        401: OPENAI_ERRORS[401], 200: {"description": "the models", "content": {"application/json": {"schema": {
+            "type": "object", "required": ["object", "data"]}}}}})
+    async def v1_models(self, request: Request) -> Any:
+        try:
+            _authorize(request)
+            return self.openai.models()
+        except oai.OpenAIError as exc:
+            return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.post("/v1/completions", summary="Text completions (OpenAI's API)", responses=_openai_answer("completion"),
+              openapi_extra={"requestBody": _openai_body(oai.CompletionRequest)})
+    async def v1_completions(self, request: Request) -> Any:
+        return await self._openai(request, oai.CompletionRequest, self.openai.completions)
+
+    @app.post("/v1/chat/completions", summary="Chat completions (OpenAI's API)",
+              responses=_openai_answer("chat completion"),
+              openapi_extra={"requestBody": _openai_body(oai.ChatCompletionRequest)})
+    async def v1_chat_completions(self, request: Request) -> Any:
+        return await self._openai(request, oai.ChatCompletionRequest, self.openai.chat)
+
+    async def _openai(self, request: Request, model: type[BaseModel], handle) -> Any:
+        try:
+            _authorize(request)
+            answer, streams = handle(oai.parse(model, await request.body(), request.headers.get("content-length")))
+            if streams:
+                return _event_stream(answer)
+            return await answer
+        except oai.OpenAIError as exc:
+            return JSONResponse(exc.body(), status_code=exc.status)
 
 
-def _metrics():
-    """Counters for BentoML's /metrics, made in the worker: prometheus_client must be imported after BentoML has set
-    its multiprocess directory, or the values never reach /metrics."""
-    import prometheus_client as prom
+class _Metrics:
+    """Counters and histograms for BentoML's /metrics, made in the worker: prometheus_client must be imported after
+    BentoML has set its multiprocess directory, or the values never reach /metrics."""
 
-    finished = prom.Counter("modelyard_generations", "generations ended, by finish_reason", ["finish_reason"])
-    tokens = prom.Counter("modelyard_generated_tokens", "tokens generated")
-    first = prom.Histogram("modelyard_time_to_first_token_seconds", "from arrival to the first token",
-                           buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+    def __init__(self) -> None:
+        import prometheus_client as prom
 
-    def count(summary: dict[str, Any]) -> None:
-        finished.labels(summary["finish_reason"]).inc()
-        tokens.inc(summary["generated_tokens"])
+        seconds = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+        self.ended = prom.Counter("modelyard_generations", "generations ended, by finish_reason", ["finish_reason"])
+        self.tokens = prom.Counter("modelyard_generated_tokens", "tokens generated")
+        self.first = prom.Histogram("modelyard_time_to_first_token_seconds", "from arrival to the first token",
+                                    buckets=seconds)
+        # vLLM's names (after its `vllm:` prefix), for the dashboards and alerts written for them
+        self.prompt_tokens = prom.Counter("modelyard:prompt_tokens", "prompt tokens prefilled")
+        self.generation_tokens = prom.Counter("modelyard:generation_tokens", "tokens generated")
+        self.running = prom.Gauge("modelyard:num_requests_running", "generations in the running batch",
+                                  multiprocess_mode="livemax")
+        self.waiting = prom.Gauge("modelyard:num_requests_waiting", "generations waiting for a place in the batch",
+                                  multiprocess_mode="livemax")
+        self.ttft = prom.Histogram("modelyard:time_to_first_token_seconds", "from arrival to the first token",
+                                   buckets=seconds)
+        self.latency = prom.Histogram("modelyard:e2e_request_latency_seconds", "from arrival to the last token",
+                                      buckets=seconds)
+
+    def finished(self, summary: dict[str, Any]) -> None:
+        self.ended.labels(summary["finish_reason"]).inc()
+        self.tokens.inc(summary["generated_tokens"])
+        self.generation_tokens.inc(summary["generated_tokens"])
+        if summary["finish_reason"] != "cancelled" or summary["generated_tokens"]:
+            self.prompt_tokens.inc(summary["prompt_tokens"])
         if summary["generated_tokens"]:
-            first.observe(summary["time_to_first_token_ms"] / 1000)
+            self.first.observe(summary["time_to_first_token_ms"] / 1000)
+            self.ttft.observe(summary["time_to_first_token_ms"] / 1000)
+        self.latency.observe(summary["seconds"])
 
-    return count
+    def scheduled(self, running: int, waiting: int) -> None:
+        self.running.set(running)
+        self.waiting.set(waiting)
+
+
+def _authorize(request: Request) -> None:
+    key = SETTINGS["api_key"]
+    if key and request.headers.get("authorization", "") != f"Bearer {key}":
+        raise oai.OpenAIError(401, "this server wants an API key: send `Authorization: Bearer KEY`",
+                              code="invalid_api_key")
 
 
 async def _request(request: Request) -> GenerateRequest:
@@ -186,4 +319,13 @@ def _decoding(body: GenerateRequest):
 
 def _event(kind: str, payload: Any) -> str:
     data = {"text": payload} if kind == "text" else payload
+    if kind == "done":
+        data = {key: value for key, value in payload.items() if key != "seconds"}
     return f"event: {kind}\ndata: {json.dumps(data)}\n\n"
+
+
+def _event_stream(lines) -> StreamingResponse:
+    return StreamingResponse(lines, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+

@@ -1,88 +1,173 @@
-"""A generator checkpoint put to work: the verified model and tokenizer, prompts checked against the limits, and
-generations run by the continuous batcher, delivered to asyncio callers as events."""
+"""A generator checkpoint put to work: the verified model and tokenizer on a runtime, prompts (text, token ids or
+chat messages) checked against the limits, and generations run by the continuous batcher, delivered to asyncio
+callers as streams of events."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from serving.continuous_batching import ContinuousBatcher, Generation
+from serving.continuous_batching import ContinuousBatcher, Generation, stop_token_ids
 from serving.decoding import Decoding
-from training.checkpoint import load_checkpoint, load_tokenizer
-from training.models import build_model
-from training.models.causal_lm import context_length
+from training.checkpoint import load_checkpoint, load_tokenizer, read_manifest
+
+RUNTIMES = ("torch",)
 
 
 class GenerationRefused(ValueError):
     """A request the model cannot take (a prompt too long, too many generations running); `field` names the part
-    of the request, `status` the HTTP status that fits."""
+    of the request, `status` the HTTP status that fits, `code` a machine-readable reason."""
 
-    def __init__(self, field: str, message: str, status: int = 400) -> None:
+    def __init__(self, field: str, message: str, status: int = 400, code: str | None = None) -> None:
         super().__init__(message)
-        self.field, self.status = field, status
+        self.field, self.status, self.code = field, status, code
+
+
+class GenerationStream:
+    """One generation's events, as an async iterator of (kind, payload) (see serving.continuous_batching.Generation;
+    an "error" event raises RuntimeError). The generation holds its place among `max_concurrent` from its
+    creation until its last event is read or the stream is closed; closing it early cancels the generation at the
+    next token."""
+
+    def __init__(self, runtime: TextGenerator, ids: list[int], decoding: Decoding) -> None:
+        loop = asyncio.get_running_loop()
+        self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._runtime, self._open = runtime, True
+        self.generation = Generation(ids, decoding, lambda kind, payload: loop.call_soon_threadsafe(
+            self._events.put_nowait, (kind, payload)))
+        runtime.batcher.submit(self.generation)
+
+    def __aiter__(self) -> GenerationStream:
+        return self
+
+    async def __anext__(self) -> tuple[str, Any]:
+        if not self._open:
+            raise StopAsyncIteration
+        try:
+            kind, payload = await self._events.get()
+        except BaseException:  # the caller was cancelled while waiting
+            self.close()
+            raise
+        if kind == "error":
+            self.close()
+            raise RuntimeError(f"generation failed: {payload}")
+        if kind == "done":
+            self.close()
+        return kind, payload
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self._runtime.streams -= 1
+            self.generation.cancel()  # a no-op once it is done
+
+    async def aclose(self) -> None:
+        self.close()
 
 
 class TextGenerator:
-    def __init__(self, ckpt: Path | str, max_batch: int = 16, max_concurrent: int = 32,
-                 max_prompt_tokens: int = 512, on_finished: Callable[[dict[str, Any]], None] | None = None) -> None:
-        manifest, weights = load_checkpoint(Path(ckpt))
+    def __init__(self, ckpt: Path | str, runtime: str = "torch", max_batch: int = 16, max_concurrent: int = 32,
+                 max_prompt_tokens: int = 512, threads: int | None = None, on_finished=None,
+                 on_schedule=None) -> None:
+        manifest = read_manifest(Path(ckpt))
         if manifest.task != "generator":
             raise ValueError(f"{ckpt}: a {manifest.task} checkpoint, not a generator")
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown generator runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
         self.tokenizer = load_tokenizer(Path(ckpt), manifest, manifest.preprocessing["tokenizer_dir"])
-        model = build_model(manifest.model)
-        model.load_state_dict(weights)
-        self.model = model.eval()
-        self.manifest = manifest
-        self.context = context_length(model)
+        self.manifest, self.name = manifest, Path(ckpt).resolve().name
+        hf_config = manifest.model["hf_config"]
+        self.context = int(hf_config.get("n_positions") or hf_config["max_position_embeddings"])
+        self.decoder, generation_config = _torch_decoder(Path(ckpt))
+        self.runtime = self.decoder.runtime
+        self.end_of_turn = end_of_turn_token(self.tokenizer)
         self.max_concurrent, self.max_prompt_tokens = max_concurrent, max_prompt_tokens
         self.streams = 0  # generations admitted whose caller has not had their last event or left
-        self.batcher = ContinuousBatcher(self.model, self.tokenizer, max_batch=max_batch,
-                                         on_finished=on_finished)
+        self.batcher = ContinuousBatcher(self.decoder, self.tokenizer, stop_token_ids(generation_config,
+                                                                                      self.tokenizer),
+                                         max_batch=max_batch, on_finished=on_finished, on_schedule=on_schedule)
 
-    def encode(self, prompt: str, max_new_tokens: int) -> list[int]:
-        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        if not ids:
-            raise GenerationRefused("prompt", "the prompt encodes to no tokens")
+    # --- prompts ---
+    def encode(self, prompt: str | list[int], max_new_tokens: int, field: str = "prompt",
+               budget_field: str = "max_new_tokens") -> list[int]:
+        """Token ids of a prompt given as text or as ids, within the prompt and context limits (a refusal names
+        `field` for the prompt, `budget_field` for the new tokens asked for)."""
+        if isinstance(prompt, str):
+            ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        else:
+            ids = list(prompt)
+            vocabulary = len(self.tokenizer)
+            if any(not 0 <= i < vocabulary for i in ids):
+                raise GenerationRefused(field, f"token ids must lie in [0, {vocabulary})")
+        if not ids:  # an empty text starts a new document, as GPT-2's API does
+            ids = [self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None
+                   else self.tokenizer.eos_token_id]
         if len(ids) > self.max_prompt_tokens:
-            raise GenerationRefused("prompt", f"the prompt is {len(ids)} tokens; at most {self.max_prompt_tokens}")
+            raise GenerationRefused(field, f"the prompt is {len(ids)} tokens; at most {self.max_prompt_tokens}",
+                                    code="context_length_exceeded")
         if len(ids) + max_new_tokens > self.context:
-            raise GenerationRefused("max_new_tokens", f"{len(ids)} prompt tokens + {max_new_tokens} new tokens "
-                                                      f"exceed the model's context of {self.context} tokens")
+            raise GenerationRefused(budget_field, f"{len(ids)} prompt tokens + {max_new_tokens} new tokens exceed "
+                                                  f"the model's context of {self.context} tokens",
+                                    code="context_length_exceeded")
         return ids
 
-    async def stream(self, prompt: str, decoding: Decoding) -> AsyncIterator[tuple[str, Any]]:
-        """("text", piece) events as the text is decoded, then ("done", summary). Leaving the iteration early (a
-        client that went away) cancels the generation at the next token."""
-        ids = self.encode(prompt, decoding.max_new_tokens)
-        # Places are counted here, on the event loop, from admission to the last event: the batcher's own count
-        # lags while it prefills (a row joins `running` after its first token is out).
-        if self.streams >= self.max_concurrent:
-            raise GenerationRefused("prompt", f"{self.max_concurrent} generations are running; try again shortly",
-                                    status=429)
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        generation = Generation(ids, decoding, lambda kind, payload: loop.call_soon_threadsafe(
-            events.put_nowait, (kind, payload)))
-        self.streams += 1
-        try:
-            self.batcher.submit(generation)
-            while True:
-                kind, payload = await events.get()
-                if kind == "error":
-                    raise RuntimeError(f"generation failed: {payload}")
-                yield kind, payload
-                if kind == "done":
-                    return
-        finally:
-            self.streams -= 1
-            generation.cancel()  # a no-op once it is done
+    def chat_prompt(self, messages: list[dict[str, str]], max_new_tokens: int) -> list[int]:
+        """The conversation rendered by the tokenizer's chat template, ready for the assistant's turn."""
+        if not self.tokenizer.chat_template:
+            raise GenerationRefused("messages", f"the model {self.name!r} has no chat template (a model trained from "
+                                                f"scratch); use /v1/completions")
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self.encode(text, max_new_tokens, field="messages", budget_field="max_tokens")
+
+    # --- generations ---
+    def open(self, requests: list[tuple[list[int], Decoding]]) -> list[GenerationStream]:
+        """Start generations together, all or none: refused with 429 unless there is a place for each."""
+        if self.streams + len(requests) > self.max_concurrent:
+            raise GenerationRefused("prompt", f"{self.max_concurrent} generations are running at most and "
+                                              f"{self.streams} are; try again shortly", status=429,
+                                    code="rate_limit_exceeded")
+        self.streams += len(requests)
+        return [GenerationStream(self, ids, decoding) for ids, decoding in requests]
+
+    def stream(self, prompt: str, decoding: Decoding) -> GenerationStream:
+        """The events of one generation for a text prompt."""
+        return self.open([(self.encode(prompt, decoding.max_new_tokens), decoding)])[0]
 
     async def generate(self, prompt: str, decoding: Decoding) -> dict[str, Any]:
-        async with contextlib.aclosing(self.stream(prompt, decoding)) as events:  # frees the place on return
-            async for kind, payload in events:
+        stream = self.stream(prompt, decoding)
+        try:
+            async for kind, payload in stream:
                 if kind == "done":
                     return payload
+        finally:
+            stream.close()
         raise RuntimeError("the generation ended without a result")
+
+
+def _torch_decoder(ckpt: Path):
+    from serving.torch_decoder import TorchDecoder
+    from training.models import build_model
+
+    manifest, weights = load_checkpoint(ckpt)
+    model = build_model(manifest.model)
+    model.load_state_dict(weights)
+    return TorchDecoder(model), model.generation_config
+
+
+def end_of_turn_token(tokenizer) -> int | None:
+    """The special token the chat template closes a turn with (SmolLM2's <|im_end|>): found by rendering an
+    assistant turn and reading what follows its text. None without a template or such a token."""
+    if not tokenizer.chat_template:
+        return None
+    marker = "Zq7"
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"},
+                                              {"role": "assistant", "content": marker}], tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that cannot render a plain turn has no end token to learn
+        return None
+    after = text[text.rfind(marker) + len(marker):]
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+    return ids[0] if ids and ids[0] in set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder) \
+        else None
+

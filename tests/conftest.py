@@ -343,6 +343,20 @@ def tiny_lm(tmp_path_factory, wikitext_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def chat_ckpt(tmp_path_factory, wikitext_dir) -> Path:
+    """A tiny llama with SmolLM2's tokenizer and chat template, fine-tuned for a few steps (the OpenAI API's chat and
+    the ONNX runtime's tests)."""
+    from tests.tiny_models import make_tiny_chat_llama
+
+    base = make_tiny_chat_llama(tmp_path_factory.mktemp("tiny-llama") / "llama-tiny")
+    out = tmp_path_factory.mktemp("chat-served") / "ckpt"
+    result = run_cli("train", "generator", "--out", out, "--data-dir", wikitext_dir, "--model", base,
+                     "--block-size", "64", "--max-steps", "3", "--no-evaluate")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
 def generator_ckpt(tmp_path_factory, wikitext_dir) -> Path:
     """A tiny GPT-2 trained from scratch on generated WikiText (serving and app tests)."""
     out = tmp_path_factory.mktemp("generator-served") / "ckpt"

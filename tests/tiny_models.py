@@ -64,3 +64,24 @@ def make_tiny_causal_lm(folder: Path, corpus: list[str]) -> Path:
     GPT2LMHeadModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def make_tiny_chat_llama(folder: Path) -> Path:
+    """A tiny random llama-architecture model (SmolLM2's shape in miniature: grouped-query attention, tied
+    embeddings) with SmolLM2's tokenizer and chat template, saved as a Hugging Face folder: a chat model that trains
+    and serves in seconds."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from training.models.causal_lm import smollm2_file
+
+    torch.manual_seed(0)
+    source, gguf = smollm2_file()
+    tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=gguf)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, rope_theta=10000.0, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
