@@ -98,17 +98,18 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
     return report
 
 
-def export(ckpt: Path) -> float:
+def export(ckpt: Path, weights: str | None = None) -> float:
     from training.checkpoint import CheckpointError
     from training.export import export_onnx
 
     try:
-        diff = export_onnx(Path(ckpt))
+        exported = export_onnx(Path(ckpt), weights)
     except (CheckpointError, ValueError) as exc:
         raise CommandError(str(exc)) from None
-    console.print(f"wrote {Path(ckpt) / 'model.onnx'}")
-    console.print(f"max abs difference ONNX Runtime vs torch: {diff:.3e}")
-    return diff
+    console.print(f"wrote {Path(ckpt) / exported.file}")
+    console.print(f"max abs difference ONNX Runtime vs torch: {exported.max_abs_diff:.3e}"
+                  + (f" ({exported.note})" if exported.note else ""))
+    return exported.max_abs_diff
 
 
 def print_train_summary(out: Path) -> None:

@@ -188,8 +188,9 @@ def serve(task: str, checkpoint: Path, port: int, host: str, runtime: str, optio
         if runtime not in runtimes:
             console.print(f"the {task} service runs on {runtimes[0]} only")
             runtime = runtimes[0]
-        if runtime == "onnx" and ONNX_FILE not in manifest.files:
-            raise ValueError(f"{checkpoint / ONNX_FILE}: missing; run `modelyard export {checkpoint}` first "
+        onnx = getattr(service_module(task), "ONNX_FILE", ONNX_FILE)
+        if runtime == "onnx" and onnx not in manifest.files:
+            raise ValueError(f"{checkpoint / onnx}: missing; run `modelyard export {checkpoint}` first "
                              f"or use --runtime torch")
     except (CheckpointError, ValueError) as exc:
         fail(str(exc))
@@ -256,9 +257,12 @@ def evaluate(ckpt: Path, data_dir: Path | None) -> None:
 @app.command()
 @click.argument("ckpt", type=PATH)
 @click.option("--format", "format_", type=click.Choice(["onnx"]), default="onnx", show_default=True)
-def export(ckpt: Path, format_: str) -> None:
-    """Export the checkpoint's model (CKPT/model.onnx) and print the ONNX-vs-torch max abs difference."""
-    _reported(actions.export, ckpt)
+@click.option("--weights", type=click.Choice(["int8", "fp32"]),
+              help="a generator's decoder: its matrices in int8 (default) or fp32")
+def export(ckpt: Path, format_: str, weights: str | None) -> None:
+    """Export the checkpoint's model (CKPT/model.onnx; a generator's CKPT/decoder.onnx) and print the ONNX-vs-torch
+    max abs difference."""
+    _reported(actions.export, ckpt, weights)
 
 
 @app.command()

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from apps import actions
+from training.export import onnx_file
 
 MONITOR_RUN = "turbofan-monitor"  # the checkpoint the stream monitor scores with (training.tasks.turbofan.demo_runs)
 
@@ -96,18 +97,11 @@ def train_all(settings: DemoSettings, tasks: list[str], console: Console) -> lis
         else:
             console.print(f"training: {reason}")
             actions.train(task, engine, options)
-            if exports_onnx(task):
+            if onnx_file(task):
                 actions.export(ckpt)
             retrained.add(run.name)
         models.append(DemoModel(task, run.name, ckpt, reason is None, run.serve))
     return models
-
-
-def exports_onnx(task: str) -> bool:
-    """Whether the task's model is served from ONNX (a recipe that is not says `ONNX = False`)."""
-    from training.tasks import get_task
-
-    return getattr(get_task(task), "ONNX", True)
 
 
 def option_named(task: str, name: str):
@@ -146,7 +140,7 @@ def stale_reason(task: str, engine: dict[str, Any], options: dict[str, Any], ret
         manifest = verify_checkpoint(ckpt)
     except CheckpointError as exc:
         return "no checkpoint yet" if not (ckpt / "manifest.json").exists() else str(exc)
-    missing = {"report.json", *(["model.onnx"] if exports_onnx(task) else [])} - set(manifest.files)
+    missing = {"report.json", *([onnx_file(task)] if onnx_file(task) else [])} - set(manifest.files)
     if missing:
         return f"{ckpt} has no {' or '.join(sorted(missing))}"
     expected = planned(actions.train_config(task, engine, options)).fingerprint

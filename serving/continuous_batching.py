@@ -244,8 +244,7 @@ class ContinuousBatcher:
             self.decoder.keep(keep)
 
 
-def stop_token_ids(model_config: Any, tokenizer) -> set[int]:
-    """The tokenizer's end-of-text token and every end token the model's generation config names."""
-    configured = getattr(model_config, "eos_token_id", None)
+def stop_token_ids(configured: int | list[int] | None, tokenizer) -> set[int]:
+    """The tokenizer's end-of-text token and every end token the model's config names (`eos_token_id`)."""
     configured = configured if isinstance(configured, list) else [configured]
     return {int(i) for i in (tokenizer.eos_token_id, *configured) if i is not None}

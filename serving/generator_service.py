@@ -33,10 +33,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from serving import openai_api as oai
 from serving.openapi import VALIDATION_ERROR_BODY, as_openapi30, document_truthfully
 from serving.settings import read_settings
+from training.decoder_onnx import DECODER_FILE
 from training.options import Option
 
 SERVICE, ROUTE = "TextGenerator", "/generate"
-RUNTIMES = ("torch",)
+RUNTIMES = ("onnx", "torch")  # onnx: the decoder `modelyard export` writes
+ONNX_FILE = DECODER_FILE
 OPTIONS = (Option("max_new_tokens", int, 256, "most tokens one request may ask for", minimum=1),
            Option("max_prompt_tokens", int, 512, "most tokens in a prompt", minimum=1),
            Option("max_concurrent", int, 32, "generations running or waiting at once; more get HTTP 429", minimum=1),
@@ -176,7 +178,7 @@ class TextGenerator:
         torch.set_num_threads(SETTINGS["threads"])
         self.metrics = _Metrics()
         checkpoint = os.environ["MODELYARD_CHECKPOINT"]
-        self.runtime = Runtime(checkpoint, runtime=os.environ.get("MODELYARD_RUNTIME", "torch"),
+        self.runtime = Runtime(checkpoint, runtime=os.environ.get("MODELYARD_RUNTIME"),
                                max_batch=SETTINGS["max_batch"], max_concurrent=SETTINGS["max_concurrent"],
                                max_prompt_tokens=SETTINGS["max_prompt_tokens"], threads=SETTINGS["threads"],
                                on_finished=self.metrics.finished, on_schedule=self.metrics.scheduled)

@@ -10,9 +10,10 @@ from typing import Any
 
 from serving.continuous_batching import ContinuousBatcher, Generation, stop_token_ids
 from serving.decoding import Decoding
-from training.checkpoint import load_checkpoint, load_tokenizer, read_manifest
+from training.checkpoint import CheckpointManifest, load_checkpoint, load_tokenizer, read_manifest, verify_file
+from training.decoder_onnx import DECODER_FILE
 
-RUNTIMES = ("torch",)
+RUNTIMES = ("onnx", "torch")
 
 
 class GenerationRefused(ValueError):
@@ -67,24 +68,28 @@ class GenerationStream:
 
 
 class TextGenerator:
-    def __init__(self, ckpt: Path | str, runtime: str = "torch", max_batch: int = 16, max_concurrent: int = 32,
+    """`runtime`: onnx (the exported decoder.onnx, ONNX Runtime) or torch; default: onnx where the checkpoint has
+    the decoder, torch otherwise."""
+
+    def __init__(self, ckpt: Path | str, runtime: str | None = None, max_batch: int = 16, max_concurrent: int = 32,
                  max_prompt_tokens: int = 512, threads: int | None = None, on_finished=None,
                  on_schedule=None) -> None:
-        manifest = read_manifest(Path(ckpt))
+        ckpt = Path(ckpt)
+        manifest = read_manifest(ckpt)
         if manifest.task != "generator":
             raise ValueError(f"{ckpt}: a {manifest.task} checkpoint, not a generator")
+        runtime = runtime or ("onnx" if DECODER_FILE in manifest.files else "torch")
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown generator runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
-        self.tokenizer = load_tokenizer(Path(ckpt), manifest, manifest.preprocessing["tokenizer_dir"])
-        self.manifest, self.name = manifest, Path(ckpt).resolve().name
+        self.tokenizer = load_tokenizer(ckpt, manifest, manifest.preprocessing["tokenizer_dir"])
+        self.manifest, self.name, self.runtime = manifest, ckpt.resolve().name, runtime
         hf_config = manifest.model["hf_config"]
         self.context = int(hf_config.get("n_positions") or hf_config["max_position_embeddings"])
-        self.decoder, generation_config = _torch_decoder(Path(ckpt))
-        self.runtime = self.decoder.runtime
+        self.decoder = _onnx_decoder(ckpt, manifest, threads) if runtime == "onnx" else _torch_decoder(ckpt)
         self.end_of_turn = end_of_turn_token(self.tokenizer)
         self.max_concurrent, self.max_prompt_tokens = max_concurrent, max_prompt_tokens
         self.streams = 0  # generations admitted whose caller has not had their last event or left
-        self.batcher = ContinuousBatcher(self.decoder, self.tokenizer, stop_token_ids(generation_config,
+        self.batcher = ContinuousBatcher(self.decoder, self.tokenizer, stop_token_ids(hf_config.get("eos_token_id"),
                                                                                       self.tokenizer),
                                          max_batch=max_batch, on_finished=on_finished, on_schedule=on_schedule)
 
@@ -152,7 +157,17 @@ def _torch_decoder(ckpt: Path):
     manifest, weights = load_checkpoint(ckpt)
     model = build_model(manifest.model)
     model.load_state_dict(weights)
-    return TorchDecoder(model), model.generation_config
+    return TorchDecoder(model)
+
+
+def _onnx_decoder(ckpt: Path, manifest: CheckpointManifest, threads: int | None):
+    from serving.onnx_decoder import OnnxDecoder
+
+    if DECODER_FILE not in manifest.files:
+        raise ValueError(f"{ckpt / DECODER_FILE}: missing; run `modelyard export {ckpt}` first or use the torch "
+                         f"runtime")
+    verify_file(ckpt, manifest, DECODER_FILE + ".data")
+    return OnnxDecoder(verify_file(ckpt, manifest, DECODER_FILE), threads)
 
 
 def end_of_turn_token(tokenizer) -> int | None:

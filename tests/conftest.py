@@ -344,14 +344,16 @@ def tiny_lm(tmp_path_factory, wikitext_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def chat_ckpt(tmp_path_factory, wikitext_dir) -> Path:
-    """A tiny llama with SmolLM2's tokenizer and chat template, fine-tuned for a few steps (the OpenAI API's chat and
-    the ONNX runtime's tests)."""
+    """A tiny llama with SmolLM2's tokenizer and chat template, fine-tuned for a few steps and exported (the OpenAI
+    API's tests, over the onnx runtime)."""
     from tests.tiny_models import make_tiny_chat_llama
 
     base = make_tiny_chat_llama(tmp_path_factory.mktemp("tiny-llama") / "llama-tiny")
     out = tmp_path_factory.mktemp("chat-served") / "ckpt"
     result = run_cli("train", "generator", "--out", out, "--data-dir", wikitext_dir, "--model", base,
                      "--block-size", "64", "--max-steps", "3", "--no-evaluate")
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli("export", out, "--weights", "fp32")  # served by the onnx runtime, as exact as torch
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 

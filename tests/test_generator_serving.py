@@ -17,7 +17,6 @@ from serving.continuous_batching import ContinuousBatcher, Generation
 from serving.decoding import Decoding
 from serving.server import start_server, stop_server, wait_ready
 from serving.text_generator import TextGenerator
-from serving.torch_decoder import TorchDecoder
 from tests.conftest import LEARNED_BPE, free_port, post, run_cli, running_app
 
 PROMPTS = ["The castle was", "In 1900 the river reached", "The band", "The governor of the city moved to the"]
@@ -194,9 +193,22 @@ def test_openai_chat_on_a_model_without_a_chat_template_is_400(api):
 
 # --- the batcher in-process ---------------------------------------------------------------------------------------
 
-def test_sequences_join_and_leave_one_running_batch_and_decode_as_alone(generator_ckpt):
-    runtime = TextGenerator(generator_ckpt)
-    tokenizer, model = runtime.tokenizer, runtime.decoder.model
+@pytest.fixture(scope="module")
+def exported_fp32(generator_ckpt, tmp_path_factory):
+    """The served checkpoint with its decoder exported in fp32 (the onnx runtime, as exact as torch)."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("generator-onnx") / "ckpt"
+    shutil.copytree(generator_ckpt, out)
+    result = run_cli("export", out, "--weights", "fp32")
+    assert result.returncode == 0 and "decoder.onnx" in result.stdout, result.stdout + result.stderr
+    return out
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_sequences_join_and_leave_one_running_batch_and_decode_as_alone(exported_fp32, runtime):
+    served = TextGenerator(exported_fp32, runtime=runtime)
+    tokenizer, model = served.tokenizer, TextGenerator(exported_fp32, runtime="torch").decoder.model
     expected = []
     for prompt in PROMPTS:
         ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
@@ -205,7 +217,7 @@ def test_sequences_join_and_leave_one_running_batch_and_decode_as_alone(generato
         expected.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
     for pause in (0.003, 0.0):  # arriving while others decode; arriving together (one prefill, left-padded)
         # no stop tokens: every sequence runs to its max_new_tokens, like generate() above
-        batcher = ContinuousBatcher(TorchDecoder(model), tokenizer, stop_ids=set(), max_batch=8)
+        batcher = ContinuousBatcher(served.decoder, tokenizer, stop_ids=set(), max_batch=8)
         results, finished = {}, threading.Event()
 
         def collector(i, results=results, finished=finished):

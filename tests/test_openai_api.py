@@ -1,5 +1,5 @@
 """OpenAI's API on the generator service, driven by the official `openai` package over real HTTP (a `bentoml serve`
-process over a tiny llama with SmolLM2's tokenizer and chat template, guarded by an API key)."""
+process over a tiny llama with SmolLM2's tokenizer and chat template, on the onnx runtime, guarded by an API key)."""
 
 import json
 import re
@@ -20,7 +20,7 @@ KEY = "sk-test-key"
 @pytest.fixture(scope="module")
 def server(chat_ckpt, tmp_path_factory):
     port, log = free_port(), tmp_path_factory.mktemp("logs") / "serve.log"
-    process = start_server("generator", chat_ckpt, port, "torch", log=log,
+    process = start_server("generator", chat_ckpt, port, "onnx", log=log,
                            options={"max_concurrent": 4, "max_new_tokens": 64, "api_key": KEY})
     try:
         wait_ready(f"http://127.0.0.1:{port}", process, log=log)

