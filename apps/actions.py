@@ -112,6 +112,19 @@ def export(ckpt: Path, weights: str | None = None) -> float:
     return exported.max_abs_diff
 
 
+def export_hf(ckpt: Path, out: Path | None = None) -> Path:
+    from training.checkpoint import CheckpointError
+    from training.hf_export import export_hf as write_folder
+
+    try:
+        folder, diff = write_folder(Path(ckpt), out)
+    except (CheckpointError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+    console.print(f"wrote {folder} (AutoModelForCausalLM.from_pretrained loads it)")
+    console.print(f"max abs difference of the logits, loaded back vs the checkpoint: {diff:.3e}")
+    return folder
+
+
 def print_train_summary(out: Path) -> None:
     from training.checkpoint import read_manifest
 

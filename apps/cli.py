@@ -256,13 +256,18 @@ def evaluate(ckpt: Path, data_dir: Path | None) -> None:
 
 @app.command()
 @click.argument("ckpt", type=PATH)
-@click.option("--format", "format_", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--format", "format_", type=click.Choice(["onnx", "hf"]), default="onnx", show_default=True,
+              help="onnx: what ONNX Runtime serves; hf (generator): a Hugging Face folder with a model card")
 @click.option("--weights", type=click.Choice(["int8", "fp32"]),
               help="a generator's decoder: its matrices in int8 (default) or fp32")
-def export(ckpt: Path, format_: str, weights: str | None) -> None:
-    """Export the checkpoint's model (CKPT/model.onnx; a generator's CKPT/decoder.onnx) and print the ONNX-vs-torch
-    max abs difference."""
-    _reported(actions.export, ckpt, weights)
+@click.option("--out", type=PATH, help="--format hf: the folder to write (default: CKPT/hf, recorded in the manifest)")
+def export(ckpt: Path, format_: str, weights: str | None, out: Path | None) -> None:
+    """Export the checkpoint's model (CKPT/model.onnx; a generator's CKPT/decoder.onnx, or its Hugging Face folder)
+    and print how far the exported model's outputs are from torch's."""
+    if format_ == "hf":
+        _reported(actions.export_hf, ckpt, out)
+    else:
+        _reported(actions.export, ckpt, weights)
 
 
 @app.command()

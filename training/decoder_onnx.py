@@ -308,7 +308,8 @@ def export_decoder(ckpt: Path, weights: str = "int8") -> DecoderParity:
             positions += len(prompt)
     parity = DecoderParity(max(diffs), agree / positions)
     manifest = read_manifest(ckpt)
-    manifest.metrics["onnx_decoder"] = {"weights": weights, "max_abs_diff": parity.max_abs_diff,
-                                        "top1_agreement": parity.top1_agreement}
+    manifest.preprocessing["decoder_weights"] = weights
+    manifest.metrics.update({"decoder_max_abs_diff": parity.max_abs_diff,
+                             "decoder_top1_agreement": parity.top1_agreement})
     record_files(ckpt, manifest, [DECODER_FILE, DECODER_FILE + ".data"])
     return parity

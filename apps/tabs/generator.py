@@ -1,5 +1,7 @@
-"""The "Generator" tab: a prompt and decoding settings; the text streams in as it is decoded, from the generator
-API's /generate/stream (`--generator-api`) or a checkpoint in-process (the same continuous batcher)."""
+"""The "Generator" tab: a prompt and decoding settings, the text streaming in as it is decoded, and a chat with the
+model (its tokenizer's chat template), from the generator API (`--generator-api`: /generate/stream and OpenAI's
+/v1/chat/completions) or a checkpoint in-process (the same continuous batcher). Up to API_CONCURRENCY people run
+at once, so that their requests meet in the server's running batch."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from apps.tabs.http import ApiError
+from apps.tabs.http import API_CONCURRENCY, ApiError
 from training.options import Option
 
 TITLE = "Generator"
@@ -48,12 +50,37 @@ async def stream_from_api(url: str, body: dict[str, Any]) -> AsyncIterator[tuple
         raise ApiError(f"the API at {url} did not answer: {exc}") from None
 
 
+async def chat_from_api(url: str, messages: list[dict[str, str]], settings: dict[str, Any]) -> AsyncIterator[str]:
+    """The assistant's reply in pieces, from OpenAI's streamed /v1/chat/completions."""
+    import httpx
+
+    body = {"model": "generator", "messages": messages, "stream": True, **settings}
+    try:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(300, connect=5)) as client, client.stream(
+                "POST", f"{url}/v1/chat/completions", json=body) as response:
+            if response.status_code != 200:
+                answer = (await response.aread()).decode(errors="replace")
+                try:
+                    reason = json.loads(answer)["error"]["message"]
+                except (ValueError, KeyError, TypeError):
+                    reason = answer[:300]
+                raise ApiError(f"the API refused the request ({response.status_code}): {reason}")
+            async for line in response.aiter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    for choice in json.loads(line[len("data: "):]).get("choices", []):
+                        if choice["delta"].get("content"):
+                            yield choice["delta"]["content"]
+    except httpx.HTTPError as exc:
+        raise ApiError(f"the API at {url} did not answer: {exc}") from None
+
+
 def streamer(values: dict[str, Any]):
-    """A function (prompt, settings) -> async events, and where the text comes from."""
+    """Functions (prompt, settings) -> async events and (messages, settings) -> async reply pieces, and where the
+    text comes from."""
     if values.get("generator_api"):
         url = values["generator_api"].rstrip("/")
-        return (lambda prompt, settings: stream_from_api(url, {"prompt": prompt, **settings})), \
-            f"the BentoML API at {url}"
+        return (lambda prompt, settings: stream_from_api(url, {"prompt": prompt, **settings}),
+                lambda messages, settings: chat_from_api(url, messages, settings), f"the BentoML API at {url}")
     from serving.decoding import Decoding
     from serving.text_generator import TextGenerator
 
@@ -62,7 +89,19 @@ def streamer(values: dict[str, Any]):
     def local(prompt: str, settings: dict[str, Any]):
         return runtime.stream(prompt, Decoding(**{**settings, "stop": tuple(settings["stop"])}))
 
-    return local, f"checkpoint {values['generator_checkpoint']} (in-process)"
+    async def chat(messages: list[dict[str, str]], settings: dict[str, Any]) -> AsyncIterator[str]:
+        ids = runtime.chat_prompt(messages, settings["max_tokens"])
+        ends = (runtime.end_of_turn,) if runtime.end_of_turn is not None else ()
+        stream = runtime.open([(ids, Decoding(max_new_tokens=settings["max_tokens"],
+                                              temperature=settings["temperature"], stop_token_ids=ends))])[0]
+        try:
+            async for kind, payload in stream:
+                if kind == "text":
+                    yield payload
+        finally:
+            stream.close()
+
+    return local, chat, f"checkpoint {values['generator_checkpoint']} (in-process, {runtime.runtime} runtime)"
 
 
 def build(values: dict[str, Any]) -> None:
@@ -70,9 +109,9 @@ def build(values: dict[str, Any]) -> None:
 
     from serving.text_generator import GenerationRefused
 
-    stream, source = streamer(values)
-    gr.Markdown(f"Continue a text with the fine-tuned language model; the text appears as it is decoded. "
-                f"Generation by {source}.")
+    stream, chat, source = streamer(values)
+    gr.Markdown(f"Continue a text with the fine-tuned language model, or chat with it below; the text appears as "
+                f"it is decoded. Generation by {source}.")
     with gr.Row():
         with gr.Column():
             prompt = gr.Textbox(label="prompt", lines=4, elem_id="generator-prompt",
@@ -115,4 +154,35 @@ def build(values: dict[str, Any]) -> None:
             raise gr.Error(str(exc)) from None
 
     inputs = [prompt, max_new, temperature, top_k, top_p, penalty, seed, stop]
-    submit.click(run, inputs=inputs, outputs=[output, status], api_name="generate_text")
+    submit.click(run, inputs=inputs, outputs=[output, status], api_name="generate_text",
+                 concurrency_limit=API_CONCURRENCY)
+
+    async def reply(message: str, history: list[dict[str, Any]], tokens: float, temp: float):
+        messages = [{"role": turn["role"], "content": _text(turn["content"])} for turn in history
+                    if turn.get("role") in ("user", "assistant", "system")]
+        messages.append({"role": "user", "content": message})
+        answer = ""
+        try:
+            async for piece in chat(messages, {"max_tokens": int(tokens), "temperature": float(temp)}):
+                answer += piece
+                yield answer
+        except (ApiError, GenerationRefused) as exc:
+            raise gr.Error(str(exc)) from None
+
+    gr.Markdown("### Chat (the model's chat template, OpenAI's /v1/chat/completions)")
+    gr.ChatInterface(reply, chatbot=gr.Chatbot(elem_id="generator-chat", height=320),
+                     textbox=gr.Textbox(placeholder="Ask something", elem_id="generator-chat-input",
+                                        submit_btn=True),
+                     additional_inputs=[gr.Slider(1, 256, value=96, step=1, label="max new tokens"),
+                                        gr.Slider(0, 2, value=0.3, step=0.05, label="temperature (0: greedy)")],
+                     additional_inputs_accordion=gr.Accordion("chat settings", open=False),
+                     concurrency_limit=API_CONCURRENCY, api_name="chat", fill_height=False)
+
+
+def _text(content: Any) -> str:
+    """A chat turn's text (Gradio keeps it as a string, or as a list of parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
+    return str(content)

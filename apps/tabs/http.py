@@ -7,6 +7,11 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+# Events a tab lets run at once when its API batches requests (news, images, the generator): Gradio runs one at a
+# time by default, which would queue people one behind another in front of a server that decodes them together.
+# The generator service batches 16 sequences by default (max_batch).
+API_CONCURRENCY = 16
+
 
 class ApiError(RuntimeError):
     pass

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from apps.tabs.http import ApiError
+from apps.tabs.http import API_CONCURRENCY, ApiError
 from training.options import Option
 
 TITLE = "Images"
@@ -80,4 +80,5 @@ def build(values: dict[str, Any]) -> None:
             raise gr.Error(str(exc)) from None
         return {item["label"]: item["probability"] for item in scores}
 
-    submit.click(predict, inputs=image, outputs=top, api_name="classify_image")
+    submit.click(predict, inputs=image, outputs=top, api_name="classify_image",
+                 concurrency_limit=API_CONCURRENCY)

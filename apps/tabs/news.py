@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from apps.tabs.http import ApiError, post_json
+from apps.tabs.http import API_CONCURRENCY, ApiError, post_json
 from training.options import Option
 
 TITLE = "News"
@@ -62,5 +62,6 @@ def build(values: dict[str, Any]) -> None:
         note = " (text was cut to the model's length)" if result.get("truncated") else ""
         return result["label"] + note, result["probabilities"]
 
-    submit.click(predict, inputs=text, outputs=[topic, probabilities], api_name="classify_news")
+    submit.click(predict, inputs=text, outputs=[topic, probabilities], api_name="classify_news",
+                 concurrency_limit=API_CONCURRENCY)
     text.submit(predict, inputs=text, outputs=[topic, probabilities])

@@ -24,6 +24,7 @@ from training.data.wikitext import WikiSplit, detokenize, find_split, read_split
 from training.decoder_onnx import DECODER_FILE
 from training.demo_runs import DemoRun, real_data_folder
 from training.engine.trainer import EPOCHS_DIR, FitResult, PipelineLoss, TrainingJob
+from training.hf_export import ADAPTER_DIR
 from training.models import build_model
 from training.models import causal_lm as lm
 from training.options import Option
@@ -211,6 +212,10 @@ def save(cfg: TrainConfig, run: GeneratorRun, config: dict[str, Any], result: Fi
     if opts["lora"]:
         fresh = lm.with_lora(fresh, opts["lora"])
     fresh.load_state_dict(result.best_state)
+    adapter = []
+    if opts["lora"]:  # the adapter alone too, for peft users (PeftModel.from_pretrained(base, CKPT/adapter))
+        fresh.save_pretrained(str(out / ADAPTER_DIR))
+        adapter = sorted(str(p.relative_to(out)) for p in (out / ADAPTER_DIR).rglob("*") if p.is_file())
     plain = lm.merged(fresh)  # LoRA folded in: the checkpoint is the plain transformers model
     manifest = CheckpointManifest(
         task=NAME,
@@ -232,7 +237,7 @@ def save(cfg: TrainConfig, run: GeneratorRun, config: dict[str, Any], result: Fi
     saved = run.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
     names = sorted({str(Path(p).resolve().relative_to(out.resolve())) for p in saved if Path(p).is_file()})
     snapshots = sorted((out / EPOCHS_DIR).glob("epoch-*.safetensors"))
-    record_files(out, manifest, names + [str(p.relative_to(out)) for p in snapshots])
+    record_files(out, manifest, names + adapter + [str(p.relative_to(out)) for p in snapshots])
     return out
 
 
