@@ -168,6 +168,30 @@ def test_too_many_generations_get_429_and_a_client_that_leaves_frees_its_place(s
     assert sum(counted.values()) - sum(after.values()) == 3
 
 
+def running_gauge(url: str) -> float:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        found = re.search(r"^modelyard:num_requests_running (\S+)$", response.read().decode(), re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_app_users_pressing_generate_together_meet_in_the_servers_batch(slow_api, tmp_path):
+    """Three gradio_client users at once (the API's max_concurrent): the API sees them running together (Gradio's
+    default would queue them one behind another)."""
+    from gradio_client import Client
+
+    with running_app(tmp_path, "--generator-api", slow_api) as url:
+        client = Client(url, verbose=False)
+        jobs = [client.submit("The castle was", 256, 0.0, 0, 1.0, 1.0, 0, "\u2603", api_name="/generate_text")
+                for _ in range(3)]
+        seen = []
+        while not all(job.done() for job in jobs):
+            seen.append(running_gauge(slow_api))
+            time.sleep(0.05)
+        results = [job.result() for job in jobs]
+    assert max(seen) >= 3, seen
+    assert all("finished" in status for _, status in results)
+
+
 def stream_events_holding(url: str, body: dict) -> http.client.HTTPConnection:
     host, port = url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=60)

@@ -235,3 +235,31 @@ def test_openai_routes_honour_their_openapi_document(chat_ckpt, tmp_path):
                                         exclude_checks=("positive_data_acceptance",))
     finally:
         stop_server(process)
+
+
+def test_gradio_chat_streams_a_reply_in_a_headless_browser(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.conftest import running_app
+
+    with running_app(tmp_path, "--generator-api", server, "--generator-api-key", KEY) as url:
+        wait = WebDriverWait(browser, 90, poll_frequency=0.3)
+        browser.set_window_size(1280, 2200)
+        browser.get(url)
+        box = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#generator-chat-input textarea"))
+        box.send_keys("Name a river in England.")
+        box.send_keys(Keys.ENTER)
+
+        def replies(driver):
+            bubbles = driver.find_elements(By.CSS_SELECTOR, "#generator-chat [data-testid='bot']")
+            texts = [(b.get_attribute("textContent") or "").strip() for b in bubbles]
+            return [t for t in texts if t] or None
+
+        texts = wait.until(replies)
+        time.sleep(1)  # the reply streams in; let it finish before the screenshot
+        browser.save_screenshot(str(tmp_path / "generator-chat.png"))
+        user = [(u.get_attribute("textContent") or "") for u in browser.find_elements(
+            By.CSS_SELECTOR, "#generator-chat [data-testid='user']")]
+        assert any("Name a river" in u for u in user) and texts[-1]

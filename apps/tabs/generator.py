@@ -17,6 +17,7 @@ TITLE = "Generator"
 OPTIONS = (
     Option("generator_checkpoint", Path, None, "generator checkpoint for in-process generation"),
     Option("generator_api", str, None, "generator API base URL (from `modelyard serve generator`)"),
+    Option("generator_api_key", str, None, "the generator API's key, when it was started with --api-key"),
 )
 EXAMPLES = [
     "= Robert Boulter =\n\nRobert Boulter is an English film, television and theatre actor.",
@@ -50,14 +51,16 @@ async def stream_from_api(url: str, body: dict[str, Any]) -> AsyncIterator[tuple
         raise ApiError(f"the API at {url} did not answer: {exc}") from None
 
 
-async def chat_from_api(url: str, messages: list[dict[str, str]], settings: dict[str, Any]) -> AsyncIterator[str]:
+async def chat_from_api(url: str, messages: list[dict[str, str]], settings: dict[str, Any],
+                        key: str | None = None) -> AsyncIterator[str]:
     """The assistant's reply in pieces, from OpenAI's streamed /v1/chat/completions."""
     import httpx
 
     body = {"model": "generator", "messages": messages, "stream": True, **settings}
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
         async with httpx.AsyncClient(timeout=httpx.Timeout(300, connect=5)) as client, client.stream(
-                "POST", f"{url}/v1/chat/completions", json=body) as response:
+                "POST", f"{url}/v1/chat/completions", json=body, headers=headers) as response:
             if response.status_code != 200:
                 answer = (await response.aread()).decode(errors="replace")
                 try:
@@ -80,7 +83,8 @@ def streamer(values: dict[str, Any]):
     if values.get("generator_api"):
         url = values["generator_api"].rstrip("/")
         return (lambda prompt, settings: stream_from_api(url, {"prompt": prompt, **settings}),
-                lambda messages, settings: chat_from_api(url, messages, settings), f"the BentoML API at {url}")
+                lambda messages, settings: chat_from_api(url, messages, settings, values.get("generator_api_key")),
+                f"the BentoML API at {url}")
     from serving.decoding import Decoding
     from serving.text_generator import TextGenerator
 
@@ -173,9 +177,10 @@ def build(values: dict[str, Any]) -> None:
     gr.ChatInterface(reply, chatbot=gr.Chatbot(elem_id="generator-chat", height=320),
                      textbox=gr.Textbox(placeholder="Ask something", elem_id="generator-chat-input",
                                         submit_btn=True),
-                     additional_inputs=[gr.Slider(1, 256, value=96, step=1, label="max new tokens"),
-                                        gr.Slider(0, 2, value=0.3, step=0.05, label="temperature (0: greedy)")],
-                     additional_inputs_accordion=gr.Accordion("chat settings", open=False),
+                     additional_inputs=[gr.Slider(1, 256, value=64, step=1, label="max new tokens", render=False),
+                                        gr.Slider(0, 2, value=0.3, step=0.05, label="temperature (0: greedy)",
+                                                  render=False)],
+                     additional_inputs_accordion=gr.Accordion("chat settings", open=False, render=False),
                      concurrency_limit=API_CONCURRENCY, api_name="chat", fill_height=False)
 
 
