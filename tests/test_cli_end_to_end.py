@@ -163,6 +163,9 @@ def check_demo_services(ports: dict) -> None:
     assert status == 200 and len(body["forecast"]) == 28, body
     status, body = post(f"http://127.0.0.1:{api + 4}/generate", {"prompt": "The castle was", "max_new_tokens": 8})
     assert status == 200 and body["generated_tokens"] >= 1, body
+    status, body = post(f"http://127.0.0.1:{api + 4}/v1/completions", {"model": "generator", "prompt": "The castle",
+                                                                      "max_tokens": 4})
+    assert status == 200 and body["object"] == "text_completion" and body["usage"]["completion_tokens"] >= 1, body
     with urllib.request.urlopen(f"http://127.0.0.1:{ports['app']}/", timeout=30) as response:
         assert response.status == 200
     deadline = time.monotonic() + 60  # the replay is flowing through the monitor
@@ -192,8 +195,8 @@ def test_demo_trains_serves_dies_with_its_children_and_comes_back_reusing_its_mo
         text, _ = wait_serving(process, lines, timeout=900)
         for task in ("turbofan", "news", "image", "sales", "generator"):
             assert f"{task} evaluation" in text
-        # the ensemble, its student, news, image, sales
-        assert text.count("max abs difference ONNX Runtime vs torch") == 5
+        # the ensemble, its student, news, image, sales, the generator's decoder
+        assert text.count("max abs difference ONNX Runtime vs torch") == 6
         # the summary: each headline metric beside its URL
         for label in ("test RMSE (cycles)", "test accuracy", "test WRMSSE", "test perplexity"):
             assert label in text
@@ -205,7 +208,7 @@ def test_demo_trains_serves_dies_with_its_children_and_comes_back_reusing_its_mo
         process.kill()
     for name in ("turbofan", "turbofan-monitor", "news", "image", "sales"):
         assert {"model.onnx", "report.json"} <= set(verify_checkpoint(out / name).files)
-    assert "report.json" in verify_checkpoint(out / "generator").files  # served by torch: no ONNX
+    assert {"decoder.onnx", "report.json"} <= set(verify_checkpoint(out / "generator").files)
     student = verify_checkpoint(out / "turbofan-monitor")  # what the monitor ran: the ensemble distilled
     assert student.model["members"] == 1 and student.training["teacher"]["model"]["members"] == 3
     made = {name: (out / name / "model.safetensors").stat().st_mtime

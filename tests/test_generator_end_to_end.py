@@ -56,6 +56,26 @@ def test_lora_on_a_pretrained_folder_saves_the_plain_model(tmp_path, wikitext_di
     assert "no train split" in report["data_note"] and set(report["splits"]) == {"test"}
     assert report["test_perplexity"] < report["zero_shot_test_perplexity"]
     assert report["improvement_vs_zero_shot"] > 0
+    assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= set(manifest.files)
+
+    # a Hugging Face folder that transformers loads offline, with a model card, and the adapter peft puts back
+    exported = run_cli("export", out, "--format", "hf")
+    assert exported.returncode == 0 and "loaded back vs the checkpoint: 0.000e+00" in exported.stdout, exported.stdout
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = out / "hf"
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    ids = tokenizer("The castle was built", return_tensors="pt").input_ids
+    card = (folder / "README.md").read_text()
+    assert "LoRA rank 4" in card and f"{report['test_perplexity']:.2f}" in card
+    assert f"{report['zero_shot_test_perplexity']:.2f}" in card
+    base = AutoModelForCausalLM.from_pretrained(tiny_lm, local_files_only=True)
+    adapted = PeftModel.from_pretrained(base, folder / "adapter").eval()
+    with torch.no_grad():
+        assert torch.allclose(adapted(ids).logits, model(ids).logits, atol=1e-4)
+    assert "hf/README.md" in verify_checkpoint(out).files
 
 
 def test_two_ranks_train_alike_with_ddp_and_colossalai_zero2(tmp_path, wikitext_dir):
@@ -81,7 +101,8 @@ def test_refusals_name_what_is_wrong(tmp_path, wikitext_dir, generator_ckpt):
                          "no wiki.test.tokens")
     assert_clean_failure(run_cli("train", "generator", "--out", tmp_path / "b", "--data-dir", wikitext_dir,
                                  "--size", "tiny", "--block-size", "512"), "longer than the model's context")
-    assert_clean_failure(run_cli("export", generator_ckpt), "not exported to ONNX")
+    assert_clean_failure(run_cli("serve", "generator", "--checkpoint", generator_ckpt, "--runtime", "onnx"),
+                         "decoder.onnx: missing; run `modelyard export")
 
 
 def _val_loss(out) -> float:
