@@ -36,17 +36,15 @@ from serving.settings import read_settings
 from training.decoder_onnx import DECODER_FILE
 from training.options import Option
 
-SERVICE, ROUTE = "TextGenerator", "/generate"
+SERVICE, ROUTE = "TextGenerator", "/v1/completions"  # OpenAI's; /v1/chat/completions and /generate too
 RUNTIMES = ("onnx", "torch")  # onnx: the decoder `modelyard export` writes
 ONNX_FILE = DECODER_FILE
 OPTIONS = (Option("max_new_tokens", int, 256, "most tokens one request may ask for", minimum=1),
            Option("max_prompt_tokens", int, 512, "most tokens in a prompt", minimum=1),
            Option("max_concurrent", int, 32, "generations running or waiting at once; more get HTTP 429", minimum=1),
            Option("max_batch", int, 16, "sequences decoded together in one forward pass", minimum=1),
-           # Measured on 2 cores, SmolLM2, 8 streams: 53.6 tokens/s with 1 thread, 38.7 with 2, where the HTTP side
-           # and the decoding threads preempt each other; one stream decodes as fast with 1 as with 2.
-           Option("threads", int, max(1, (os.cpu_count() or 1) - 1),
-                  "threads decoding (default: every core but one, left to the HTTP side)", minimum=1),
+           Option("threads", int, None, "threads decoding (default: every core on the onnx runtime, every core but "
+                                        "one on torch)", minimum=1),
            Option("served_model_name", str, None, "the model id of OpenAI's API (default: the checkpoint folder's "
                                                   "name; `generator` is always an alias)"),
            Option("api_key", str, None, "when set, OpenAI's routes want `Authorization: Bearer KEY`"))
@@ -171,11 +169,8 @@ def _openai_answer(kind: str) -> dict[int, Any]:
 @bentoml.asgi_app(app, path="/")
 class TextGenerator:
     def __init__(self) -> None:
-        import torch
-
         from serving.text_generator import TextGenerator as Runtime
 
-        torch.set_num_threads(SETTINGS["threads"])
         self.metrics = _Metrics()
         checkpoint = os.environ["MODELYARD_CHECKPOINT"]
         self.runtime = Runtime(checkpoint, runtime=os.environ.get("MODELYARD_RUNTIME"),

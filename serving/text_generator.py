@@ -5,6 +5,7 @@ callers as streams of events."""
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,10 @@ class GenerationStream:
 
 class TextGenerator:
     """`runtime`: onnx (the exported decoder.onnx, ONNX Runtime) or torch; default: onnx where the checkpoint has
-    the decoder, torch otherwise."""
+    the decoder, torch otherwise. `threads` decoding, by default every core on onnx and every core but one on torch.
+    Measured on 2 cores with SmolLM2 over HTTP: onnx made 56.6 tokens/s one stream and 136 with 8 at once with 2
+    threads, 39.9 and 85 with 1; torch 11.5 and 38.5 with 1 thread, 8.7 and 37.7 with 2, its HTTP side and its
+    decoding threads preempting each other."""
 
     def __init__(self, ckpt: Path | str, runtime: str | None = None, max_batch: int = 16, max_concurrent: int = 32,
                  max_prompt_tokens: int = 512, threads: int | None = None, on_finished=None,
@@ -85,7 +89,11 @@ class TextGenerator:
         self.manifest, self.name, self.runtime = manifest, ckpt.resolve().name, runtime
         hf_config = manifest.model["hf_config"]
         self.context = int(hf_config.get("n_positions") or hf_config["max_position_embeddings"])
-        self.decoder = _onnx_decoder(ckpt, manifest, threads) if runtime == "onnx" else _torch_decoder(ckpt)
+        cores = os.cpu_count() or 1
+        if runtime == "onnx":
+            self.decoder = _onnx_decoder(ckpt, manifest, threads or cores)
+        else:
+            self.decoder = _torch_decoder(ckpt, threads or max(1, cores - 1))
         self.end_of_turn = end_of_turn_token(self.tokenizer)
         self.max_concurrent, self.max_prompt_tokens = max_concurrent, max_prompt_tokens
         self.streams = 0  # generations admitted whose caller has not had their last event or left
@@ -150,10 +158,13 @@ class TextGenerator:
         raise RuntimeError("the generation ended without a result")
 
 
-def _torch_decoder(ckpt: Path):
+def _torch_decoder(ckpt: Path, threads: int):
+    import torch
+
     from serving.torch_decoder import TorchDecoder
     from training.models import build_model
 
+    torch.set_num_threads(threads)
     manifest, weights = load_checkpoint(ckpt)
     model = build_model(manifest.model)
     model.load_state_dict(weights)
