@@ -106,6 +106,21 @@ def test_stop_strings_and_seeds(client):
     assert two[0].text == sampled[0] and two[1].text != two[0].text  # choice i draws with seed + i
 
 
+def test_presence_and_frequency_penalties_discourage_repeating(client):
+    """Greedy text from the tiny model repeats its tokens; OpenAI's penalties subtract from each token already
+    generated, so they come back less often."""
+    def tokens(**penalties) -> list[str]:
+        answer = client.completions.create(model="generator", prompt="The castle was", max_tokens=24, temperature=0,
+                                           logprobs=0, stop=["\u2603"], **penalties)
+        return answer.choices[0].logprobs.tokens
+
+    plain = tokens()
+    assert len(set(plain)) < len(plain) - 4  # it repeats itself
+    for penalty in ({"frequency_penalty": 2.0}, {"presence_penalty": 2.0}):
+        penalised = tokens(**penalty)
+        assert len(set(penalised)) > len(set(plain)), (penalty, plain, penalised)
+
+
 def test_completion_streams_chunks_and_usage(client):
     chunks = list(client.completions.create(model="generator", prompt="The castle was", max_tokens=12,
                                             temperature=0, stream=True, stream_options={"include_usage": True}))
