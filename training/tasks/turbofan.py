@@ -93,9 +93,9 @@ class Teacher:
     prediction, which caps the monitor's throughput. A single LSTM fitted to the ensemble's predictions (on the same
     noise-augmented windows) costs a third as much and keeps about half of what averaging gains in test RMSE on FD001
     (seeds 1 and 2: 14.45 and 14.42 vs 15.13 and 14.98 for a single LSTM trained alone, 14.02 and 13.83 for the
-    ensembles that taught them; docs/turbofan.md gives all three seeds). The student trains and validates on the teacher's
-    engines with the teacher's normaliser and window, so its validation engines (which also calibrate its alarm
-    threshold) stay unseen by both."""
+    ensembles that taught them; docs/turbofan.md gives all three seeds). The student trains and validates on the
+    teacher's engines with the teacher's normaliser and window, so its validation engines (which also calibrate its
+    alarm threshold) stay unseen by both."""
 
     def __init__(self, ckpt: Path) -> None:
         manifest, weights = load_checkpoint(Path(ckpt))
