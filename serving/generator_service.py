@@ -32,11 +32,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serving import openai_api as oai
 from serving.openapi import VALIDATION_ERROR_BODY, as_openapi30, document_truthfully
+from serving.refusal import Refused
 from serving.settings import read_settings
 from training.decoder_onnx import DECODER_FILE
 from training.options import Option
 
-SERVICE, ROUTE = "TextGenerator", "/v1/completions"  # OpenAI's; /v1/chat/completions and /generate too
+SERVICE, ROUTE = "GeneratorService", "/v1/completions"  # OpenAI's; /v1/chat/completions and /generate too
 RUNTIMES = ("onnx", "torch")  # onnx: the decoder `modelyard export` writes
 ONNX_FILE = DECODER_FILE
 OPTIONS = (Option("max_new_tokens", int, 256, "most tokens one request may ask for", minimum=1),
@@ -92,15 +93,6 @@ class Generated(BaseModel):
     prompt_tokens: int
     generated_tokens: int
     time_to_first_token_ms: float
-
-
-class Refused(Exception):
-    def __init__(self, status: int, kind: str, loc: list[Any], message: str) -> None:
-        super().__init__(message)
-        self.status, self.body = status, {"error": message, "detail": [{"type": kind, "loc": loc, "msg": message}]}
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body, status_code=self.status)
 
 
 app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)  # BentoML serves the one document, /docs.json
@@ -167,7 +159,7 @@ def _openai_answer(kind: str) -> dict[int, Any]:
 @document_truthfully
 @bentoml.service(name="text_generator", workers=1, traffic={"timeout": 300})
 @bentoml.asgi_app(app, path="/")
-class TextGenerator:
+class GeneratorService:
     def __init__(self) -> None:
         from serving.text_generator import TextGenerator as Runtime
 
@@ -183,26 +175,18 @@ class TextGenerator:
     @app.post("/generate", response_model=Generated, openapi_extra={"requestBody": REQUEST_BODY}, responses=ERRORS,
               summary="Generate text", description="The continuation of `prompt`, whole.")
     async def generate(self, request: Request) -> Any:
-        from serving.text_generator import GenerationRefused
-
         try:
             body = await _request(request)
             return await self.runtime.generate(body.prompt, _decoding(body))
-        except GenerationRefused as exc:
-            return Refused(exc.status, "refused", ["body", exc.field], str(exc)).response()
         except Refused as exc:
             return exc.response()
 
     @app.post("/generate/stream", openapi_extra={"requestBody": REQUEST_BODY}, responses={**STREAM_ANSWER, **ERRORS},
               summary="Generate text, streamed", description="Server-sent events as the continuation is decoded.")
     async def generate_stream(self, request: Request) -> Any:
-        from serving.text_generator import GenerationRefused
-
         try:
             body = await _request(request)
             events = self.runtime.stream(body.prompt, _decoding(body))
-        except GenerationRefused as exc:
-            return Refused(exc.status, "refused", ["body", exc.field], str(exc)).response()
         except Refused as exc:
             return exc.response()
 
@@ -298,12 +282,11 @@ def _authorize(request: Request) -> None:
 
 async def _request(request: Request) -> GenerateRequest:
     if int(request.headers.get("content-length") or 0) > MAX_BODY:
-        raise Refused(413, "too_large", ["body"], f"the request body is larger than {MAX_BODY:,} bytes")
+        raise Refused(f"the request body is larger than {MAX_BODY:,} bytes", status=413, kind="too_large")
     try:
         return GenerateRequest.model_validate_json(await request.body())
     except ValidationError as exc:
-        first = exc.errors(include_context=False, include_input=False, include_url=False)[0]
-        raise Refused(400, first["type"], ["body", *first["loc"]], first["msg"]) from None
+        raise Refused.first_of(exc, ["body"]) from None
 
 
 def _decoding(body: GenerateRequest):

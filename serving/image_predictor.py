@@ -14,29 +14,25 @@ from typing import Any
 import numpy as np
 
 from serving.predictor import ModelRunner, open_verified
+from serving.refusal import Refused
 
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
 MAX_PIXELS = 24_000_000  # a 6000 x 4000 photo; decoding more would let one request exhaust the memory
 
 
-class ImageRejected(ValueError):
-    """An upload that is not an image this service reads; the text says why."""
-
-
 def decode_upload(raw: bytes, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """uint8 (size, size, 3) from an uploaded file's bytes, or ImageRejected."""
+    """uint8 (size, size, 3) from an uploaded file's bytes, or Refused (the text says why)."""
     from PIL import Image, UnidentifiedImageError
 
     if not raw:
-        raise ImageRejected("empty file")
+        raise Refused("empty file")
     try:
         with Image.open(io.BytesIO(raw)) as image:  # reads the header only
             if image.format not in FORMATS:
-                raise ImageRejected(f"{image.format} images are not accepted; send {', '.join(FORMATS)}")
+                raise Refused(f"{image.format} images are not accepted; send {', '.join(FORMATS)}")
             width, height = image.size
             if width * height > max_pixels:
-                raise ImageRejected(f"{width}x{height} pixels: more than the {max_pixels:,} pixels this service "
-                                    "decodes")
+                raise Refused(f"{width}x{height} pixels: more than the {max_pixels:,} pixels this service decodes")
             if image.mode in ("RGBA", "LA", "P"):  # transparency: on a white background, as a viewer shows it
                 image = image.convert("RGBA")
                 background = Image.new("RGBA", image.size, (255, 255, 255, 255))
@@ -46,11 +42,11 @@ def decode_upload(raw: bytes, size: int, max_pixels: int = MAX_PIXELS) -> np.nda
                 rgb = rgb.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
             return np.asarray(rgb, dtype=np.uint8)
     except Image.DecompressionBombError as exc:  # PIL's own limit, met while reading the header
-        raise ImageRejected(f"more than the {max_pixels:,} pixels this service decodes ({exc})") from None
+        raise Refused(f"more than the {max_pixels:,} pixels this service decodes ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        if isinstance(exc, ImageRejected):
+        if isinstance(exc, Refused):
             raise
-        raise ImageRejected(f"not a readable image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") \
+        raise Refused(f"not a readable image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") \
             from None
 
 

@@ -20,10 +20,10 @@ from typing import Annotated, Any
 import bentoml
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from serving.openapi import VALIDATION_ERROR_BODY, document_truthfully
+from serving.refusal import Refused
 from serving.settings import read_settings
 from training.options import Option
 
@@ -50,12 +50,6 @@ class Base64Images(BaseModel):
     images: list[Annotated[str, Field(min_length=1, max_length=MAX_BYTES * 4 // 3 + 4)]] = Field(
         min_length=1, max_length=MAX_IMAGES, description="base64-encoded image files (PNG, JPEG, WebP)")
     top_k: int = Field(5, ge=1, le=10)
-
-
-class Refused(Exception):
-    def __init__(self, status: int, kind: str, loc: list[Any], message: str) -> None:
-        super().__init__(message)
-        self.status, self.body = status, {"error": message, "detail": [{"type": kind, "loc": loc, "msg": message}]}
 
 
 app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)  # BentoML serves the one document, /docs.json
@@ -98,7 +92,7 @@ class ImageClassifier:
             # Decoding a large photo takes a while: off the event loop, which keeps serving other requests.
             images = await asyncio.get_running_loop().run_in_executor(None, self._decode_all, uploads, field)
         except Refused as exc:
-            return JSONResponse(exc.body, status_code=exc.status)
+            return exc.response()
         probabilities = await self.batcher(images)
         return [{"top": top} for top in self.predictor.top_k(probabilities, top_k)]
 
@@ -106,27 +100,25 @@ class ImageClassifier:
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         length = int(request.headers.get("content-length") or 0)
         if length > MAX_BODY:
-            raise Refused(413, "too_large", ["body"], f"the request is {length:,} bytes; at most {MAX_BODY:,}")
+            raise Refused(f"the request is {length:,} bytes; at most {MAX_BODY:,}", status=413, kind="too_large")
         if media == "application/json":
             return await self._json(request)
         if media == "multipart/form-data":
             return await self._multipart(request)
-        raise Refused(415, "unsupported_media_type", ["header", "content-type"],
-                      f"send multipart/form-data (files) or application/json (base64 images), not {media or 'nothing'}")
+        raise Refused(f"send multipart/form-data (files) or application/json (base64 images), not {media or 'nothing'}",
+                      ["header", "content-type"], status=415, kind="unsupported_media_type")
 
     async def _json(self, request: Request) -> tuple[list[bytes], int, str]:
         try:
             body = Base64Images.model_validate_json(await request.body())
         except ValidationError as exc:
-            errors = exc.errors(include_context=False, include_input=False, include_url=False)
-            first = errors[0]
-            raise Refused(400, first["type"], list(first["loc"]), first["msg"]) from None
+            raise Refused.first_of(exc) from None
         uploads = []
         for i, text in enumerate(body.images):
             try:
                 uploads.append(base64.b64decode(text, validate=True))
             except (binascii.Error, ValueError):
-                raise Refused(400, "base64", ["images", i], "not valid base64") from None
+                raise Refused("not valid base64", ["images", i], kind="base64") from None
         return uploads, body.top_k, "images"
 
     async def _multipart(self, request: Request) -> tuple[list[bytes], int, str]:
@@ -135,14 +127,14 @@ class ImageClassifier:
         except Exception as exc:  # noqa: BLE001 - starlette's parser raises several kinds for a malformed body
             message = str(exc) or type(exc).__name__
             status = 413 if "exceeded" in message.lower() else 400  # bytes beyond a limit; counts are 400
-            raise Refused(status, "multipart", ["body"], f"unreadable multipart body: {message}") from None
+            raise Refused(f"unreadable multipart body: {message}", status=status, kind="multipart") from None
         files = form.getlist("files")
         if not files:
-            raise Refused(400, "missing", ["files"], "no `files` field: attach at least one image file")
+            raise Refused("no `files` field: attach at least one image file", ["files"], kind="missing")
         uploads = []
         for i, item in enumerate(files):
             if isinstance(item, str) or not hasattr(item, "read"):
-                raise Refused(400, "not_a_file", ["files", i], "`files` must be uploaded files, not text")
+                raise Refused("`files` must be uploaded files, not text", ["files", i], kind="not_a_file")
             uploads.append(await item.read())
         return uploads, self._top_k(form.get("top_k")), "files"
 
@@ -153,20 +145,21 @@ class ImageClassifier:
         try:
             top_k = int(value)  # a form field is text: "3"; not JSON, where true would count as 1
         except (TypeError, ValueError):
-            raise Refused(400, "int_parsing", ["top_k"], "top_k must be an integer") from None
+            raise Refused("top_k must be an integer", ["top_k"], kind="int_parsing") from None
         if not 1 <= top_k <= 10:
-            raise Refused(400, "range", ["top_k"], "top_k must be between 1 and 10")
+            raise Refused("top_k must be between 1 and 10", ["top_k"], kind="range")
         return top_k
 
     def _decode_all(self, uploads: list[bytes], field: str) -> np.ndarray:
-        from serving.image_predictor import ImageRejected, decode_upload
+        from serving.image_predictor import decode_upload
 
         images = []
         for index, raw in enumerate(uploads):
             if len(raw) > MAX_BYTES:
-                raise Refused(413, "too_large", [field, index], f"{len(raw):,} bytes; at most {MAX_BYTES:,} per image")
+                raise Refused(f"{len(raw):,} bytes; at most {MAX_BYTES:,} per image", [field, index], status=413,
+                              kind="too_large")
             try:
                 images.append(decode_upload(raw, self.predictor.size, MAX_PIXELS))
-            except ImageRejected as exc:
-                raise Refused(400, "image", [field, index], str(exc)) from None
+            except Refused as exc:  # said of the file: say which one
+                raise Refused(str(exc), [field, index], kind="image") from None
         return np.stack(images)

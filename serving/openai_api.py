@@ -19,7 +19,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serving.decoding import Decoding, TokenLogprob
-from serving.text_generator import GenerationRefused, GenerationStream, TextGenerator
+from serving.refusal import Refused
+from serving.text_generator import GenerationStream, TextGenerator
 
 MAX_N = 8  # choices per prompt
 MAX_PROMPTS = 16  # prompts per completion request
@@ -153,7 +154,7 @@ def _is_union_branch(part: Any) -> bool:
     return isinstance(part, str) and ("[" in part or part in ("str", "int", "list", "bool", "float"))
 
 
-def refused(exc: GenerationRefused) -> OpenAIError:
+def refused(exc: Refused) -> OpenAIError:
     return OpenAIError(exc.status, str(exc), param=exc.field, code=exc.code)
 
 
@@ -206,7 +207,7 @@ class OpenAIServer:
             encoded = [self.runtime.encode(p, max_tokens, budget_field="max_tokens") for p in prompts]
             decodings = self._decodings(body, max_tokens, body.logprobs, body.echo)
             streams = self.runtime.open([(ids, d) for ids in encoded for d in decodings])
-        except GenerationRefused as exc:
+        except Refused as exc:
             raise refused(exc) from None
         texts = [p if isinstance(p, str) else self.runtime.tokenizer.decode(p) for p in prompts]
         choices = [_Choice(i, encoded[i // body.n], texts[i // body.n] if body.echo else "", body.logprobs)
@@ -227,7 +228,7 @@ class OpenAIServer:
             logprobs = (body.top_logprobs or 0) if body.logprobs else None
             streams = self.runtime.open([(ids, d) for d in self._decodings(body, max_tokens, logprobs, False,
                                                                             stop_ids)])
-        except GenerationRefused as exc:
+        except Refused as exc:
             raise refused(exc) from None
         choices = [_Choice(i, ids, "", logprobs) for i in range(len(streams))]
         return _Reply("chatcmpl", True, body.model, self.runtime.tokenizer).answer(body, streams, choices)

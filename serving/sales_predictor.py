@@ -17,19 +17,12 @@ import numpy as np
 import pandas as pd
 
 from serving.predictor import ModelRunner, open_verified
+from serving.refusal import Refused
 from training.checkpoint import verify_file
 from training.data.m5_features import ID_FIELDS, IdVocabulary, series_covariates
 
 INPUTS = ["past_sales", "past_alive", "past_covariates", "future_covariates", "ids"]
 HISTORY_FILE, SERIES_FILE = "history.safetensors", "series.csv"
-
-
-class ForecastRefused(ValueError):
-    """A request this model cannot answer; `field` names the part of the request at fault."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass
@@ -79,8 +72,8 @@ class SalesPredictor:
     def forecast_known(self, series_id: str, horizon: int) -> dict[str, Any]:
         if series_id not in self.index:
             example = self.series["id"].iloc[0]
-            raise ForecastRefused("series_id", f"unknown series_id {series_id!r}: not one of the "
-                                               f"{len(self.series):,} series this model knows (e.g. {example!r})")
+            raise Refused(f"unknown series_id {series_id!r}: not one of the {len(self.series):,} series this model "
+                          f"knows (e.g. {example!r})", ["series_id"])
         i = self.index[series_id]
         sales, prices = self.sales[i], self.prices[i]
         start = self.first_day - 1  # calendar index of the first sales day
@@ -91,17 +84,16 @@ class SalesPredictor:
         sales = np.asarray(posted.sales, dtype=np.float32)
         start = (posted.start_date - self.first_date).days  # calendar index of the history's first day
         if start < 0:
-            raise ForecastRefused("history.start_date", f"{posted.start_date} is before the calendar's first day "
-                                                        f"{self.first_date}")
+            raise Refused(f"{posted.start_date} is before the calendar's first day {self.first_date}",
+                          ["history", "start_date"])
         end = start + len(sales) + horizon
         if end > self.calendar_days:
             last = self.first_date + dt.timedelta(days=self.calendar_days - 1)
             until = self.first_date + dt.timedelta(days=end - 1)
-            raise ForecastRefused("history.start_date", f"the forecast would run to {until}, past the calendar's "
-                                                        f"last day {last}: events and SNAP days are known only "
-                                                        "within it")
+            raise Refused(f"the forecast would run to {until}, past the calendar's last day {last}: events and SNAP "
+                          "days are known only within it", ["history", "start_date"])
         if not (sales > 0).any():
-            raise ForecastRefused("history.sales", "the history has no sales at all: nothing to forecast from")
+            raise Refused("the history has no sales at all: nothing to forecast from", ["history", "sales"])
         prices = self._posted_prices(posted.prices, len(sales), start)
         ids = pd.DataFrame([{field: (posted.ids or {}).get(field) for field in ID_FIELDS}])
         result = self._forecast(sales, prices, start, self.vocab.encode(ids), ids["state_id"].iloc[0], horizon)
@@ -115,9 +107,8 @@ class SalesPredictor:
             out[:] = 1.0
             return out
         if len(prices) not in (days, days + self.horizon):
-            raise ForecastRefused("history.prices", f"{len(prices)} prices for {days} days of sales: give one per "
-                                                    f"day of the history (optionally {self.horizon} more for "
-                                                    "the days ahead)")
+            raise Refused(f"{len(prices)} prices for {days} days of sales: give one per day of the history "
+                          f"(optionally {self.horizon} more for the days ahead)", ["history", "prices"])
         out[:len(prices)] = prices
         return pd.Series(out).ffill().to_numpy(dtype=np.float32)
 

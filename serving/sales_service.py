@@ -14,10 +14,10 @@ import os
 from typing import Annotated
 
 import bentoml
-from pydantic import BaseModel, Field, ValidationError
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import BaseModel, Field
 
 from serving.openapi import document_truthfully
+from serving.refusal import Refused
 from serving.settings import read_settings
 from training.options import Option
 
@@ -54,13 +54,6 @@ class Forecast(BaseModel):
     read_days: int = Field(description="of those, the days the model read")
 
 
-def refuse(field: str, message: str) -> ValidationError:
-    """A refusal in the shape of a validation error, which BentoML answers with HTTP 400 and the documented body."""
-    loc = tuple(field.split("."))
-    return ValidationError.from_exception_data("Forecast request", [InitErrorDetails(
-        type=PydanticCustomError("refused", message), loc=loc, input=None)])
-
-
 @document_truthfully
 @bentoml.service(name="sales_forecaster", workers=1, traffic={"timeout": 30})
 class SalesForecaster:
@@ -73,15 +66,16 @@ class SalesForecaster:
     def forecast(self, series_id: Id | None = None, history: History | None = None,
                  horizon: Annotated[int, Field(ge=1, le=28, strict=True)] = 28) -> Forecast:
         """Forecast a known series (`series_id`) or a posted `history` (give exactly one) `horizon` days ahead."""
-        from serving.sales_predictor import ForecastRefused, PostedSeries
+        from serving.sales_predictor import PostedSeries
 
         if (series_id is None) == (history is None):
-            raise refuse("series_id", "give exactly one of series_id (a series the model knows) or history")
+            raise Refused("give exactly one of series_id (a series the model knows) or history",
+                          ["series_id"]).as_validation_error()
         try:
             if series_id is not None:
                 return Forecast(**self.predictor.forecast_known(series_id, horizon))
             ids = history.model_dump(include={"item_id", "dept_id", "cat_id", "store_id", "state_id"})
             posted = PostedSeries(history.sales, history.start_date, history.prices, ids)
             return Forecast(**self.predictor.forecast_posted(posted, horizon))
-        except ForecastRefused as exc:
-            raise refuse(exc.field, str(exc)) from None
+        except Refused as exc:
+            raise exc.as_validation_error() from None

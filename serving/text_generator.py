@@ -11,19 +11,11 @@ from typing import Any
 
 from serving.continuous_batching import ContinuousBatcher, Generation, stop_token_ids
 from serving.decoding import Decoding
+from serving.refusal import Refused
 from training.checkpoint import CheckpointManifest, load_checkpoint, load_tokenizer, read_manifest, verify_file
 from training.decoder_onnx import DECODER_FILE
 
 RUNTIMES = ("onnx", "torch")
-
-
-class GenerationRefused(ValueError):
-    """A request the model cannot take (a prompt too long, too many generations running); `field` names the part
-    of the request, `status` the HTTP status that fits, `code` a machine-readable reason."""
-
-    def __init__(self, field: str, message: str, status: int = 400, code: str | None = None) -> None:
-        super().__init__(message)
-        self.field, self.status, self.code = field, status, code
 
 
 class GenerationStream:
@@ -112,24 +104,23 @@ class TextGenerator:
             ids = list(prompt)
             vocabulary = len(self.tokenizer)
             if any(not 0 <= i < vocabulary for i in ids):
-                raise GenerationRefused(field, f"token ids must lie in [0, {vocabulary})")
+                raise Refused(f"token ids must lie in [0, {vocabulary})", ["body", field])
         if not ids:  # an empty text starts a new document, as GPT-2's API does
             ids = [self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None
                    else self.tokenizer.eos_token_id]
         if len(ids) > self.max_prompt_tokens:
-            raise GenerationRefused(field, f"the prompt is {len(ids)} tokens; at most {self.max_prompt_tokens}",
-                                    code="context_length_exceeded")
+            raise Refused(f"the prompt is {len(ids)} tokens; at most {self.max_prompt_tokens}", ["body", field],
+                          code="context_length_exceeded")
         if len(ids) + max_new_tokens > self.context:
-            raise GenerationRefused(budget_field, f"{len(ids)} prompt tokens + {max_new_tokens} new tokens exceed "
-                                                  f"the model's context of {self.context} tokens",
-                                    code="context_length_exceeded")
+            raise Refused(f"{len(ids)} prompt tokens + {max_new_tokens} new tokens exceed the model's context of "
+                          f"{self.context} tokens", ["body", budget_field], code="context_length_exceeded")
         return ids
 
     def chat_prompt(self, messages: list[dict[str, str]], max_new_tokens: int) -> list[int]:
         """The conversation rendered by the tokenizer's chat template, ready for the assistant's turn."""
         if not self.tokenizer.chat_template:
-            raise GenerationRefused("messages", f"the model {self.name!r} has no chat template (a model trained from "
-                                                f"scratch); use /v1/completions")
+            raise Refused(f"the model {self.name!r} has no chat template (a model trained from scratch); use "
+                          f"/v1/completions", ["body", "messages"])
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return self.encode(text, max_new_tokens, field="messages", budget_field="max_tokens")
 
@@ -137,9 +128,8 @@ class TextGenerator:
     def open(self, requests: list[tuple[list[int], Decoding]]) -> list[GenerationStream]:
         """Start generations together, all or none: refused with 429 unless there is a place for each."""
         if self.streams + len(requests) > self.max_concurrent:
-            raise GenerationRefused("prompt", f"{self.max_concurrent} generations are running at most and "
-                                              f"{self.streams} are; try again shortly", status=429,
-                                    code="rate_limit_exceeded")
+            raise Refused(f"{self.max_concurrent} generations are running at most and {self.streams} are; try again "
+                          f"shortly", ["body", "prompt"], status=429, code="rate_limit_exceeded")
         self.streams += len(requests)
         return [GenerationStream(self, ids, decoding) for ids, decoding in requests]
 

@@ -286,7 +286,7 @@ def test_a_cancelled_generation_leaves_the_batch(generator_ckpt):
 def test_a_place_is_held_from_admission_to_the_last_event_read(generator_ckpt):
     """The batcher counts a row only once its prefill is done; the places count every admitted caller, so a fourth
     is refused the moment three have started, and a place frees when its caller reads `done` or leaves."""
-    from serving.text_generator import GenerationRefused
+    from serving.refusal import Refused
 
     runtime = TextGenerator(generator_ckpt, max_concurrent=3)
     decoding = Decoding(max_new_tokens=100, temperature=0)
@@ -298,7 +298,7 @@ def test_a_place_is_held_from_admission_to_the_last_event_read(generator_ckpt):
         seen = []
         try:
             await runtime.generate("The band", Decoding(max_new_tokens=3))
-        except GenerationRefused as refused:
+        except Refused as refused:
             seen.append(f"refused {refused.status}")
         await streams[0].aclose()  # a caller leaves
         seen.append((await runtime.generate("The band", Decoding(max_new_tokens=3)))["finish_reason"])

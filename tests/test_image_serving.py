@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving.image_predictor import ImagePredictor, ImageRejected, decode_upload
+from serving.image_predictor import ImagePredictor, decode_upload
+from serving.refusal import Refused
 from serving.server import start_server, stop_server, wait_ready
 from tests.conftest import assert_api_honours_its_document, free_port, running_app
 from training.data.cifar10 import load_cifar
@@ -143,11 +144,11 @@ def test_batcher_merges_concurrent_requests():
 
 
 def test_decoding_refuses_before_decompressing():
-    with pytest.raises(ImageRejected, match="more than the 24,000,000 pixels"):
+    with pytest.raises(Refused, match="more than the 24,000,000 pixels"):
         decode_upload(bomb(), 32)
-    with pytest.raises(ImageRejected, match="300x200 pixels: more than the 1,000 pixels"):
+    with pytest.raises(Refused, match="300x200 pixels: more than the 1,000 pixels"):
         decode_upload(encoded(np.zeros((200, 300, 3), np.uint8)), 32, max_pixels=1000)
-    with pytest.raises(ImageRejected, match="empty"):
+    with pytest.raises(Refused, match="empty"):
         decode_upload(b"", 32)
 
 

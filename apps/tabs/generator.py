@@ -111,7 +111,7 @@ def streamer(values: dict[str, Any]):
 def build(values: dict[str, Any]) -> None:
     import gradio as gr
 
-    from serving.text_generator import GenerationRefused
+    from serving.refusal import Refused
 
     stream, chat, source = streamer(values)
     gr.Markdown(f"Continue a text with the fine-tuned language model, or chat with it below; the text appears as "
@@ -154,7 +154,7 @@ def build(values: dict[str, Any]) -> None:
                     yield generated, (f"finished: {payload['finish_reason']}; {payload['prompt_tokens']} prompt "
                                       f"tokens, {payload['generated_tokens']} generated; first token after "
                                       f"{payload['time_to_first_token_ms']:.0f} ms")
-        except (ApiError, GenerationRefused) as exc:
+        except (ApiError, Refused) as exc:
             raise gr.Error(str(exc)) from None
 
     inputs = [prompt, max_new, temperature, top_k, top_p, penalty, seed, stop]
@@ -170,7 +170,7 @@ def build(values: dict[str, Any]) -> None:
             async for piece in chat(messages, {"max_tokens": int(tokens), "temperature": float(temp)}):
                 answer += piece
                 yield answer
-        except (ApiError, GenerationRefused) as exc:
+        except (ApiError, Refused) as exc:
             raise gr.Error(str(exc)) from None
 
     gr.Markdown("### Chat (the model's chat template, OpenAI's /v1/chat/completions)")

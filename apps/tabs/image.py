@@ -49,7 +49,7 @@ def local_classifier(ckpt: Path, runtime: str) -> Callable[[bytes, str], list[di
 def build(values: dict[str, Any]) -> None:
     import gradio as gr
 
-    from serving.image_predictor import ImageRejected
+    from serving.refusal import Refused
 
     ckpt = Path(values["image_checkpoint"]) if values.get("image_checkpoint") else None
     if values.get("image_api"):
@@ -76,7 +76,7 @@ def build(values: dict[str, Any]) -> None:
             raise gr.Error("Upload an image or pick an example first.")
         try:
             scores = classify(Path(path).read_bytes(), Path(path).name)
-        except (ApiError, ImageRejected) as exc:
+        except (ApiError, Refused) as exc:
             raise gr.Error(str(exc)) from None
         return {item["label"]: item["probability"] for item in scores}
 

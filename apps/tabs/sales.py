@@ -64,7 +64,8 @@ def forecast_chart(dates: list[str], sales: list[float], forecast: dict[str, Any
 def build(values: dict[str, Any]) -> None:
     import gradio as gr
 
-    from serving.sales_predictor import ForecastRefused, SalesPredictor
+    from serving.refusal import Refused
+    from serving.sales_predictor import SalesPredictor
 
     predictor = SalesPredictor(values["sales_checkpoint"], values.get("runtime", "onnx"))
     if values.get("sales_api"):
@@ -95,7 +96,7 @@ def build(values: dict[str, Any]) -> None:
         series_id = f"{chosen_item}_{chosen_store}"
         try:
             result = forecaster(series_id, int(days))
-        except (ApiError, ForecastRefused) as exc:
+        except (ApiError, Refused) as exc:
             raise gr.Error(str(exc)) from None
         dates, sales = predictor.recent(series_id, SHOWN_DAYS)
         rows = [[d, round(v, 2)] for d, v in zip(result["dates"], result["forecast"], strict=True)]
