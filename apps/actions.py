@@ -68,6 +68,7 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
     from training.checkpoint import CheckpointError, read_manifest
     from training.data.errors import DataFormatError
     from training.tasks import get_task
+    from training.tasks.specs import task_spec
 
     try:
         task = get_task(read_manifest(ckpt).task)
@@ -80,8 +81,9 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
     table.add_column("model", justify="right")
     table.add_column("baseline", justify="right")
     baseline = report.get("baseline", {})
+    spec = task_spec(report["task"])
     for key, value in report.items():
-        if isinstance(value, float) or value is None and key in ("rmse", "nasa_score"):
+        if isinstance(value, float) or value is None and key in (spec.headline[0], *spec.compared):
             table.add_row(key, fmt(value), fmt(baseline.get(key)))
     console.print(table)
     if report.get("models"):  # a task that compares several models reports one row per model

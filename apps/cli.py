@@ -111,8 +111,10 @@ TUNE_OPTIONS = (
 def tune_command(task: str) -> click.Command:
     from training.config import ENGINE_OPTIONS
     from training.tasks import get_task, summary
+    from training.tasks.specs import task_spec
 
     recipe = get_task(task)
+    monitor = task_spec(task).tune_monitor[0]
     engine_names = {option.name for option in ENGINE_OPTIONS}
 
     def run(trials: int, timeout: float | None, **values: Any) -> None:
@@ -126,7 +128,7 @@ def tune_command(task: str) -> click.Command:
         except (CommandError, ValueError, RuntimeError, OSError) as exc:
             fail(str(exc).strip().splitlines()[0])
         console.print(f"{result.trials} trials ({result.pruned} pruned) in {result.seconds:.0f} s; best "
-                      f"{recipe.TUNE_MONITOR[0]} {result.best_value:.4f} with {json.dumps(result.best_options)}")
+                      f"{monitor} {result.best_value:.4f} with {json.dumps(result.best_options)}")
         for path in result.files:
             console.print(f"wrote {path}")
         console.print(f"train with it: modelyard train {task} --config {Path(base.out) / 'best.json'} --out DIR")
@@ -144,9 +146,9 @@ def _task_group(name: str, help_text: str, names, build) -> click.Group:
 
 
 def _tunable_tasks() -> list[str]:
-    from training.tasks import declares, task_names
+    from training.tasks.specs import task_specs
 
-    return [name for name in task_names() if declares(name, "tune_space")]
+    return [spec.name for spec in task_specs() if spec.tunable]
 
 
 # --- serve TASK ---------------------------------------------------------------------------------------------------
@@ -176,19 +178,19 @@ def serve(task: str, checkpoint: Path, port: int, host: str, runtime: str, optio
     import tempfile
 
     from apps.signals import interrupt_on_sigterm
-    from serving.predictor import ONNX_FILE
     from serving.server import ServerFailed, service_module, start_server, stop_server, wait_ready
     from training.checkpoint import CheckpointError, verify_checkpoint
+    from training.tasks.specs import task_spec
 
     try:
         manifest = verify_checkpoint(checkpoint)
         if manifest.task != task:
             raise ValueError(f"{checkpoint} holds a {manifest.task} model, not a {task} model")
-        runtimes = getattr(service_module(task), "RUNTIMES", ("onnx", "torch"))
-        if runtime not in runtimes:
-            console.print(f"the {task} service runs on {runtimes[0]} only")
-            runtime = runtimes[0]
-        onnx = getattr(service_module(task), "ONNX_FILE", ONNX_FILE)
+        spec = task_spec(task)
+        if runtime not in spec.runtimes:
+            console.print(f"the {task} service runs on {spec.runtimes[0]} only")
+            runtime = spec.runtimes[0]
+        onnx = spec.onnx_file
         if runtime == "onnx" and onnx not in manifest.files:
             raise ValueError(f"{checkpoint / onnx}: missing; run `modelyard export {checkpoint}` first "
                              f"or use --runtime torch")
@@ -278,7 +280,7 @@ def compare(checkpoints: tuple[Path, ...], plot: Path | None) -> None:
     from safetensors import safe_open
 
     from training.checkpoint import WEIGHTS, CheckpointError, verify_checkpoint
-    from training.tasks import get_task
+    from training.tasks.specs import task_spec
 
     columns = []
     for ckpt in checkpoints:
@@ -293,7 +295,8 @@ def compare(checkpoints: tuple[Path, ...], plot: Path | None) -> None:
             with safe_open(str(ckpt / WEIGHTS), "pt") as weights:
                 params = sum(int(np.prod(weights.get_slice(k).get_shape())) for k in weights.keys())  # noqa: SIM118
         t = manifest.training
-        metrics = dict.fromkeys((get_task(manifest.task).HEADLINE[0], *_COMPARED_METRICS))
+        spec = task_spec(manifest.task)
+        metrics = dict.fromkeys((spec.headline[0], *spec.compared))  # a report lacking one leaves its cell empty
         columns.append({
             "task": manifest.task, "model": str(t.get("base_model") or manifest.model.get("arch")),
             "backend / strategy": f"{t.get('backend')} / {t.get('strategy')}",
@@ -319,10 +322,6 @@ def compare(checkpoints: tuple[Path, ...], plot: Path | None) -> None:
             fail(str(exc))
 
 
-# Beside each task's HEADLINE metric; a report lacking one leaves its cell empty.
-_COMPARED_METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "rmse", "nasa_score", "alert_f1",
-                     "zero_shot_test_perplexity", "network_wrmsse", "train_images_per_second",
-                     "inference_images_per_second")
 
 
 @data_app.command("synth")
@@ -507,14 +506,14 @@ def demo(out: Path, tasks: str | None, retrain: bool, epochs: int | None, models
 
 
 def cli() -> click.Group:
-    from serving.server import SERVICES
+    from serving.server import served_tasks
     from training.tasks import task_names
 
     root = app
     root.add_command(_task_group("train", "Train a task's model (modelyard train TASK --help: its options).",
                                  task_names, train_command))
     root.add_command(_task_group("serve", "Serve a task's checkpoint over HTTP (modelyard serve TASK --help).",
-                                 lambda: list(SERVICES), serve_command))
+                                 served_tasks, serve_command))
     root.add_command(_task_group("tune", "Search a task's hyperparameters with Optuna (modelyard tune TASK --help).",
                                  _tunable_tasks, tune_command))
     root.add_command(app_command())

@@ -151,9 +151,9 @@ def stale_reason(task: str, engine: dict[str, Any], options: dict[str, Any], ret
 
 def headline(model: DemoModel) -> tuple[str, Any]:
     from training.checkpoint import read_manifest
-    from training.tasks import get_task
+    from training.tasks.specs import task_spec
 
-    key, label = get_task(model.task).HEADLINE
+    key, label = task_spec(model.task).headline
     return label, read_manifest(model.ckpt).metrics.get(key)
 
 
@@ -176,9 +176,10 @@ PORT_OPTIONS = {"app": "--app-port", "kafka": "--kafka-port", "metrics": "--metr
 
 def demo_ports(settings: DemoSettings, tasks: list[str]) -> dict[str, int]:
     """Each task with an HTTP service gets the next port from --api-port; the stream parts only come with turbofan."""
-    from serving.server import SERVICES
+    from serving.server import served_tasks
 
-    ports = {task: settings.api_port + i for i, task in enumerate(t for t in tasks if t in SERVICES)}
+    served = served_tasks()
+    ports = {task: settings.api_port + i for i, task in enumerate(t for t in tasks if t in served)}
     ports["app"] = settings.app_port
     if "turbofan" in tasks:
         ports.update(kafka=settings.kafka_port, metrics=settings.metrics_port)

@@ -34,12 +34,9 @@ from serving import openai_api as oai
 from serving.openapi import VALIDATION_ERROR_BODY, as_openapi30, document_truthfully
 from serving.refusal import Refused
 from serving.settings import read_settings
-from training.decoder_onnx import DECODER_FILE
 from training.options import Option
 
 SERVICE, ROUTE = "GeneratorService", "/v1/completions"  # OpenAI's; /v1/chat/completions and /generate too
-RUNTIMES = ("onnx", "torch")  # onnx: the decoder `modelyard export` writes
-ONNX_FILE = DECODER_FILE
 OPTIONS = (Option("max_new_tokens", int, 256, "most tokens one request may ask for", minimum=1),
            Option("max_prompt_tokens", int, 512, "most tokens in a prompt", minimum=1),
            Option("max_concurrent", int, 32, "generations running or waiting at once; more get HTTP 429", minimum=1),

@@ -159,18 +159,16 @@ class TurbofanPredictor:
         return results
 
 
-PREDICTORS = {"news": "serving.predictor:NewsPredictor", "turbofan": "serving.predictor:TurbofanPredictor",
-              "image": "serving.image_predictor:ImagePredictor"}
-
-
 def load_predictor(ckpt: Path | str, runtime: str = "onnx"):
     """The predictor for whatever task the checkpoint holds."""
     import importlib
 
     from training.checkpoint import read_manifest
+    from training.tasks.specs import task_specs
 
     task = read_manifest(Path(ckpt)).task
-    if task not in PREDICTORS:
-        raise CheckpointError(f"{ckpt}: no predictor for task {task!r} (known: {', '.join(PREDICTORS)})")
-    module, name = PREDICTORS[task].split(":")
+    predictors = {spec.name: spec.predictor for spec in task_specs() if spec.predictor}
+    if task not in predictors:
+        raise CheckpointError(f"{ckpt}: no predictor for task {task!r} (known: {', '.join(predictors)})")
+    module, name = predictors[task].split(":")
     return getattr(importlib.import_module(module), name)(ckpt, runtime)

@@ -1,7 +1,7 @@
 """Start a BentoML service process for a checkpoint and wait until it answers /readyz.
 
-Each task's service is a module (serving.<task>_service) that declares SERVICE (its class name), ROUTE (the
-prediction route) and OPTIONS (its settings, read from the environment this module hands over).
+Each task's service is the module its spec names (training.tasks.specs) that declares SERVICE (its class name),
+ROUTE (the prediction route) and OPTIONS (its settings, read from the environment this module hands over).
 """
 
 from __future__ import annotations
@@ -20,19 +20,26 @@ from typing import Any
 
 from serving.settings import settings_env
 from training.processes import dies_with_parent
-
-SERVICES = {"news": "serving.news_service", "turbofan": "serving.turbofan_service", "image": "serving.image_service",
-            "sales": "serving.sales_service", "generator": "serving.generator_service"}
+from training.tasks.specs import task_spec, task_specs
 
 
 class ServerFailed(RuntimeError):
     pass
 
 
+def served_tasks() -> list[str]:
+    return [spec.name for spec in task_specs() if spec.service]
+
+
+def service_path(task: str) -> str:
+    path = task_spec(task).service if task in served_tasks() else None
+    if path is None:
+        raise ValueError(f"no HTTP service for task {task!r}; available: {', '.join(served_tasks())}")
+    return path
+
+
 def service_module(task: str) -> ModuleType:
-    if task not in SERVICES:
-        raise ValueError(f"no HTTP service for task {task!r}; available: {', '.join(SERVICES)}")
-    return importlib.import_module(SERVICES[task])
+    return importlib.import_module(service_path(task))
 
 
 def start_server(task: str, ckpt: Path, port: int, runtime: str = "onnx", host: str = "127.0.0.1",
@@ -42,7 +49,7 @@ def start_server(task: str, ckpt: Path, port: int, runtime: str = "onnx", host: 
     env = {**os.environ, "MODELYARD_CHECKPOINT": str(Path(ckpt).resolve()), "MODELYARD_RUNTIME": runtime,
            "BENTOML_DO_NOT_TRACK": "true",  # no usage reporting: this machine may have no network at all
            **settings_env(options or {})}
-    target = f"{SERVICES[task]}:{service_module(task).SERVICE}"
+    target = f"{service_path(task)}:{service_module(task).SERVICE}"
     output = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - owned by the child from here on
     command = [sys.executable, "-m", "bentoml", "serve", target, "--host", host, "--port", str(port)]
     return subprocess.Popen(dies_with_parent(command), env=env, stdout=output, stderr=subprocess.STDOUT,

@@ -6,12 +6,16 @@ from dataclasses import fields
 
 import pytest
 
-from apps.tabs import TABS
-from serving.server import SERVICES
+from apps.tabs import tab_modules
+from serving.server import served_tasks, service_path
 from tests.conftest import assert_clean_failure, run_cli
 from training.config import ENGINE_OPTIONS, TrainConfig
 from training.options import Option, resolve
-from training.tasks import TASKS, get_task
+from training.tasks import get_task, task_names
+from training.tasks.specs import task_spec
+
+TASKS = task_names()
+SERVICES = {task: service_path(task) for task in served_tasks()}
 
 
 def test_train_lists_every_task_and_each_task_shows_engine_options_then_its_own():
@@ -55,8 +59,8 @@ def test_serve_takes_the_server_options_and_that_services_own():
 
 def test_app_takes_each_tabs_options_and_the_old_news_flag():
     text = run_cli("app", "--help").stdout
-    for path in TABS.values():
-        for option in importlib.import_module(path).OPTIONS:
+    for tab in tab_modules():
+        for option in tab.OPTIONS:
             assert option.flag in text
     assert "--api-url" in text  # the documented name of --news-api keeps working
     assert_clean_failure(run_cli("app"), "no tab to show")
@@ -67,15 +71,15 @@ def test_every_task_service_and_tab_declares_what_the_product_needs():
     assert all(option.name in config_fields for option in ENGINE_OPTIONS)
     for task in TASKS:
         recipe = get_task(task)
-        assert recipe.NAME == task and all(isinstance(o, Option) for o in recipe.OPTIONS)
-        assert len(recipe.HEADLINE) == 2 and recipe.demo_runs()
+        assert task_spec(task).name == task and all(isinstance(o, Option) for o in recipe.OPTIONS)
+        assert len(task_spec(task).headline) == 2 and recipe.demo_runs()
         for name in ("build_job", "save", "evaluate", "synthesize"):
             assert callable(getattr(recipe, name))
+        assert callable(getattr(recipe, "tune_space", None)) == task_spec(task).tunable
     for path in SERVICES.values():
         service = importlib.import_module(path)
         assert hasattr(service, service.SERVICE) and service.ROUTE.startswith("/")
-    for path in TABS.values():
-        tab = importlib.import_module(path)
+    for tab in tab_modules():
         assert tab.TITLE and callable(tab.build) and callable(tab.wanted)
 
 

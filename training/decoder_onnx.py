@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from training.tasks.specs.generator import SPEC as GENERATOR
+
 # int8: measured on SmolLM2-135M (2 cores): 12 ms a token against 38 in fp32, WikiText-2 test perplexity +0.25%.
 # 4-bit weights were measured and left out: MatMulNBits' fast 4-bit kernel wants integer zero points, which cannot
 # hold Q4_1's grid (max logit difference 14.6, greedy text different from the first token), and with float zero
@@ -263,7 +265,7 @@ def build_decoder(model: nn.Module, path: Path, weights: str = "int8", accuracy_
 
 
 
-DECODER_FILE = "decoder.onnx"
+DECODER_FILE = GENERATOR.onnx_file  # decoder.onnx, named once in the task spec
 
 
 @dataclass

@@ -109,11 +109,10 @@ def signature(manifest: CheckpointManifest, model: nn.Module) -> OnnxSignature:
 
 
 def onnx_file(task: str) -> str | None:
-    """The ONNX file a task's checkpoints are served from (its recipe's ONNX_FILE), None for a task without one."""
-    from training.tasks import get_task
+    """The ONNX file a task's checkpoints are served from (its spec's onnx_file), None for a task without one."""
+    from training.tasks.specs import task_spec
 
-    recipe = get_task(task)
-    return getattr(recipe, "ONNX_FILE", ONNX_FILE) if getattr(recipe, "ONNX", True) else None
+    return task_spec(task).onnx_file
 
 
 @dataclass

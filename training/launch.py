@@ -25,6 +25,7 @@ from training.engine.trainer import EPOCHS_DIR
 from training.fingerprint import run_fingerprint
 from training.processes import die_with_parent_now
 from training.tasks import get_task, task_options
+from training.tasks.specs import task_spec
 
 
 class TrainingFailed(RuntimeError):
@@ -44,15 +45,16 @@ def resolve_data_dir(cfg: TrainConfig) -> Path:
     if cfg.task_options.get("train_file"):  # files named one by one
         return Path(cfg.task_options["train_file"]).parent
     root = os.environ.get("MODELYARD_DATA")
-    if root and (Path(root) / task.DATA_SUBDIR).is_dir():
-        return Path(root) / task.DATA_SUBDIR
+    subdir = task_spec(cfg.task).data_subdir
+    if root and (Path(root) / subdir).is_dir():
+        return Path(root) / subdir
     raise FileNotFoundError(f"no {cfg.task} data: pass --data-dir DIR, set MODELYARD_DATA to a folder holding "
-                            f"{task.DATA_SUBDIR}/, or use --synthetic for generated data")
+                            f"{subdir}/, or use --synthetic for generated data")
 
 
 def _precision(cfg: TrainConfig, device: str) -> str:
     """--precision as it will run: auto becomes the task's choice where the device computes it natively."""
-    return resolve_precision(cfg.precision, device, getattr(get_task(cfg.task), "PRECISION", "fp32"))
+    return resolve_precision(cfg.precision, device, task_spec(cfg.task).precision)
 
 
 def planned(cfg: TrainConfig) -> TrainConfig:
@@ -73,7 +75,7 @@ def run_training(cfg: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | 
     `on_epoch` sees each epoch's log record (one process only; it may raise to end the run, as a pruner does)."""
     device = resolve_device(cfg.device)
     cfg.precision = _precision(cfg, device)  # planned() does it too; the check below needs it first
-    backend_class(cfg, device, get_task(cfg.task).HF_MODEL)  # refuse impossible combinations before any start
+    backend_class(cfg, device, task_spec(cfg.task).hf_model)  # refuse impossible combinations before any start
     if device == "cuda" and cfg.nproc > torch.cuda.device_count():
         # NCCL refuses two ranks on one GPU; say so before starting processes that would each fail.
         raise TrainingFailed(f"--nproc {cfg.nproc} needs {cfg.nproc} GPUs on this machine (one per process); "
@@ -139,7 +141,7 @@ def worker(config_path: Path, on_epoch: Callable[[dict[str, Any]], None] | None 
     ctx = DistContext.init(device)
     try:
         task = get_task(cfg.task)
-        backend = backend_class(cfg, device, task.HF_MODEL)(cfg.strategy, ctx, cfg)
+        backend = backend_class(cfg, device, task_spec(cfg.task).hf_model)(cfg.strategy, ctx, cfg)
         torch.manual_seed(cfg.seed)  # before the recipe builds the model: identical weights on every rank and run
         job, data, model_config = task.build_job(cfg)
         result = fit(job, cfg, ctx, backend, on_epoch)

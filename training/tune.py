@@ -37,9 +37,10 @@ def tune(task: str, base: TrainConfig, trials: int, timeout: float | None = None
 
     from training.launch import run_training
     from training.tasks import get_task
+    from training.tasks.specs import task_spec
 
     recipe = get_task(task)
-    monitor, mode = recipe.TUNE_MONITOR
+    monitor, mode = task_spec(task).tune_monitor
     out = Path(base.out)
     out.mkdir(parents=True, exist_ok=True)
     sampler = optuna.samplers.TPESampler(seed=seed)

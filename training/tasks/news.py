@@ -30,10 +30,8 @@ from training.metrics.classification import class_metrics
 from training.models import build_model
 from training.models.text_classifier import default_encoder, from_pretrained, model_config
 from training.options import Option
+from training.tasks.specs.news import SPEC
 
-NAME = "news"
-DATA_SUBDIR = "ag_news"
-HF_MODEL = True  # a transformers encoder: colossalai hybrid can split it with shardformer
 MAX_LENGTH, VAL_FRACTION, TRAIN_FRACTION = 128, 0.1, 0.8
 DEFAULTS = {"batch_size": 32, "lr": 1e-4, "epochs": 3}
 TOKENIZER_DIR = "tokenizer"
@@ -49,7 +47,6 @@ OPTIONS = (
     Option("remove_stopwords", bool, False, "drop English stopwords (scikit-learn list)"),
     Option("augment", str, None, "delete,swap or all (token deletion, adjacent swaps)"),
 )
-HEADLINE = ("accuracy", "test accuracy")
 
 
 # --- data ---------------------------------------------------------------------------------------------------------
@@ -196,7 +193,7 @@ def build_job(cfg: TrainConfig) -> tuple[TrainingJob, NewsRun, dict[str, Any]]:
 def save(cfg: TrainConfig, run: NewsRun, config: dict[str, Any], result: FitResult) -> Path:
     out = Path(cfg.out)
     manifest = CheckpointManifest(
-        task=NAME,
+        task=SPEC.name,
         model=config,
         preprocessing={"labels": list(LABELS), "tokenizer_dir": TOKENIZER_DIR, **run.options},
         training={**{k: v for k, v in cfg.to_dict().items() if k not in ("out", "resume")},
@@ -250,7 +247,7 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
     baseline_model, fit_seconds = train_tfidf_baseline(clean(data.train.texts + data.val.texts),
                                                        np.concatenate([data.train.labels, data.val.labels]),
                                                        seed=source["seed"])
-    report: dict[str, Any] = {"task": NAME, "subset": Path(source["eval_file"]).name, "test_rows": len(labels),
+    report: dict[str, Any] = {"task": SPEC.name, "subset": Path(source["eval_file"]).name, "test_rows": len(labels),
                               **class_metrics(labels, predicted),
                               "params": sum(p.numel() for p in model.parameters()),
                               "latency_ms": latency_ms,
@@ -304,11 +301,11 @@ DEMO_TRAIN_ROWS = 6000  # of AG News test.csv's 7,600 (the only real split here)
 def demo_runs() -> list[DemoRun]:
     """MiniLM fine-tuned for one epoch on 6,000 rows of the real AG News test.csv (the other 1,600 evaluate), or on
     generated AG News-format data."""
-    folder = real_data_folder(DATA_SUBDIR, "test.csv*")
+    folder = real_data_folder(SPEC.data_subdir, "test.csv*")
     if folder is None:
-        return [DemoRun(NAME, "news topic classifier", {"synthetic": True, "epochs": 1, "time_limit": 150},
+        return [DemoRun(SPEC.name, "news topic classifier", {"synthetic": True, "epochs": 1, "time_limit": 150},
                         data_note="data: generated AG News-format data (set MODELYARD_DATA for real AG News)")]
     test = next(folder.glob("test.csv*"))
-    return [DemoRun(NAME, "news topic classifier", {"epochs": 1, "time_limit": 150},
+    return [DemoRun(SPEC.name, "news topic classifier", {"epochs": 1, "time_limit": 150},
                     {"train_file": test, "eval_file": test, "train_rows": DEMO_TRAIN_ROWS},
                     f"data: real AG News {test}: {DEMO_TRAIN_ROWS} stratified rows train, the rest evaluate")]

@@ -30,10 +30,8 @@ from training.metrics.wrmsse import WRMSSE
 from training.models import build_model
 from training.models.sales import window_scale
 from training.options import Option
+from training.tasks.specs.sales import SPEC
 
-NAME = "sales"
-DATA_SUBDIR = "m5"
-HF_MODEL = False
 HISTORY_FILE, SERIES_FILE = "history.safetensors", "series.csv"
 OPTIONS = (
     Option("model", str, "lstm", "lstm or gru: the recurrent cell of the global network", choices=("lstm", "gru")),
@@ -46,7 +44,6 @@ OPTIONS = (
     Option("baselines", str, "all", "evaluation: the baselines to fit beside the network, comma-separated from "
                                     "seasonal_naive, ets, arima, lightgbm, xgboost, prophet; all or none"),
 )
-HEADLINE = ("best_wrmsse", "test WRMSSE (best model or ensemble)")
 DEFAULTS = {"batch_size": 128, "epochs": 20, "lr": 2e-3, "weight_decay": 1e-4, "warmup_steps": 20}
 
 
@@ -205,7 +202,7 @@ def save(cfg: TrainConfig, data: SalesData, config: dict[str, Any], result: FitR
 
     m5 = data.m5
     manifest = CheckpointManifest(
-        task=NAME, model=config,
+        task=SPEC.name, model=config,
         preprocessing={"covariates": COVARIATES, "id_vocabulary": data.vocab.values, "horizon": HORIZON,
                        "context": config["context"], "first_day": m5.first_day,
                        "first_date": str(m5.calendar["date"].iloc[0].date()),
@@ -315,7 +312,7 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
     best = table[0]
     days = data.m5.first_day + np.arange(data.m5.days)
     report: dict[str, Any] = {
-        "task": NAME, "subset": f"{len(data.m5.ids)} series", "series": len(data.m5.ids), "data": data.m5.source,
+        "task": SPEC.name, "subset": f"{len(data.m5.ids)} series", "series": len(data.m5.ids), "data": data.m5.source,
         "test_days": f"d_{days[data.test_start]}..d_{days[-1]}",
         "validation_days": f"d_{days[data.val_start]}..d_{days[data.test_start - 1]}",
         "weights_note": ("WRMSSE weights and scales computed over the series present, each level renormalised to "
@@ -371,13 +368,13 @@ def demo_runs() -> list[DemoRun]:
     from training.data.m5_synthetic import stage_real_subset
 
     root = os.environ.get("MODELYARD_DATA")
-    real = Path(root) / DATA_SUBDIR if root else None
+    real = Path(root) / SPEC.data_subdir if root else None
     engine = {"time_limit": 90, "epochs": 30, "early_stop_patience": 4}
     if real is None or not (real / "subset_zama-github_SPOT" / "sales_train_validation.csv").is_file():
-        return [DemoRun(NAME, "sales forecaster (M5)", {**engine, "synthetic": True},
+        return [DemoRun(SPEC.name, "sales forecaster (M5)", {**engine, "synthetic": True},
                         data_note="data: generated M5-format data (set MODELYARD_DATA for the 10 real series)")]
     cache = cache_root() / "m5-real-subset"
     folder = stage_real_subset(real, cache)
-    return [DemoRun(NAME, "sales forecaster (M5)", {**engine, "data_dir": folder},
+    return [DemoRun(SPEC.name, "sales forecaster (M5)", {**engine, "data_dir": folder},
                     data_note=f"data: the 10 real M5 series from {real} (staged in {folder})")]
 

@@ -31,10 +31,8 @@ from training.engine.trainer import FitResult, TrainingJob
 from training.metrics.rul import alert_metrics, best_threshold, nasa_score, rmse, threshold_alarms
 from training.models import build_model
 from training.options import Option
+from training.tasks.specs.turbofan import SPEC
 
-NAME = "turbofan"
-DATA_SUBDIR = "cmapss"
-HF_MODEL = False  # plain torch modules: no shardformer policy for tensor parallelism
 WINDOW, RUL_CAP, ALERT_RUL, VAL_FRACTION = 30, 125.0, 30.0, 0.2
 # Regularisation measured on FD001 validation engines (see the foundation issue note): with 80 training engines the
 # LSTM overfits after ~12 epochs; dropout 0.2 plus Gaussian noise on the normalised sensors lowers validation RMSE,
@@ -55,7 +53,6 @@ OPTIONS = (
     Option("teacher", Path, None, "a trained RUL checkpoint whose predictions this model learns to copy "
                                   "(distillation, e.g. with --members 1)"),
 )
-HEADLINE = ("rmse", "test RMSE (cycles)")
 
 
 # --- data ---------------------------------------------------------------------------------------------------------
@@ -99,7 +96,7 @@ class Teacher:
 
     def __init__(self, ckpt: Path) -> None:
         manifest, weights = load_checkpoint(Path(ckpt))
-        if manifest.task != NAME or manifest.preprocessing.get("objective") != "rul":
+        if manifest.task != SPEC.name or manifest.preprocessing.get("objective") != "rul":
             kind = " ".join(filter(None, (manifest.task, manifest.preprocessing.get("objective"))))
             raise ValueError(f"--teacher {ckpt}: a {kind} checkpoint; the teacher must be a turbofan RUL model")
         self.path, self.manifest = Path(ckpt), manifest
@@ -239,7 +236,7 @@ def save(cfg: TrainConfig, data: TurbofanData, config: dict[str, Any], result: F
     model = build_model(config)
     model.load_state_dict(result.best_state)
     manifest = CheckpointManifest(
-        task=NAME,
+        task=SPEC.name,
         model=config,
         preprocessing={"objective": objective, "window": data.window, "rul_cap": RUL_CAP,
                        "normalizer": data.preprocessor.to_dict(),
@@ -280,7 +277,7 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
     truth = true_rul <= detector["alert_rul"]
     last = test.groupby("unit").cumcount(ascending=False).to_numpy() == 0
 
-    report: dict[str, Any] = {"task": NAME, "subset": subset.name, "objective": pre["objective"],
+    report: dict[str, Any] = {"task": SPEC.name, "subset": subset.name, "objective": pre["objective"],
                               "test_engines": int(last.sum()), "test_cycles": int(len(test))}
     if pre["objective"] == "rul":
         report["rmse"] = rmse(output[last], np.minimum(true_rul[last], pre["rul_cap"]))
@@ -330,11 +327,11 @@ def synthesize(out: Path, seed: int = 0) -> list[Path]:
 def demo_runs() -> list[DemoRun]:
     """The ensemble the API serves, and a single LSTM distilled from it for the stream monitor, which scores every
     message (a third of the ensemble's cost). Real FD001 when MODELYARD_DATA has it."""
-    folder = real_data_folder(DATA_SUBDIR, "train_FD001.txt*")
+    folder = real_data_folder(SPEC.data_subdir, "train_FD001.txt*")
     data = {"data_dir": folder} if folder else {"synthetic": True}
     note = (f"data: real NASA C-MAPSS FD001 from {folder}" if folder else
             "data: generated C-MAPSS-format data (set MODELYARD_DATA to a folder with cmapss/ for real data)")
-    return [DemoRun(NAME, "remaining-useful-life model (an ensemble of LSTMs)", {**data, "time_limit": 150},
+    return [DemoRun(SPEC.name, "remaining-useful-life model (an ensemble of LSTMs)", {**data, "time_limit": 150},
                     data_note=note),
-            DemoRun(f"{NAME}-monitor", "one LSTM distilled from the ensemble, for the stream monitor",
-                    {**data, "time_limit": 60}, {"teacher": f"@{NAME}", "members": 1}, note, serve=False)]
+            DemoRun(f"{SPEC.name}-monitor", "one LSTM distilled from the ensemble, for the stream monitor",
+                    {**data, "time_limit": 60}, {"teacher": f"@{SPEC.name}", "members": 1}, note, serve=False)]

@@ -1,0 +1,50 @@
+"""What each task is, declared once (`TaskSpec`), and the registry of tasks: one line per task in `REGISTERED`.
+
+The command line, training's launcher, export, serving, the app, the demo, tune and compare all read a task from
+here; none of them names a task. A spec module imports nothing heavy, so listings and `--help` stay fast; the parts
+that need torch (the recipe, the service, the tab) are named by module path and imported when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+# The tasks in the order the demo trains and serves them (its API ports follow it) and the app shows their tabs.
+REGISTERED = ("turbofan", "news", "image", "sales", "generator")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    summary: str  # one line, for listings
+    recipe: str  # module with OPTIONS, build_job, save, evaluate, synthesize, demo_runs (and tune_space if tunable)
+    data_subdir: str  # the task's folder under MODELYARD_DATA
+    headline: tuple[str, str]  # the report key that sums a run up, and its label
+    compared: tuple[str, ...] = ()  # further report keys `modelyard compare` shows
+    precision: str = "fp32"  # what --precision auto picks where the device computes it in hardware
+    hf_model: bool = False  # a transformers model: colossalai hybrid can split it with shardformer
+    onnx_file: str = "model.onnx"  # what `modelyard export` writes and the onnx runtime serves
+    runtimes: tuple[str, ...] = ("onnx", "torch")  # what its service runs on, the default first
+    service: str | None = None  # module with SERVICE (its BentoML class), ROUTE and OPTIONS
+    predictor: str | None = None  # "module:Class" that answers in-process (the app without an API)
+    tab: str | None = None  # apps.tabs module: TITLE, OPTIONS, wanted, build
+    tune_monitor: tuple[str, str] | None = None  # (validation metric, max|min): the recipe has tune_space
+
+    @property
+    def tunable(self) -> bool:
+        return self.tune_monitor is not None
+
+    def recipe_module(self) -> ModuleType:
+        return importlib.import_module(self.recipe)
+
+
+def task_spec(name: str) -> TaskSpec:
+    if name not in REGISTERED:
+        raise ValueError(f"unknown task {name!r}; available: {', '.join(REGISTERED)}")
+    return importlib.import_module(f"{__name__}.{name}").SPEC
+
+
+def task_specs() -> list[TaskSpec]:
+    return [task_spec(name) for name in REGISTERED]

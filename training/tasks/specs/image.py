@@ -1,0 +1,16 @@
+from training.tasks.specs import TaskSpec
+
+SPEC = TaskSpec(
+    name="image",
+    summary="Images (CIFAR-10): classify 32x32 photos into ten classes, from scratch or from pretrained weights.",
+    recipe="training.tasks.image",
+    data_subdir="cifar10",
+    headline=("accuracy", "test accuracy"),
+    compared=("accuracy", "macro_precision", "macro_recall", "macro_f1", "train_images_per_second",
+              "inference_images_per_second"),
+    precision="bf16",
+    service="serving.image_service",
+    predictor="serving.image_predictor:ImagePredictor",
+    tab="apps.tabs.image",
+    tune_monitor=("val_accuracy", "max"),
+)
