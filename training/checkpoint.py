@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from safetensors.torch import load_file, save_file
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
+REPORT = "report.json"
 _VERSIONED_LIBRARIES = ("torch", "transformers", "colossalai", "fairscale", "onnx", "onnxruntime", "safetensors")
 
 
@@ -134,6 +136,22 @@ def verify_checkpoint(ckpt: Path) -> CheckpointManifest:
     for name in manifest.files:
         verify_file(ckpt, manifest, name)
     return manifest
+
+
+def save_tokenizer(out: Path, tokenizer, folder: str) -> list[str]:
+    """A Hugging Face tokenizer saved in OUT/folder; the files written, relative to `out`, for record_files."""
+    saved = tokenizer.save_pretrained(str(Path(out) / folder))
+    return sorted({str(Path(p).resolve().relative_to(Path(out).resolve())) for p in saved if Path(p).is_file()})
+
+
+def write_report(ckpt: Path, manifest: CheckpointManifest, report: dict[str, Any], metrics: dict[str, Any],
+                 files: Sequence[str] = ()) -> dict[str, Any]:
+    """An evaluation's report.json beside the checkpoint: its `metrics` merged into the manifest's, the report, its
+    plots (report["plots"]) and `files` recorded with their sha256."""
+    write_json_atomic(Path(ckpt) / REPORT, report)
+    manifest.metrics.update(metrics)
+    record_files(Path(ckpt), manifest, [REPORT, *report.get("plots", []), *files])
+    return report
 
 
 def load_tokenizer(ckpt: Path, manifest: CheckpointManifest, folder: str):

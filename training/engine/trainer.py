@@ -77,6 +77,17 @@ class FitResult:
     stopped_early: bool
     history: list[dict[str, Any]] = field(default_factory=list)
 
+    def record(self, cfg: TrainConfig, **own: Any) -> dict[str, Any]:
+        """The manifest's `training` block: the run's settings, what the recipe adds (`own`) and how the run went."""
+        return {**{k: v for k, v in cfg.to_dict().items() if k not in ("out", "resume")}, **own,
+                "epochs_run": self.epochs_run, "steps": self.steps, "train_seconds": round(self.train_seconds, 2),
+                "stopped_early": self.stopped_early, "samples_per_second": round(self.samples_per_second, 1)}
+
+
+def epoch_snapshots(out: Path) -> list[str]:
+    """The per-epoch weight files a run kept (--snapshots), relative to its checkpoint folder."""
+    return [str(p.relative_to(out)) for p in sorted((Path(out) / EPOCHS_DIR).glob("epoch-*.safetensors"))]
+
 
 def lr_factor(step: int, warmup: int, total: int, floor: float = 0.1) -> float:
     """Linear warmup then cosine decay to `floor` of the peak; a pure function of the step, so resuming needs no

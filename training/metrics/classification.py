@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import precision_recall_fscore_support
 
+CLASS_METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1")  # what class_metrics reports
+
 
 def class_metrics(labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     precision, recall, f1, _ = precision_recall_fscore_support(labels, predicted, average="macro", zero_division=0)

@@ -16,13 +16,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.checkpoint import CheckpointManifest, load_checkpoint, record_files, save_checkpoint, write_json_atomic
+from training.checkpoint import (
+    CheckpointManifest,
+    load_checkpoint,
+    record_files,
+    save_checkpoint,
+    save_tokenizer,
+    write_report,
+)
 from training.checkpoint import load_tokenizer as load_checkpoint_tokenizer
 from training.config import TrainConfig
 from training.data.lm_blocks import TokenBlocks, token_ids
 from training.data.wikitext import WikiSplit, detokenize, find_split, read_split
 from training.demo_runs import DemoRun, real_data_folder
-from training.engine.trainer import EPOCHS_DIR, FitResult, PipelineLoss, TrainingJob
+from training.engine.trainer import EPOCHS_DIR, FitResult, PipelineLoss, TrainingJob, epoch_snapshots
 from training.hf_export import ADAPTER_DIR
 from training.models import build_model
 from training.models import causal_lm as lm
@@ -219,22 +226,16 @@ def save(cfg: TrainConfig, run: GeneratorRun, config: dict[str, Any], result: Fi
         model=config,
         preprocessing={"tokenizer_dir": TOKENIZER_DIR, "detokenize": opts["detokenize"],
                        "block_size": opts["block_size"], "eos_token_id": run.tokenizer.eos_token_id},
-        training={**{k: v for k, v in cfg.to_dict().items() if k not in ("out", "resume")},
-                  "base_model": opts["model"], "described": run.described, "lora_rank": opts["lora"],
-                  "data": {**run.corpus.source, "test": str(run.corpus.evaluated["test"].path)},
-                  "tokens": run.tokens, "epochs_run": result.epochs_run, "steps": result.steps,
-                  "train_seconds": round(result.train_seconds, 2), "stopped_early": result.stopped_early,
-                  "samples_per_second": round(result.samples_per_second, 1),
-                  "tokens_per_second": round(result.samples_per_second * opts["block_size"], 1),
-                  "history": [{k: r[k] for k in ("epoch", "val_loss", "val_perplexity", "epoch_seconds")}
-                              for r in result.history]},
+        training=result.record(cfg, base_model=opts["model"], described=run.described, lora_rank=opts["lora"],
+                               data={**run.corpus.source, "test": str(run.corpus.evaluated["test"].path)},
+                               tokens=run.tokens,
+                               tokens_per_second=round(result.samples_per_second * opts["block_size"], 1),
+                               history=[{k: r[k] for k in ("epoch", "val_loss", "val_perplexity", "epoch_seconds")}
+                                        for r in result.history]),
         metrics=result.best_metrics,
     )
     save_checkpoint(out, manifest, plain.state_dict())
-    saved = run.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
-    names = sorted({str(Path(p).resolve().relative_to(out.resolve())) for p in saved if Path(p).is_file()})
-    snapshots = sorted((out / EPOCHS_DIR).glob("epoch-*.safetensors"))
-    record_files(out, manifest, names + adapter + [str(p.relative_to(out)) for p in snapshots])
+    record_files(out, manifest, save_tokenizer(out, run.tokenizer, TOKENIZER_DIR) + adapter + epoch_snapshots(out))
     return out
 
 
@@ -296,10 +297,7 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
         report["test_perplexity_by_epoch"] = curve
         report["plots"].append(plot_perplexity_over_time(ckpt / "perplexity_vs_time.png", curve,
                                                           training["described"]).name)
-    write_json_atomic(ckpt / "report.json", report)
-    manifest.metrics.update({k: report[k] for k in ("test_perplexity", "test_word_perplexity")})
-    record_files(ckpt, manifest, ["report.json", *report["plots"]])
-    return report
+    return write_report(ckpt, manifest, report, {k: report[k] for k in ("test_perplexity", "test_word_perplexity")})
 
 
 def samples(model: nn.Module, tokenizer: Any) -> list[dict[str, str]]:

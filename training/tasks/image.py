@@ -17,13 +17,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.checkpoint import CheckpointManifest, load_checkpoint, record_files, save_checkpoint, write_json_atomic
+from training.checkpoint import CheckpointManifest, load_checkpoint, record_files, save_checkpoint, write_report
 from training.config import TrainConfig
 from training.data.cifar10 import CifarData, load_cifar
 from training.data.image_augment import Augment
 from training.demo_runs import DemoRun, real_data_folder
-from training.engine.trainer import EPOCHS_DIR, FitResult, TrainingJob
-from training.metrics.classification import class_metrics
+from training.engine.trainer import EPOCHS_DIR, FitResult, TrainingJob, epoch_snapshots
+from training.metrics.classification import CLASS_METRICS, class_metrics
 from training.models import build_model
 from training.models.image import ARCHS, image_model_config, view_averaged
 from training.options import Option
@@ -208,20 +208,15 @@ def save(cfg: TrainConfig, run: ImageRun, config: dict[str, Any], result: FitRes
         preprocessing={"classes": list(data.cifar.classes), "image_size": 32, "mean": data.mean, "std": data.std,
                        "tta": bool(cfg.task_options["tta"]), "tta_shift": int(cfg.task_options["tta_shift"]),
                        **run.options},
-        training={**{k: v for k, v in cfg.to_dict().items() if k not in ("out", "resume")},
-                  "data_layout": data.cifar.layout, "data_fingerprint": data.cifar.fingerprint,
-                  "images": {"train": len(data.fit_index), "val": len(data.val_index),
-                             "test": len(data.cifar.test_labels)},
-                  "pretrained": run.start, "history": result.history,
-                  "epochs_run": result.epochs_run, "steps": result.steps,
-                  "train_seconds": round(result.train_seconds, 2), "stopped_early": result.stopped_early,
-                  "samples_per_second": round(result.samples_per_second, 1)},
+        training=result.record(cfg, data_layout=data.cifar.layout, data_fingerprint=data.cifar.fingerprint,
+                               images={"train": len(data.fit_index), "val": len(data.val_index),
+                                       "test": len(data.cifar.test_labels)},
+                               pretrained=run.start, history=result.history),
         metrics=result.best_metrics,
     )
     out = Path(cfg.out)
     save_checkpoint(out, manifest, result.best_state)
-    snapshots = sorted((out / EPOCHS_DIR).glob("epoch-*.safetensors"))
-    record_files(out, manifest, [str(p.relative_to(out)) for p in snapshots])
+    record_files(out, manifest, epoch_snapshots(out))
     return out
 
 
@@ -288,10 +283,7 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
                                            [p["accuracy"] for p in curve], manifest.model["arch"]))
     report["plots"] = [p.name for p in plots]
     examples = _write_examples(ckpt, images, labels, classes)
-    write_json_atomic(ckpt / "report.json", report)
-    manifest.metrics.update({k: report[k] for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1")})
-    record_files(ckpt, manifest, ["report.json", *report["plots"], *examples])
-    return report
+    return write_report(ckpt, manifest, report, {k: report[k] for k in CLASS_METRICS}, examples)
 
 
 def _eval_model(manifest: CheckpointManifest, weights: dict[str, torch.Tensor]) -> nn.Module:

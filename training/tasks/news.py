@@ -18,7 +18,14 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.utils.data import Dataset
 
-from training.checkpoint import CheckpointManifest, load_checkpoint, record_files, save_checkpoint, write_json_atomic
+from training.checkpoint import (
+    CheckpointManifest,
+    load_checkpoint,
+    record_files,
+    save_checkpoint,
+    save_tokenizer,
+    write_report,
+)
 from training.checkpoint import load_tokenizer as load_checkpoint_tokenizer
 from training.config import TrainConfig
 from training.data.ag_news import LABELS, NewsSplit, cleaner, find_split, read_news_csv
@@ -26,7 +33,7 @@ from training.data.batching import pad_batch
 from training.data.text_augment import augment_ids, parse_augment
 from training.demo_runs import DemoRun, real_data_folder
 from training.engine.trainer import FitResult, PipelineLoss, TrainingJob
-from training.metrics.classification import class_metrics
+from training.metrics.classification import CLASS_METRICS, class_metrics
 from training.models import build_model
 from training.models.text_classifier import default_encoder, from_pretrained, model_config
 from training.options import Option
@@ -196,21 +203,14 @@ def save(cfg: TrainConfig, run: NewsRun, config: dict[str, Any], result: FitResu
         task=SPEC.name,
         model=config,
         preprocessing={"labels": list(LABELS), "tokenizer_dir": TOKENIZER_DIR, **run.options},
-        training={**{k: v for k, v in cfg.to_dict().items() if k not in ("out", "resume")},
-                  "base_model": cfg.task_options["model"] or "all-MiniLM-L6-v2",
-                  "data": run.data.source,
-                  "data_fingerprint": {"train": run.data.train.fingerprint, "val": run.data.val.fingerprint},
-                  "rows": {"train": len(run.data.train.texts), "val": len(run.data.val.texts),
-                           "test": len(run.data.test.texts)},
-                  "epochs_run": result.epochs_run, "steps": result.steps,
-                  "train_seconds": round(result.train_seconds, 2), "stopped_early": result.stopped_early,
-                  "samples_per_second": round(result.samples_per_second, 1)},
+        training=result.record(cfg, base_model=cfg.task_options["model"] or "all-MiniLM-L6-v2", data=run.data.source,
+                               data_fingerprint={"train": run.data.train.fingerprint, "val": run.data.val.fingerprint},
+                               rows={"train": len(run.data.train.texts), "val": len(run.data.val.texts),
+                                     "test": len(run.data.test.texts)}),
         metrics=result.best_metrics,
     )
     save_checkpoint(out, manifest, result.best_state)
-    saved = run.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
-    names = sorted({str(Path(p).resolve().relative_to(out.resolve())) for p in saved if Path(p).is_file()})
-    record_files(out, manifest, names)
+    record_files(out, manifest, save_tokenizer(out, run.tokenizer, TOKENIZER_DIR))
     return out
 
 
@@ -261,10 +261,7 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
                           **class_metrics(labels, baseline_model.predict(test_texts)),
                           "fit_seconds": round(fit_seconds, 2)}
     report["plots"] = [plot_confusion_matrix(ckpt / "confusion_matrix.png", matrix, pre["labels"]).name]
-    write_json_atomic(ckpt / "report.json", report)
-    manifest.metrics.update({k: report[k] for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1")})
-    record_files(ckpt, manifest, ["report.json", *report["plots"]])
-    return report
+    return write_report(ckpt, manifest, report, {k: report[k] for k in CLASS_METRICS})
 
 
 def _latency_ms(model: nn.Module, ids: list[list[int]]) -> float:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from training.checkpoint import CheckpointManifest, load_checkpoint, record_files, save_checkpoint, write_json_atomic
+from training.checkpoint import CheckpointManifest, load_checkpoint, record_files, save_checkpoint, write_report
 from training.config import TrainConfig
 from training.data.m5 import M5Data, load_m5
 from training.data.m5_features import COVARIATES, HORIZON, IdVocabulary, day_covariates
@@ -208,12 +208,8 @@ def save(cfg: TrainConfig, data: SalesData, config: dict[str, Any], result: FitR
                        "first_date": str(m5.calendar["date"].iloc[0].date()),
                        "last_sales_day": m5.first_day + m5.days - 1, "calendar_days": len(m5.calendar),
                        "interval": interval_from_validation(data, config, result.best_state)},
-        training={**{k: v for k, v in cfg.to_dict().items() if k not in ("out", "resume")},
-                  "data_fingerprint": m5.fingerprint, "series": len(m5.ids), "days": m5.days,
-                  "train_windows": data.windows, "epochs_run": result.epochs_run,
-                  "steps": result.steps, "train_seconds": round(result.train_seconds, 2),
-                  "stopped_early": result.stopped_early, "history": result.history,
-                  "samples_per_second": round(result.samples_per_second, 1)},
+        training=result.record(cfg, data_fingerprint=m5.fingerprint, series=len(m5.ids), days=m5.days,
+                               train_windows=data.windows, history=result.history),
         metrics=result.best_metrics)
     out = save_checkpoint(Path(cfg.out), manifest, result.best_state)
     save_file({"sales": m5.sales, "prices": m5.prices, **calendar_arrays(m5.calendar)}, str(out / HISTORY_FILE))
@@ -337,10 +333,8 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
                          {row["model"]: test_metric.per_level(test_actual, results[row["model"]]["test"])
                           for row in table[:6]})]
     report["plots"] = [p.name for p in plots]
-    write_json_atomic(ckpt / "report.json", report)
-    manifest.metrics.update({"best_wrmsse": report["best_wrmsse"], "wrmsse": report["network_wrmsse"]})
-    record_files(ckpt, manifest, ["report.json", *report["plots"]])
-    return report
+    return write_report(ckpt, manifest, report, {"best_wrmsse": report["best_wrmsse"],
+                                                 "wrmsse": report["network_wrmsse"]})
 
 
 def plot_series_choice(metric: WRMSSE, count: int = 3) -> list[int]:

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from training.baselines.health_index import HealthIndexBaseline
-from training.checkpoint import CheckpointManifest, load_checkpoint, record_files, save_checkpoint, write_json_atomic
+from training.checkpoint import CheckpointManifest, load_checkpoint, save_checkpoint, write_report
 from training.config import TrainConfig
 from training.data.cmapss import (
     SUBSETS,
@@ -241,13 +241,9 @@ def save(cfg: TrainConfig, data: TurbofanData, config: dict[str, Any], result: F
         preprocessing={"objective": objective, "window": data.window, "rul_cap": RUL_CAP,
                        "normalizer": data.preprocessor.to_dict(),
                        "detector": detector_for(model, data, objective, float(cfg.task_options["alert_rul"]))},
-        training={**{k: v for k, v in cfg.to_dict().items() if k not in ("out", "resume")},
-                  "subset": data.subset.name, "data_fingerprint": data.subset.fingerprint,
-                  "train_units": data.train_units.tolist(), "val_units": data.val_units.tolist(),
-                  "teacher": data.teacher,
-                  "epochs_run": result.epochs_run, "steps": result.steps,
-                  "train_seconds": round(result.train_seconds, 2), "stopped_early": result.stopped_early,
-                  "samples_per_second": round(result.samples_per_second, 1)},
+        training=result.record(cfg, subset=data.subset.name, data_fingerprint=data.subset.fingerprint,
+                               train_units=data.train_units.tolist(), val_units=data.val_units.tolist(),
+                               teacher=data.teacher),
         metrics=result.best_metrics,
     )
     return save_checkpoint(Path(cfg.out), manifest, result.best_state)
@@ -291,11 +287,8 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
     plots = [plot_predictions(ckpt / "rul_predictions.png", test, output, true_rul, last, pre),
              plot_sensor_traces(ckpt / "sensor_traces.png", test, alarm, truth, normalizer.sensors[:4])]
     report["plots"] = [p.name for p in plots]
-    write_json_atomic(ckpt / "report.json", report)
-    manifest.metrics.update({k: report[k] for k in ("rmse", "nasa_score", "alert_precision", "alert_recall",
-                                                    "alert_f1")})
-    record_files(ckpt, manifest, ["report.json", *report["plots"]])
-    return report
+    return write_report(ckpt, manifest, report, {k: report[k] for k in ("rmse", "nasa_score", "alert_precision",
+                                                                         "alert_recall", "alert_f1")})
 
 
 def baseline_alerts(subset: CmapssSubset, normalizer: TurbofanPreprocessor, manifest: CheckpointManifest,
