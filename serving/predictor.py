@@ -16,7 +16,6 @@ import numpy as np
 from training.checkpoint import CheckpointError, CheckpointManifest, load_checkpoint, verify_checkpoint, verify_file
 
 RUNTIMES = ("onnx", "torch")
-ONNX_FILE = "model.onnx"
 
 
 class ModelRunner:
@@ -50,10 +49,13 @@ class ModelRunner:
 def _onnx_session(ckpt: Path, manifest: CheckpointManifest):
     import onnxruntime as ort
 
-    if ONNX_FILE not in manifest.files:
-        raise CheckpointError(f"{Path(ckpt) / ONNX_FILE}: no ONNX model in this checkpoint; run "
+    from training.tasks.specs import task_spec
+
+    onnx_file = task_spec(manifest.task).onnx_file
+    if onnx_file not in manifest.files:
+        raise CheckpointError(f"{Path(ckpt) / onnx_file}: no ONNX model in this checkpoint; run "
                               f"`modelyard export {ckpt}` first, or serve with --runtime torch")
-    path = verify_file(ckpt, manifest, ONNX_FILE)
+    path = verify_file(ckpt, manifest, onnx_file)
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(os.environ.get("MODELYARD_THREADS", os.cpu_count() or 1))
     options.inter_op_num_threads = 1

@@ -11,8 +11,8 @@ import torch
 
 from tests.conftest import SALES_BASELINES, run_cli
 from training.checkpoint import load_checkpoint, verify_checkpoint
-from training.export import SalesSignature
 from training.models import build_model
+from training.models.sales import SalesSignature
 from training.tasks import sales
 
 TINY = ["--hidden", "16", "--origin-stride", "7"]

@@ -64,9 +64,7 @@ def planned(cfg: TrainConfig) -> TrainConfig:
     cfg.task_options = task_options(cfg.task, cfg.task_options)
     cfg.precision = _precision(cfg, resolve_device(cfg.device))
     cfg.data_dir = str(resolve_data_dir(cfg).resolve())
-    task = get_task(cfg.task)
-    files = task.data_files(cfg) if hasattr(task, "data_files") else None
-    cfg.fingerprint = run_fingerprint(cfg.to_dict(), Path(cfg.data_dir), files)
+    cfg.fingerprint = run_fingerprint(cfg.to_dict(), Path(cfg.data_dir))
     return cfg
 
 

@@ -38,6 +38,7 @@ OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any], dict[st
 
 
 EPOCHS_DIR = "epochs"
+LOG_FILE = "train_log.jsonl"
 
 
 @dataclass
@@ -139,144 +140,187 @@ def _to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, ...]:
 
 def fit(job: TrainingJob, cfg: TrainConfig, ctx: DistContext, backend: Backend,
         on_epoch: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
-    out = Path(cfg.out)
-    per_rank = backend.optimizer_state_per_rank
-    resume = load_resume_state(out, cfg, ctx, per_rank) if cfg.resume else None
-    if resume is not None:
-        job.model.load_state_dict(resume.model)
-    batch_size = cfg.batch_size or job.batch_size
-    optimizer = optimizer_spec(job, cfg)
-    lr = optimizer.kwargs["lr"]
-    model = backend.wrap(job.model, optimizer, batch_size)
-    if resume is not None:
-        backend.load_optimizer_state_dict(resume.optimizer)
+    """Train `job` under `backend`: resume, plan, then per epoch train, validate, re-plan, keep the best, snapshot,
+    log and save the resume state, until the planned steps are done or validation stops improving. `on_epoch` sees
+    each epoch's record (it may raise to end the run, as a pruner does)."""
+    run = _Run(job, cfg, ctx, backend)
+    try:
+        for epoch in range(run.state["epoch"], run.epochs):
+            if run.done():
+                break
+            metrics = run.validate(epoch, *run.train_one_epoch(epoch))
+            run.plan(run.state["elapsed"])
+            weights = run.keep_best(metrics)  # collective: every rank gathers the weights
+            run.snapshot(epoch, weights)
+            if run.finish_epoch(epoch, metrics, weights):
+                break
+            if on_epoch is not None:
+                on_epoch(run.state["history"][-1])
+    finally:
+        run.progress.close()
+    return run.result()
 
-    dp_rank, dp_size = backend.data_parallel  # tensor-parallel peers must see the same batches
-    if job.lengths is not None:
-        sampler = BucketBatchSampler(job.lengths, batch_size, dp_rank, dp_size, seed=cfg.seed)
-        loader = DataLoader(job.train_set, batch_sampler=sampler, collate_fn=job.collate)
-    else:
+
+class _Run:
+    """One fit's state and its steps; `state` is what the resume files carry."""
+
+    def __init__(self, job: TrainingJob, cfg: TrainConfig, ctx: DistContext, backend: Backend) -> None:
+        self.job, self.cfg, self.ctx, self.backend = job, cfg, ctx, backend
+        self.out = Path(cfg.out)
+        self.per_rank = backend.optimizer_state_per_rank
+        resumed = load_resume_state(self.out, cfg, ctx, self.per_rank) if cfg.resume else None
+        if resumed is not None:
+            job.model.load_state_dict(resumed.model)
+        batch_size = cfg.batch_size or job.batch_size
+        optimizer = optimizer_spec(job, cfg)
+        self.peak_lr = optimizer.kwargs["lr"]
+        self.model = backend.wrap(job.model, optimizer, batch_size)
+        if resumed is not None:
+            backend.load_optimizer_state_dict(resumed.optimizer)
+        self.sampler, self.loader = self._batches(batch_size)
+
+        steps_per_epoch = max(1, len(self.loader) // cfg.grad_accum)
+        self.total_steps = cfg.max_steps or (cfg.epochs or job.epochs) * steps_per_epoch
+        self.epochs = math.ceil(self.total_steps / steps_per_epoch)
+        self.warmup = (cfg.warmup_steps if cfg.warmup_steps is not None
+                       else min(job.warmup_steps, self.total_steps // 10))
+        self.budget = TimeBudget(cfg.time_limit, self.total_steps)
+
+        self.state = resumed.trainer if resumed is not None else {
+            "epoch": 0, "step": 0, "best": None, "bad_epochs": 0, "best_metrics": {}, "history": [],
+            "train_seconds": 0.0, "elapsed": 0.0}
+        self.state.setdefault("elapsed", self.state["train_seconds"])  # state saved before time limits existed
+        self.clock_start = time.perf_counter() - self.state["elapsed"]  # the whole fit's wall time, earlier runs too
+        self.best_state = resumed.best_model if resumed is not None and ctx.is_main else None
+        if resumed is not None:
+            set_rng_state(resumed.rng)
+            if ctx.is_main:  # the log restarts from what the saved state had seen; later epochs are re-run
+                (self.out / LOG_FILE).write_text("".join(json.dumps(r) + "\n" for r in self.state["history"]))
+        self.progress = tqdm(total=self.total_steps, initial=self.state["step"], desc=f"train {cfg.task}",
+                             unit="step", disable=not ctx.is_main, dynamic_ncols=True,
+                             mininterval=0.5 if sys.stderr.isatty() else 15.0)  # logs: a line every 15 s
+        if self.state["step"]:  # resumed: plan from the time already spent
+            self.plan(self.state["elapsed"])
+        self.samples, self.loop_seconds, self.stopped_early = 0, 0.0, False
+
+    def _batches(self, batch_size: int) -> tuple[Any, DataLoader]:
+        job, cfg = self.job, self.cfg
+        dp_rank, dp_size = self.backend.data_parallel  # tensor-parallel peers must see the same batches
+        self.dp_size = dp_size
+        if job.lengths is not None:
+            sampler = BucketBatchSampler(job.lengths, batch_size, dp_rank, dp_size, seed=cfg.seed)
+            return sampler, DataLoader(job.train_set, batch_sampler=sampler, collate_fn=job.collate)
         sampler = DistributedSampler(job.train_set, num_replicas=dp_size, rank=dp_rank, shuffle=True,
                                      seed=cfg.seed, drop_last=True)
         # drop_last keeps every rank at the same number of steps, which sharded strategies require.
-        loader = DataLoader(job.train_set, batch_size=batch_size, sampler=sampler, drop_last=True,
-                            collate_fn=job.collate)
-    steps_per_epoch = max(1, len(loader) // cfg.grad_accum)
-    epochs = cfg.epochs or job.epochs
-    total_steps = cfg.max_steps or epochs * steps_per_epoch
-    epochs = math.ceil(total_steps / steps_per_epoch)
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(job.warmup_steps, total_steps // 10)
+        return sampler, DataLoader(job.train_set, batch_size=batch_size, sampler=sampler, drop_last=True,
+                                   collate_fn=job.collate)
 
-    state = resume.trainer if resume is not None else {"epoch": 0, "step": 0, "best": None, "bad_epochs": 0,
-                                                          "best_metrics": {}, "history": [], "train_seconds": 0.0,
-                                                          "elapsed": 0.0}
-    budget = TimeBudget(cfg.time_limit, total_steps)
-    state.setdefault("elapsed", state["train_seconds"])  # state saved before time limits existed
-    clock_start = time.perf_counter() - state["elapsed"]  # wall time of the whole fit, earlier runs included
-    if cfg.time_limit and state["step"]:  # resumed: plan from the time already spent
-        total_steps = budget.plan(state["step"], state["elapsed"], ctx.device)
-    if resume is not None:
-        set_rng_state(resume.rng)
-        if ctx.is_main:  # the log restarts from what the saved state had seen; later epochs are re-run
-            log_text = "".join(json.dumps(record) + "\n" for record in state["history"])
-            (out / "train_log.jsonl").write_text(log_text)
-    best_state = resume.best_model if resume is not None and ctx.is_main else None
-    log_path = out / "train_log.jsonl"
-    progress = tqdm(total=total_steps, initial=state["step"], desc=f"train {cfg.task}", unit="step",
-                    disable=not ctx.is_main, dynamic_ncols=True,
-                    mininterval=0.5 if sys.stderr.isatty() else 15.0)  # logs get a line every 15 s, not every step
-    samples_this_run, loop_seconds_this_run = 0, 0.0
-    stopped_early = False
+    def plan(self, elapsed: float) -> None:
+        """The one place --time-limit re-plans the run's total steps (see TimeBudget)."""
+        if self.cfg.time_limit:
+            self.total_steps = self.budget.plan(self.state["step"], elapsed, self.ctx.device)
+            self.progress.total = self.total_steps
 
-    for epoch in range(state["epoch"], epochs):
-        if state["step"] >= total_steps:
-            break
-        model.train()
-        sampler.set_epoch(epoch)
+    def done(self) -> bool:
+        return self.state["step"] >= self.total_steps
+
+    def train_one_epoch(self, epoch: int) -> tuple[float, float | None, float]:
+        """(mean training loss across ranks, the last step's gradient norm, when the epoch started)."""
+        job, cfg, backend, state = self.job, self.cfg, self.backend, self.state
+        self.model.train()
+        self.sampler.set_epoch(epoch)
         epoch_start = time.perf_counter()
         # Summed on the device: reading a loss back every step would stall a GPU on each micro-batch.
-        loss_sum, loss_count = torch.zeros((), dtype=torch.float64, device=ctx.device), 0
+        loss_sum, loss_count = torch.zeros((), dtype=torch.float64, device=self.ctx.device), 0
         micro, grad_norm = 0, None
         scales = job.lr_scales(epoch) if job.lr_scales is not None else None
-        for batch in loader:
-            if state["step"] >= total_steps:
+        for batch in self.loader:
+            if self.done():
                 break
-            batch = _to_device(batch, ctx.device)
+            batch = _to_device(batch, self.ctx.device)
             micro += 1
             boundary = micro % cfg.grad_accum == 0
             with backend.no_sync() if not boundary else contextlib.nullcontext():
                 loss = backend.forward_backward(job.loss, batch, 1.0 / cfg.grad_accum, job.pipeline)
             loss_sum += loss.double()
             loss_count += 1
-            samples_this_run += len(batch[0]) * dp_size
+            self.samples += len(batch[0]) * self.dp_size
             if not boundary:
                 continue
             for group in backend.param_groups:
                 scale = scales[group.get("group_index", 0)] if scales is not None else 1.0
-                group["lr"] = lr * lr_factor(state["step"], warmup, total_steps, job.lr_floor) * scale
+                factor = lr_factor(state["step"], self.warmup, self.total_steps, job.lr_floor)
+                group["lr"] = self.peak_lr * factor * scale
             grad_norm = backend.step()
             state["step"] += 1
-            progress.update(1)
-            if cfg.time_limit and state["step"] == TimeBudget.FIRST_PLAN_STEP:
-                total_steps = budget.plan(state["step"], time.perf_counter() - clock_start, ctx.device)
-                progress.total = total_steps
-            if ctx.is_main and state["step"] % 25 == 0:
-                progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{max(g['lr'] for g in backend.param_groups):.2e}",
-                                     refresh=False)  # redraws follow mininterval, not every update
+            self.progress.update(1)
+            if state["step"] == TimeBudget.FIRST_PLAN_STEP:
+                self.plan(time.perf_counter() - self.clock_start)
+            if self.ctx.is_main and state["step"] % 25 == 0:
+                self.progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{self._lr():.2e}",
+                                          refresh=False)  # redraws follow mininterval, not every update
         loop_seconds = time.perf_counter() - epoch_start
         state["train_seconds"] += loop_seconds
-        loop_seconds_this_run += loop_seconds
+        self.loop_seconds += loop_seconds
+        return _mean_across_ranks(loss_sum, loss_count), grad_norm, epoch_start
 
-        train_loss = _mean_across_ranks(loss_sum, loss_count)
-        model.eval()
-        with torch.no_grad(), backend.autocast():
-            metrics = job.validate(backend.eval_model())
-        record = {"epoch": epoch + 1, "step": state["step"], "train_loss": train_loss,
-                  "lr": max(g["lr"] for g in backend.param_groups), "grad_norm": grad_norm, **metrics,
-                  "epoch_seconds": round(time.perf_counter() - epoch_start, 3)}
-        state["history"].append(record)
-        state["elapsed"] = time.perf_counter() - clock_start
-        if cfg.time_limit:
-            total_steps = budget.plan(state["step"], state["elapsed"], ctx.device)
-            progress.total = total_steps
+    def _lr(self) -> float:
+        return max(group["lr"] for group in self.backend.param_groups)
+
+    def validate(self, epoch: int, train_loss: float, grad_norm: float | None, epoch_start: float) -> dict[str, Any]:
+        """The job's validation metrics; the epoch's record (with them) goes into the history."""
+        self.model.eval()
+        with torch.no_grad(), self.backend.autocast():
+            metrics = self.job.validate(self.backend.eval_model())
+        record = {"epoch": epoch + 1, "step": self.state["step"], "train_loss": train_loss, "lr": self._lr(),
+                  "grad_norm": grad_norm, **metrics, "epoch_seconds": round(time.perf_counter() - epoch_start, 3)}
+        self.state["history"].append(record)
+        self.state["elapsed"] = time.perf_counter() - self.clock_start
+        return metrics
+
+    def keep_best(self, metrics: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The weights now (every rank); rank 0 keeps a copy when the monitored metric improved."""
         # Gathered after validation: gathered before it, FSDP2's next forward failed here (a KeyError in its
         # parameter state, torch 2.14 on gloo).
-        weights = backend.model_state_dict()  # collective: every rank calls it
-        if _better(metrics[job.monitor], state["best"], job.mode):
-            state.update(best=metrics[job.monitor], bad_epochs=0, best_metrics=metrics)
-            if ctx.is_main:  # a snapshot: on the CPU a state dict may alias the live parameters
-                best_state = {name: tensor.clone() for name, tensor in weights.items()}
+        weights = self.backend.model_state_dict()
+        if _better(metrics[self.job.monitor], self.state["best"], self.job.mode):
+            self.state.update(best=metrics[self.job.monitor], bad_epochs=0, best_metrics=metrics)
+            if self.ctx.is_main:  # a snapshot: on the CPU a state dict may alias the live parameters
+                self.best_state = {name: tensor.clone() for name, tensor in weights.items()}
         else:
-            state["bad_epochs"] += 1
-        if job.snapshot_epochs and ctx.is_main:
-            (out / EPOCHS_DIR).mkdir(exist_ok=True)
-            save_weights(out / EPOCHS_DIR / f"epoch-{epoch + 1}.safetensors", weights)
+            self.state["bad_epochs"] += 1
+        return weights
+
+    def snapshot(self, epoch: int, weights: dict[str, torch.Tensor]) -> None:
+        if self.job.snapshot_epochs and self.ctx.is_main:
+            (self.out / EPOCHS_DIR).mkdir(exist_ok=True)
+            save_weights(self.out / EPOCHS_DIR / f"epoch-{epoch + 1}.safetensors", weights)
+
+    def finish_epoch(self, epoch: int, metrics: dict[str, Any], weights: dict[str, torch.Tensor]) -> bool:
+        """Log the epoch, save the resume state; whether validation stopped improving for --early-stop-patience."""
+        state, record = self.state, self.state["history"][-1]
         state["epoch"] = epoch + 1
-        patience = cfg.early_stop_patience
-        stopped_early = patience is not None and state["bad_epochs"] >= patience
-        if ctx.is_main:
-            with open(log_path, "a") as handle:
+        patience = self.cfg.early_stop_patience
+        self.stopped_early = patience is not None and state["bad_epochs"] >= patience
+        if self.ctx.is_main:
+            with open(self.out / LOG_FILE, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
-            progress.write(f"epoch {epoch + 1}/{epochs}  train_loss {train_loss:.4f}  " +
-                           "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        save_resume_state(out, cfg, ctx, ResumeState(model=weights, best_model=best_state,
-                                                     optimizer=backend.optimizer_state_dict(),
-                                                     rng=rng_state(ctx), trainer=state, optimizer_per_rank=per_rank))
-        if stopped_early:
-            if ctx.is_main:
-                progress.write(f"early stop: {job.monitor} did not improve for {patience} epochs")
-            break
-        if on_epoch is not None:
-            try:
-                on_epoch(record)
-            except BaseException:  # a pruned trial ends here: leave the terminal tidy
-                progress.close()
-                raise
-    progress.close()
-    return FitResult(best_state=best_state, best_metrics=state["best_metrics"], epochs_run=state["epoch"],
-                     steps=state["step"], train_seconds=state["train_seconds"],
-                     samples_per_second=samples_this_run / max(loop_seconds_this_run, 1e-9),
-                     stopped_early=stopped_early, history=state["history"])
+            self.progress.write(f"epoch {epoch + 1}/{self.epochs}  train_loss {record['train_loss']:.4f}  " +
+                                "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        save_resume_state(self.out, self.cfg, self.ctx, ResumeState(
+            model=weights, best_model=self.best_state, optimizer=self.backend.optimizer_state_dict(),
+            rng=rng_state(self.ctx), trainer=state, optimizer_per_rank=self.per_rank))
+        if self.stopped_early and self.ctx.is_main:
+            self.progress.write(f"early stop: {self.job.monitor} did not improve for {patience} epochs")
+        return self.stopped_early
+
+    def result(self) -> FitResult:
+        state = self.state
+        return FitResult(best_state=self.best_state, best_metrics=state["best_metrics"], epochs_run=state["epoch"],
+                         steps=state["step"], train_seconds=state["train_seconds"],
+                         samples_per_second=self.samples / max(self.loop_seconds, 1e-9),
+                         stopped_early=self.stopped_early, history=state["history"])
 
 
 def _mean_across_ranks(total: torch.Tensor, count: int) -> float:

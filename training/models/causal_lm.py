@@ -17,6 +17,7 @@ from torch import nn
 from training.models import gpt2_chain, gpt2_tensor_parallel  # noqa: F401
 
 ARCH = "hf_causal_lm"
+ARCHS = (ARCH,)
 SMOLLM2 = "smollm2"
 END_OF_TEXT = "<|endoftext|>"
 # GPT-2 sizes built from scratch: (layers, heads, width, context)
@@ -129,10 +130,10 @@ def merged_config(model: nn.Module) -> Any:
     return model.get_base_model().config if hasattr(model, "get_base_model") else model.config
 
 
-def build_causal_lm(hf_config: dict[str, Any]) -> nn.Module:
+def build(config: dict[str, Any]) -> nn.Module:
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    values = dict(hf_config)
+    values = dict(config["hf_config"])
     values.pop("quantization_config", None)  # the GGUF source's; the saved weights are plain fp32
     config = AutoConfig.for_model(values.pop("model_type"), **values)
     return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")

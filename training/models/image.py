@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from training.export import OnnxSignature
+
 
 def conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.GELU()]
@@ -218,8 +220,23 @@ def image_model_config(arch: str, num_classes: int, width: int | None = None) ->
     return config
 
 
-def build_image_model(config: dict[str, Any]) -> nn.Module:
+def build(config: dict[str, Any]) -> nn.Module:
     kwargs = {k: v for k, v in config.items() if k != "arch"}
     if "widths" in kwargs:
         kwargs["widths"] = tuple(kwargs["widths"])
     return ARCHS[config["arch"]](**kwargs)
+
+
+class ImageSignature(OnnxSignature):
+    def __init__(self, module: nn.Module, size: int) -> None:
+        super().__init__(module, ["image"], {"image": {0: "batch"}, "logits": {0: "batch"}}, "logits")
+        self.size = size
+
+    def example(self, batch: int, length: int, seed: int) -> tuple[torch.Tensor, ...]:
+        generator = torch.Generator().manual_seed(seed)
+        return (torch.randn(batch, 3, self.size, self.size, generator=generator),)
+
+
+def onnx_signature(manifest, model: nn.Module) -> OnnxSignature:
+    module = view_averaged(model, manifest.preprocessing)  # the averaging inside the graph
+    return ImageSignature(module, int(manifest.preprocessing["image_size"]))

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from training.export import OnnxSignature
+
 ARCHS = ("sales_lstm", "sales_gru")  # --model lstm / gru; named apart from the turbofan LSTM
 
 
@@ -65,6 +67,30 @@ class SalesRNN(nn.Module):
         return scaled * scale
 
 
-def build_sales_model(config: dict) -> SalesRNN:
+def build(config: dict) -> SalesRNN:
     return SalesRNN(config["arch"], config["n_covariates"], config["id_sizes"], config["context"],
                     config["horizon"], config["hidden"], config["layers"], config["dropout"])
+
+
+class SalesSignature(OnnxSignature):
+    """The sales network's five inputs: past sales, on-sale flags and covariates, the days ahead's covariates, ids."""
+
+    def __init__(self, module: nn.Module, config: dict) -> None:
+        names = ["past_sales", "past_alive", "past_covariates", "future_covariates", "ids"]
+        super().__init__(module, names, {**{name: {0: "batch"} for name in names}, "forecast": {0: "batch"}},
+                         "forecast")
+        self.config = config
+
+    def example(self, batch: int, length: int, seed: int) -> tuple[torch.Tensor, ...]:
+        generator = torch.Generator().manual_seed(seed)
+        c, context, horizon = self.config, self.config["context"], self.config["horizon"]
+        sales = torch.poisson(torch.full((batch, context), 2.0), generator=generator)
+        alive = torch.ones(batch, context)
+        alive[0, : context // 2] = 0  # a series launched inside the window
+        ids = torch.stack([torch.randint(0, size, (batch,), generator=generator) for size in c["id_sizes"]], dim=1)
+        return (sales, alive, torch.randn(batch, context, c["n_covariates"], generator=generator),
+                torch.randn(batch, horizon, c["n_covariates"], generator=generator), ids)
+
+
+def onnx_signature(manifest, model: nn.Module) -> OnnxSignature:
+    return SalesSignature(model, manifest.model)

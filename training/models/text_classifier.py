@@ -9,9 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
+from training.export import OnnxSignature
+
 ARCH = "hf_sequence_classifier"
+ARCHS = (ARCH,)
 
 
 def default_encoder() -> str:
@@ -45,9 +49,37 @@ def model_config(model: nn.Module) -> dict[str, Any]:
     return {"arch": ARCH, "hf_config": model.config.to_dict()}
 
 
-def build_sequence_classifier(hf_config: dict[str, Any]) -> nn.Module:
+def build(config: dict[str, Any]) -> nn.Module:
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    values = dict(hf_config)
+    values = dict(config["hf_config"])
     config = AutoConfig.for_model(values.pop("model_type"), **values)
     return AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
+
+
+class _Logits(nn.Module):
+    """A transformers classifier as tensors in, logits out (its ModelOutput is not an ONNX output)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+class TextSignature(OnnxSignature):
+    def example(self, batch: int, length: int, seed: int) -> tuple[torch.Tensor, ...]:
+        vocab = self.module.model.config.vocab_size
+        generator = torch.Generator().manual_seed(seed)
+        ids = torch.randint(5, vocab, (batch, length), generator=generator)
+        mask = torch.ones(batch, length, dtype=torch.long)
+        mask[0, length // 2:] = 0  # one padded row, as in a real batch
+        return ids, mask
+
+
+def onnx_signature(manifest, model: nn.Module) -> OnnxSignature:
+    names = ["input_ids", "attention_mask"]
+    axes = {**{name: {0: "batch", 1: "sequence"} for name in names}, "logits": {0: "batch"}}
+    # eval() on the wrapper too: the exporter restores the top module's mode recursively afterwards.
+    return TextSignature(_Logits(model).eval(), names, axes, "logits")

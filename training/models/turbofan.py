@@ -8,9 +8,12 @@ for activation checkpointing and sharding.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
+
+from training.export import OnnxSignature
 
 
 class LSTMBlock(nn.Module):
@@ -164,3 +167,24 @@ class TurbofanAutoencoder(nn.Module):
     @staticmethod
     def anomaly_score(x: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
         return ((x - reconstruction) ** 2).mean(dim=(1, 2))
+
+
+ARCHS = {"lstm": TurbofanLSTM, "transformer": TurbofanTransformer, "lstm_autoencoder": TurbofanAutoencoder}
+
+
+def build(config: dict[str, Any]) -> nn.Module:
+    return ARCHS[config["arch"]](**{k: v for k, v in config.items() if k != "arch"})
+
+
+class WindowSignature(OnnxSignature):
+    def __init__(self, module: nn.Module, window: int, n_features: int) -> None:
+        super().__init__(module, ["window"], {"window": {0: "batch"}, "output": {0: "batch"}}, "output")
+        self.window, self.n_features = window, n_features
+
+    def example(self, batch: int, length: int, seed: int) -> tuple[torch.Tensor, ...]:
+        generator = torch.Generator().manual_seed(seed)
+        return (torch.randn(batch, self.window, self.n_features, generator=generator),)
+
+
+def onnx_signature(manifest, model: nn.Module) -> OnnxSignature:
+    return WindowSignature(model, manifest.model["window"], manifest.model["n_features"])

@@ -20,12 +20,14 @@ class TaskSpec:
     name: str
     summary: str  # one line, for listings
     recipe: str  # module with OPTIONS, build_job, save, evaluate, synthesize, demo_runs (and tune_space if tunable)
+    models: str  # module with ARCHS (the architectures it builds) and build(config) -> nn.Module
     data_subdir: str  # the task's folder under MODELYARD_DATA
     headline: tuple[str, str]  # the report key that sums a run up, and its label
     compared: tuple[str, ...] = ()  # further report keys `modelyard compare` shows
     precision: str = "fp32"  # what --precision auto picks where the device computes it in hardware
     hf_model: bool = False  # a transformers model: colossalai hybrid can split it with shardformer
     onnx_file: str = "model.onnx"  # what `modelyard export` writes and the onnx runtime serves
+    exporter: str = "training.export:export_traced"  # "module:function(ckpt, weights) -> Exported" that writes it
     runtimes: tuple[str, ...] = ("onnx", "torch")  # what its service runs on, the default first
     service: str | None = None  # module with SERVICE (its BentoML class), ROUTE and OPTIONS
     predictor: str | None = None  # "module:Class" that answers in-process (the app without an API)

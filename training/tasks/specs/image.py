@@ -4,6 +4,7 @@ SPEC = TaskSpec(
     name="image",
     summary="Images (CIFAR-10): classify 32x32 photos into ten classes, from scratch or from pretrained weights.",
     recipe="training.tasks.image",
+    models="training.models.image",
     data_subdir="cifar10",
     headline=("accuracy", "test accuracy"),
     compared=("accuracy", "macro_precision", "macro_recall", "macro_f1", "train_images_per_second",

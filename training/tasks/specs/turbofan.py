@@ -4,6 +4,7 @@ SPEC = TaskSpec(
     name="turbofan",
     summary="Turbofan (NASA C-MAPSS): predict remaining useful life, or score anomalies by reconstruction.",
     recipe="training.tasks.turbofan",
+    models="training.models.turbofan",
     data_subdir="cmapss",
     headline=("rmse", "test RMSE (cycles)"),
     compared=("rmse", "nasa_score", "alert_f1"),
