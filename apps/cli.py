@@ -322,8 +322,6 @@ def compare(checkpoints: tuple[Path, ...], plot: Path | None) -> None:
             fail(str(exc))
 
 
-
-
 @data_app.command("synth")
 @click.argument("task")
 @click.option("--out", type=PATH, required=True, help="folder to write the generated files into")

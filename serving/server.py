@@ -20,7 +20,7 @@ from typing import Any
 
 from serving.settings import settings_env
 from training.processes import dies_with_parent
-from training.tasks.specs import task_spec, task_specs
+from training.tasks.specs import task_specs
 
 
 class ServerFailed(RuntimeError):
@@ -32,10 +32,10 @@ def served_tasks() -> list[str]:
 
 
 def service_path(task: str) -> str:
-    path = task_spec(task).service if task in served_tasks() else None
-    if path is None:
-        raise ValueError(f"no HTTP service for task {task!r}; available: {', '.join(served_tasks())}")
-    return path
+    services = {spec.name: spec.service for spec in task_specs() if spec.service}
+    if task not in services:
+        raise ValueError(f"no HTTP service for task {task!r}; available: {', '.join(services)}")
+    return services[task]
 
 
 def service_module(task: str) -> ModuleType:

@@ -13,9 +13,9 @@ from serving.continuous_batching import ContinuousBatcher, Generation, stop_toke
 from serving.decoding import Decoding
 from serving.refusal import Refused
 from training.checkpoint import CheckpointManifest, load_checkpoint, load_tokenizer, read_manifest, verify_file
-from training.decoder_onnx import DECODER_FILE
+from training.tasks.specs.generator import SPEC
 
-RUNTIMES = ("onnx", "torch")
+DECODER_FILE, RUNTIMES = SPEC.onnx_file, SPEC.runtimes  # read from the spec: serving needs no exporter code
 
 
 class GenerationStream:

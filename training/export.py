@@ -29,9 +29,7 @@ class OnnxSignature:
 
 
 def onnx_file(task: str) -> str | None:
-    """The ONNX file a task's checkpoints are served from (its spec's onnx_file), None for a task without one."""
-    from training.tasks.specs import task_spec
-
+    """The ONNX file a task's checkpoints are served from (its spec's onnx_file)."""
     return task_spec(task).onnx_file
 
 

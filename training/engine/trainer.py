@@ -177,7 +177,8 @@ class _Run:
         self.model = backend.wrap(job.model, optimizer, batch_size)
         if resumed is not None:
             backend.load_optimizer_state_dict(resumed.optimizer)
-        self.sampler, self.loader = self._batches(batch_size)
+        dp_rank, self.dp_size = backend.data_parallel  # tensor-parallel peers must see the same batches
+        self.sampler, self.loader = self._batches(batch_size, dp_rank)
 
         steps_per_epoch = max(1, len(self.loader) // cfg.grad_accum)
         self.total_steps = cfg.max_steps or (cfg.epochs or job.epochs) * steps_per_epoch
@@ -203,14 +204,12 @@ class _Run:
             self.plan(self.state["elapsed"])
         self.samples, self.loop_seconds, self.stopped_early = 0, 0.0, False
 
-    def _batches(self, batch_size: int) -> tuple[Any, DataLoader]:
+    def _batches(self, batch_size: int, dp_rank: int) -> tuple[Any, DataLoader]:
         job, cfg = self.job, self.cfg
-        dp_rank, dp_size = self.backend.data_parallel  # tensor-parallel peers must see the same batches
-        self.dp_size = dp_size
         if job.lengths is not None:
-            sampler = BucketBatchSampler(job.lengths, batch_size, dp_rank, dp_size, seed=cfg.seed)
+            sampler = BucketBatchSampler(job.lengths, batch_size, dp_rank, self.dp_size, seed=cfg.seed)
             return sampler, DataLoader(job.train_set, batch_sampler=sampler, collate_fn=job.collate)
-        sampler = DistributedSampler(job.train_set, num_replicas=dp_size, rank=dp_rank, shuffle=True,
+        sampler = DistributedSampler(job.train_set, num_replicas=self.dp_size, rank=dp_rank, shuffle=True,
                                      seed=cfg.seed, drop_last=True)
         # drop_last keeps every rank at the same number of steps, which sharded strategies require.
         return sampler, DataLoader(job.train_set, batch_size=batch_size, sampler=sampler, drop_last=True,

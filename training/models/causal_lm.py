@@ -135,5 +135,5 @@ def build(config: dict[str, Any]) -> nn.Module:
 
     values = dict(config["hf_config"])
     values.pop("quantization_config", None)  # the GGUF source's; the saved weights are plain fp32
-    config = AutoConfig.for_model(values.pop("model_type"), **values)
-    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    hf_config = AutoConfig.for_model(values.pop("model_type"), **values)
+    return AutoModelForCausalLM.from_config(hf_config, attn_implementation="sdpa")

@@ -53,8 +53,8 @@ def build(config: dict[str, Any]) -> nn.Module:
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     values = dict(config["hf_config"])
-    config = AutoConfig.for_model(values.pop("model_type"), **values)
-    return AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
+    hf_config = AutoConfig.for_model(values.pop("model_type"), **values)
+    return AutoModelForSequenceClassification.from_config(hf_config, attn_implementation="eager")
 
 
 class _Logits(nn.Module):

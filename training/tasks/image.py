@@ -48,7 +48,6 @@ OPTIONS = (
     Option("tta_shift", int, 1, "with --tta, also over both moved this many pixels diagonally each way (6 views; "
                                 "0: the two flips only)", minimum=0),
 )
-# --precision auto: convolutions in bf16 where the hardware has it (2.6x the images/s of fp32 on an AVX-512 BF16 CPU)
 DEFAULTS = {"batch_size": 256, "epochs": 26, "optimizer": "sgd", "lr": 0.2, "weight_decay": 5e-4,
             "optimizer_defaults": {"adamw": {"lr": 2e-3, "weight_decay": 0.05}}}
 
@@ -339,8 +338,6 @@ def _write_examples(ckpt: Path, images: np.ndarray, labels: np.ndarray, classes:
 
 
 # --- hyperparameter search (modelyard tune image) -----------------------------------------------------------------
-
-
 
 def tune_space(trial) -> tuple[dict[str, Any], dict[str, Any]]:
     """Optimizer, its learning rate and weight decay (ranges of their own), batch size, augmentation strength."""
