@@ -11,11 +11,11 @@ from types import ModuleType
 from typing import Any
 
 from training.options import resolve
-from training.tasks.specs import REGISTERED, task_spec
+from training.tasks.specs import task_spec, task_specs
 
 
 def task_names() -> list[str]:
-    return list(REGISTERED)
+    return [spec.name for spec in task_specs()]
 
 
 def get_task(name: str) -> ModuleType:

@@ -1,4 +1,5 @@
-"""What each task is, declared once (`TaskSpec`), and the registry of tasks: one line per task in `REGISTERED`.
+"""What each task is, declared once (`TaskSpec`), and the registry of tasks: one line per task in `REGISTERED`, the
+module that holds its `SPEC`.
 
 The command line, training's launcher, export, serving, the app, the demo, tune and compare all read a task from
 here; none of them names a task. A spec module imports nothing heavy, so listings and `--help` stay fast; the parts
@@ -11,8 +12,15 @@ import importlib
 from dataclasses import dataclass
 from types import ModuleType
 
-# The tasks in the order the demo trains and serves them (its API ports follow it) and the app shows their tabs.
-REGISTERED = ("turbofan", "news", "image", "sales", "generator")
+# The tasks in the order the demo trains and serves them (its API ports follow it) and the app shows their tabs. A
+# task's spec may live anywhere importable (a plugin's package too); its SPEC.name is the name commands take.
+REGISTERED = (
+    "training.tasks.specs.turbofan",
+    "training.tasks.specs.news",
+    "training.tasks.specs.image",
+    "training.tasks.specs.sales",
+    "training.tasks.specs.generator",
+)
 
 
 @dataclass(frozen=True)
@@ -42,11 +50,12 @@ class TaskSpec:
         return importlib.import_module(self.recipe)
 
 
-def task_spec(name: str) -> TaskSpec:
-    if name not in REGISTERED:
-        raise ValueError(f"unknown task {name!r}; available: {', '.join(REGISTERED)}")
-    return importlib.import_module(f"{__name__}.{name}").SPEC
-
-
 def task_specs() -> list[TaskSpec]:
-    return [task_spec(name) for name in REGISTERED]
+    return [importlib.import_module(module).SPEC for module in REGISTERED]
+
+
+def task_spec(name: str) -> TaskSpec:
+    specs = {spec.name: spec for spec in task_specs()}
+    if name not in specs:
+        raise ValueError(f"unknown task {name!r}; available: {', '.join(specs)}")
+    return specs[name]
