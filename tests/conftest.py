@@ -120,6 +120,29 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subpro
                           text=True, timeout=timeout, env=merged)
 
 
+def run_cli_here(*args: object) -> subprocess.CompletedProcess:
+    """`modelyard ARGS` in this interpreter (click's test runner): the same command, exit code, stdout and stderr as
+    run_cli without a fresh interpreter's seconds of imports, for commands refused before any training. An uncaught
+    exception shows as the interpreter would show it (a traceback on stderr); the environment variables a command sets
+    (a one-process run's torch.distributed ones) are taken back."""
+    import traceback
+
+    from click.testing import CliRunner
+
+    from apps.cli import cli
+
+    environ = dict(os.environ)
+    try:
+        result = CliRunner().invoke(cli(), [str(a) for a in args], prog_name="modelyard")
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, stderr)
+
+
 # A GPT-2 from scratch takes $MODELYARD_DATA/gpt2_tokenizer when there is one: with its 50,257 tokens the tiny model
 # on generated text trains 7x slower (CI: 105 s where 14 s do) and learns less, so those runs leave it out.
 LEARNED_BPE = {"MODELYARD_DATA": None}

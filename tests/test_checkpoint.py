@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import assert_clean_failure, run_cli
+from tests.conftest import assert_clean_failure, run_cli_here
 from training.checkpoint import (
     CheckpointError,
     CheckpointManifest,
@@ -78,4 +78,4 @@ def test_cli_refuses_tampered_checkpoint(ckpt):
     out, _ = ckpt
     (out / "model.safetensors").write_bytes(b"not safetensors")
     for command in ("evaluate", "export"):
-        assert_clean_failure(run_cli(command, out), "model.safetensors")
+        assert_clean_failure(run_cli_here(command, out), "model.safetensors")

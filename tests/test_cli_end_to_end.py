@@ -21,6 +21,7 @@ from tests.conftest import (
     post,
     real_cmapss,
     run_cli,
+    run_cli_here,
     sigkill_leaves_no_children,
 )
 from training.checkpoint import verify_checkpoint
@@ -32,7 +33,7 @@ REPORT_KEYS = {"rmse", "nasa_score", "alert_precision", "alert_recall", "alert_f
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     data = root / "data"
-    synth = run_cli("data", "synth", "turbofan", "--out", data)
+    synth = run_cli_here("data", "synth", "turbofan", "--out", data)
     assert synth.returncode == 0 and "train_FD004.txt" in synth.stdout
     out = root / "ckpt"
     result = run_cli("train", "turbofan", "--out", out, "--data-dir", data, "--epochs", "2")
@@ -115,10 +116,10 @@ def test_a_single_lstm_distils_the_ensemble(trained, tmp_path):
     for key in ("train_units", "val_units"):
         assert student.training[key] == parent.training[key]
     assert student.preprocessing["normalizer"] == parent.preprocessing["normalizer"]
-    assert_clean_failure(run_cli(*common, "--out", tmp_path / "w", "--window", "12"),
+    assert_clean_failure(run_cli_here(*common, "--out", tmp_path / "w", "--window", "12"),
                          "the teacher reads windows of 30 cycles")
-    assert_clean_failure(run_cli(*common, "--out", tmp_path / "s", "--subset", "FD002"), "trained on other data")
-    assert_clean_failure(run_cli(*common, "--out", tmp_path / "r", "--objective", "reconstruction"),
+    assert_clean_failure(run_cli_here(*common, "--out", tmp_path / "s", "--subset", "FD002"), "trained on other data")
+    assert_clean_failure(run_cli_here(*common, "--out", tmp_path / "r", "--objective", "reconstruction"),
                          "does not apply to --objective reconstruction")
 
 
@@ -238,8 +239,8 @@ def test_demo_retrains_what_changed(tmp_path, tiny_encoders):
 
     out = tmp_path / "demo"
     common = ["demo", "--out", out, "--tasks", "news", "--no-serve", "--model", f"news={tiny_encoders['bert']}"]
-    assert run_cli(*common, "--epochs", "1").returncode == 0
-    again = run_cli(*common, "--epochs", "1")
+    assert run_cli_here(*common, "--epochs", "1").returncode == 0
+    again = run_cli_here(*common, "--epochs", "1")
     assert again.returncode == 0 and "reusing" in again.stdout and "training:" not in again.stdout, again.stdout
     run = news.demo_runs()[0]
     options = {**run.options, "model": str(tiny_encoders["bert"])}

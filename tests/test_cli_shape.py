@@ -8,7 +8,7 @@ import pytest
 
 from apps.tabs import tab_modules
 from serving.server import served_tasks, service_path
-from tests.conftest import assert_clean_failure, run_cli
+from tests.conftest import assert_clean_failure, run_cli_here
 from training.config import ENGINE_OPTIONS, TrainConfig
 from training.options import Option, resolve
 from training.tasks import get_task, task_names
@@ -19,10 +19,10 @@ SERVICES = {task: service_path(task) for task in served_tasks()}
 
 
 def test_train_lists_every_task_and_each_task_shows_engine_options_then_its_own():
-    listing = run_cli("train", "--help")
+    listing = run_cli_here("train", "--help")
     assert listing.returncode == 0 and all(task in listing.stdout for task in TASKS), listing.stdout
     for task in TASKS:
-        result = run_cli("train", task, "--help")
+        result = run_cli_here("train", task, "--help")
         assert result.returncode == 0, result.stderr
         text = result.stdout
         engine, own = text.index("Engine options:"), text.index(f"{task} options:")
@@ -38,32 +38,32 @@ def test_train_lists_every_task_and_each_task_shows_engine_options_then_its_own(
 
 
 def test_an_option_of_another_task_is_refused_in_one_line(tmp_path):
-    result = run_cli("train", "news", "--out", tmp_path / "x", "--subset", "FD002")
+    result = run_cli_here("train", "news", "--out", tmp_path / "x", "--subset", "FD002")
     assert_clean_failure(result, "No such option '--subset'")
-    result = run_cli("train", "turbofan", "--out", tmp_path / "x", "--max-length", "64")
+    result = run_cli_here("train", "turbofan", "--out", tmp_path / "x", "--max-length", "64")
     assert_clean_failure(result, "No such option '--max-length'")
-    assert_clean_failure(run_cli("train", "nosuchtask", "--out", tmp_path), "nosuchtask")
+    assert_clean_failure(run_cli_here("train", "nosuchtask", "--out", tmp_path), "nosuchtask")
 
 
 def test_serve_takes_the_server_options_and_that_services_own():
     for task in SERVICES:
-        result = run_cli("serve", task, "--help")
+        result = run_cli_here("serve", task, "--help")
         assert result.returncode == 0, result.stderr
         for flag in ("--checkpoint", "--port", "--host", "--runtime"):
             assert flag in result.stdout
         service = importlib.import_module(SERVICES[task])
         for option in service.OPTIONS:
             assert option.flag in result.stdout
-    assert "--max-texts" not in run_cli("serve", "turbofan", "--help").stdout
+    assert "--max-texts" not in run_cli_here("serve", "turbofan", "--help").stdout
 
 
 def test_app_takes_each_tabs_options_and_the_old_news_flag():
-    text = run_cli("app", "--help").stdout
+    text = run_cli_here("app", "--help").stdout
     for tab in tab_modules():
         for option in tab.OPTIONS:
             assert option.flag in text
     assert "--api-url" in text  # the documented name of --news-api keeps working
-    assert_clean_failure(run_cli("app"), "no tab to show")
+    assert_clean_failure(run_cli_here("app"), "no tab to show")
 
 
 def test_every_task_service_and_tab_declares_what_the_product_needs():

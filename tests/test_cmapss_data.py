@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import assert_clean_failure, real_cmapss, run_cli
+from tests.conftest import assert_clean_failure, real_cmapss, run_cli_here
 from training.data.cmapss import (
     TurbofanPreprocessor,
     load_subset,
@@ -54,7 +54,7 @@ def test_cli_reports_malformed_file_without_traceback(tmp_path, synthetic_cmapss
     write(tmp_path / "train_FD001.txt", lines)
     for name in ("test_FD001.txt", "RUL_FD001.txt"):
         (tmp_path / name).write_text((synthetic_cmapss / name).read_text())
-    result = run_cli("train", "turbofan", "--out", tmp_path / "ckpt", "--data-dir", tmp_path, "--max-steps", "1")
+    result = run_cli_here("train", "turbofan", "--out", tmp_path / "ckpt", "--data-dir", tmp_path, "--max-steps", "1")
     assert_clean_failure(result, f"{tmp_path / 'train_FD001.txt'}:7:", "expected 26 space-separated columns, got 27")
 
 

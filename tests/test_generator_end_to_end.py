@@ -7,7 +7,13 @@ import shutil
 import pytest
 import torch
 
-from tests.conftest import LEARNED_BPE, assert_clean_failure, assert_resumes_from_per_rank_optimizer_files, run_cli
+from tests.conftest import (
+    LEARNED_BPE,
+    assert_clean_failure,
+    assert_resumes_from_per_rank_optimizer_files,
+    run_cli,
+    run_cli_here,
+)
 from training.checkpoint import load_checkpoint, verify_checkpoint
 
 
@@ -97,10 +103,10 @@ def test_refusals_name_what_is_wrong(tmp_path, wikitext_dir, generator_ckpt):
     only_valid = tmp_path / "valid-only"
     only_valid.mkdir()
     shutil.copy(wikitext_dir / "wiki.valid.tokens", only_valid)
-    assert_clean_failure(run_cli("train", "generator", "--out", tmp_path / "a", "--data-dir", only_valid),
+    assert_clean_failure(run_cli_here("train", "generator", "--out", tmp_path / "a", "--data-dir", only_valid),
                          "no wiki.test.tokens")
-    assert_clean_failure(run_cli("train", "generator", "--out", tmp_path / "b", "--data-dir", wikitext_dir,
-                                 "--size", "tiny", "--block-size", "512"), "longer than the model's context")
+    assert_clean_failure(run_cli_here("train", "generator", "--out", tmp_path / "b", "--data-dir", wikitext_dir,
+                                      "--size", "tiny", "--block-size", "512"), "longer than the model's context")
     assert_clean_failure(run_cli("serve", "generator", "--checkpoint", generator_ckpt, "--runtime", "onnx"),
                          "decoder.onnx: missing; run `modelyard export")
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TINY_IMAGE, assert_clean_failure, run_cli
+from tests.conftest import TINY_IMAGE, assert_clean_failure, run_cli, run_cli_here
 from training.checkpoint import load_checkpoint, verify_checkpoint
 from training.models import build_model
 from training.tasks import image
@@ -114,6 +114,9 @@ def test_the_whitening_stem_decorrelates_patches_and_travels_in_the_checkpoint(i
 
 CPU_STRATEGIES = [("torch", "ddp"), ("torch", "fsdp"), ("colossalai", "ddp"), ("colossalai", "zero1"),
                   ("colossalai", "zero2"), ("fairscale", "oss")]
+# Every strategy runs on two ranks in the fast set (test_backends.py); here the fast set keeps FSDP, which shards
+# the image model's parameters beside its BatchNorm buffers, and the rest run with `make test-all`.
+SHARDING = {("torch", "fsdp")}
 
 
 def train_two_ranks(out: Path, cifar_dir: Path, backend: str, strategy: str, precision: str, steps: int):
@@ -124,7 +127,8 @@ def train_two_ranks(out: Path, cifar_dir: Path, backend: str, strategy: str, pre
     return load_checkpoint(out)
 
 
-@pytest.mark.parametrize(("backend", "strategy"), CPU_STRATEGIES, ids=[f"{b}-{s}" for b, s in CPU_STRATEGIES])
+@pytest.mark.parametrize(("backend", "strategy"), [
+    pytest.param(b, s, id=f"{b}-{s}", marks=() if (b, s) in SHARDING else pytest.mark.slow) for b, s in CPU_STRATEGIES])
 def test_two_ranks_train_and_consolidate_on_every_cpu_backend(tmp_path, cifar_dir, backend, strategy):
     manifest, weights = train_two_ranks(tmp_path / "ckpt", cifar_dir, backend, strategy, "fp32", 4)
     assert manifest.training["steps"] == 4 and manifest.training["strategy"] == strategy
@@ -225,7 +229,7 @@ def test_freeze_epochs_train_only_the_new_head_first(tmp_path, image_ckpt, cifar
     manifest = verify_checkpoint(out)
     assert manifest.training["pretrained"]["loaded"] == len(start)
     assert "pretrained_accuracy" in json.loads((out / "report.json").read_text())
-    assert_clean_failure(run_cli("train", "image", "--out", tmp_path / "x", "--data-dir", cifar_dir,
+    assert_clean_failure(run_cli_here("train", "image", "--out", tmp_path / "x", "--data-dir", cifar_dir,
                                  "--freeze-epochs", "1", *TINY_IMAGE), "give --pretrained FILE")
 
 
@@ -278,7 +282,7 @@ def test_tune_writes_trials_plots_and_a_config_that_train_accepts(tmp_path, cifa
     assert manifest.training["optimizer"] == best["optimizer"] and manifest.training["lr"] == best["lr"]
     assert manifest.preprocessing["augment_strength"] == best["augment_strength"]
     (tmp_path / "bad.json").write_text(json.dumps({"no_such_option": 1}))
-    assert_clean_failure(run_cli("train", "image", "--config", tmp_path / "bad.json", "--out", out),
+    assert_clean_failure(run_cli_here("train", "image", "--config", tmp_path / "bad.json", "--out", out),
                          "no option --no-such-option")
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import assert_clean_failure, run_cli
+from tests.conftest import assert_clean_failure, run_cli_here
 from training.data.ag_news import LABELS, clean_text, read_news_csv, synthesize_news
 from training.data.batching import BucketBatchSampler, pad_batch
 from training.data.errors import DataFormatError
@@ -34,7 +34,7 @@ def test_cli_reports_bad_news_row_without_traceback(tmp_path):
     synthesize_news(data, n_train=40, n_test=8)
     with open(data / "train.csv", "a") as handle:
         handle.write('"9","Bad class","row"\n')
-    result = run_cli("train", "news", "--out", tmp_path / "ckpt", "--data-dir", data, "--max-steps", "1")
+    result = run_cli_here("train", "news", "--out", tmp_path / "ckpt", "--data-dir", data, "--max-steps", "1")
     assert_clean_failure(result, f"{data / 'train.csv'}:41:", "class index 1-4")
 
 

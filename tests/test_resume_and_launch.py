@@ -32,13 +32,13 @@ def processes_running(fragment: str) -> list[int]:
     return pids
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path, cmapss_dir):
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, synthetic_cmapss):
     reference = tmp_path / "reference"
-    assert run_cli("train", "turbofan", "--out", reference, "--data-dir", cmapss_dir, *TRAIN).returncode == 0
+    assert run_cli("train", "turbofan", "--out", reference, "--data-dir", synthetic_cmapss, *TRAIN).returncode == 0
 
     crashed = tmp_path / "crashed"
     args = [sys.executable, "-m", "apps.cli", "train", "turbofan", "--out", str(crashed), "--data-dir",
-            str(cmapss_dir), *TRAIN]
+            str(synthetic_cmapss), *TRAIN]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     latest = crashed / "state" / "latest.json"
@@ -55,7 +55,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, cmapss_dir):
     assert not processes_running(ranks), "ranks outlived their killed launcher"
     assert not (crashed / "model.safetensors").exists()
 
-    resumed = run_cli("train", "turbofan", "--out", crashed, "--data-dir", cmapss_dir, *TRAIN, "--resume")
+    resumed = run_cli("train", "turbofan", "--out", crashed, "--data-dir", synthetic_cmapss, *TRAIN, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     ref_manifest, ref_weights = load_checkpoint(reference)
     manifest, weights = load_checkpoint(crashed)
@@ -67,9 +67,9 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, cmapss_dir):
     assert log == [1, 2, 3]
 
 
-def test_resume_refuses_state_from_a_different_run(tmp_path, cmapss_dir):
+def test_resume_refuses_state_from_a_different_run(tmp_path, synthetic_cmapss):
     out = tmp_path / "ckpt"
-    args = ["train", "turbofan", "--out", out, "--data-dir", cmapss_dir, "--max-steps", "3", "--no-evaluate"]
+    args = ["train", "turbofan", "--out", out, "--data-dir", synthetic_cmapss, "--max-steps", "3", "--no-evaluate"]
     assert run_cli(*args).returncode == 0
     result = run_cli(*args, "--resume", "--seed", "7")
     assert result.returncode != 0 and "cannot resume" in result.stderr and "seed=0" in result.stderr

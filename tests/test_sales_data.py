@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import assert_clean_failure, real_m5, run_cli
+from tests.conftest import assert_clean_failure, real_m5, run_cli_here
 from training.data.errors import DataFormatError
 from training.data.m5 import load_m5, read_sales
 from training.data.m5_features import feature_columns, lag_features, long_table, price_covariates
@@ -71,7 +71,7 @@ def test_bad_files_get_one_line_naming_file_and_line(generated, tmp_path, name, 
     folder = _copy_with(generated, tmp_path, name, edit)
     with pytest.raises(DataFormatError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_m5(folder)
-    result = run_cli("train", "sales", "--out", tmp_path / "ckpt", "--data-dir", folder, "--max-steps", "1")
+    result = run_cli_here("train", "sales", "--out", tmp_path / "ckpt", "--data-dir", folder, "--max-steps", "1")
     assert_clean_failure(result, name)
 
 

@@ -15,7 +15,7 @@ from streaming.broker import TOPICS, EmbeddedBroker, ensure_topics
 from streaming.monitor import EngineWindow
 from streaming.replay import RateLimiter, load_replay, replay
 from streaming.schema import MessageError, parse_reading, reading_from_row
-from tests.conftest import REPO, assert_clean_failure, free_port, run_cli, sigkill_leaves_no_children
+from tests.conftest import REPO, assert_clean_failure, free_port, run_cli_here, sigkill_leaves_no_children
 from training.data.cmapss import windows_per_cycle
 
 ROW = [3, 17, -0.0007, -0.0004, 100.0, *([518.67] * 21)]
@@ -86,11 +86,11 @@ def test_rate_limiter_keeps_the_average_rate():
 
 
 def test_replay_cli_refuses_bad_input_in_one_line(tmp_path, synthetic_cmapss):
-    assert_clean_failure(run_cli("stream", "replay", "--data-dir", tmp_path), "test_FD001.txt: file not found")
-    assert_clean_failure(run_cli("stream", "replay", "--data-dir", synthetic_cmapss, "--engines", "1,999"),
+    assert_clean_failure(run_cli_here("stream", "replay", "--data-dir", tmp_path), "test_FD001.txt: file not found")
+    assert_clean_failure(run_cli_here("stream", "replay", "--data-dir", synthetic_cmapss, "--engines", "1,999"),
                          "engines [999] are not in test_FD001")
-    assert_clean_failure(run_cli("stream", "replay", "--data-dir", synthetic_cmapss, "--bootstrap-servers",
-                                 f"127.0.0.1:{free_port()}", "--connect-timeout", "2", timeout=60),
+    assert_clean_failure(run_cli_here("stream", "replay", "--data-dir", synthetic_cmapss, "--bootstrap-servers",
+                                 f"127.0.0.1:{free_port()}", "--connect-timeout", "2"),
                          "no Kafka broker answered")
 
 
