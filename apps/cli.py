@@ -83,9 +83,9 @@ def _with_config(values: dict[str, Any]) -> dict[str, Any]:
 
 def train_command(task: str) -> click.Command:
     from training.config import ENGINE_OPTIONS
-    from training.tasks import get_task, summary
+    from training.tasks.specs import task_spec
 
-    recipe = get_task(task)
+    spec = task_spec(task)  # not the recipe: `train TASK --help` imports no torch
     engine_names = {option.name for option in ENGINE_OPTIONS}
 
     def run(**values: Any) -> None:
@@ -94,9 +94,9 @@ def train_command(task: str) -> click.Command:
         options = {k: v for k, v in values.items() if k not in engine_names}
         _reported(actions.train, task, engine, options)
 
-    return build_command(task, f"Train {task}: {summary(task)} Writes a verified checkpoint (and, unless "
+    return build_command(task, f"Train {task}: {spec.summary} Writes a verified checkpoint (and, unless "
                                "--no-evaluate, its evaluation report) to OUT.",
-                         [("Engine options", (*ENGINE_OPTIONS, CONFIG_OPTION)), (f"{task} options", recipe.OPTIONS)],
+                         [("Engine options", (*ENGINE_OPTIONS, CONFIG_OPTION)), (f"{task} options", spec.options)],
                          run)
 
 
@@ -110,11 +110,10 @@ TUNE_OPTIONS = (
 
 def tune_command(task: str) -> click.Command:
     from training.config import ENGINE_OPTIONS
-    from training.tasks import get_task, summary
     from training.tasks.specs import task_spec
 
-    recipe = get_task(task)
-    monitor = task_spec(task).tune_monitor[0]
+    spec = task_spec(task)
+    monitor = spec.tune_monitor[0]
     engine_names = {option.name for option in ENGINE_OPTIONS}
 
     def run(trials: int, timeout: float | None, **values: Any) -> None:
@@ -133,10 +132,10 @@ def tune_command(task: str) -> click.Command:
             console.print(f"wrote {path}")
         console.print(f"train with it: modelyard train {task} --config {Path(base.out) / 'best.json'} --out DIR")
 
-    return build_command(task, f"Search {task}'s hyperparameters with Optuna: {summary(task)} Each trial is a "
+    return build_command(task, f"Search {task}'s hyperparameters with Optuna: {spec.summary} Each trial is a "
                                "training run under OUT/trials; the options below fix what the search does not vary.",
                          [("Tune options", TUNE_OPTIONS), ("Engine options", ENGINE_OPTIONS),
-                          (f"{task} options", recipe.OPTIONS)], run)
+                          (f"{task} options", spec.options)], run)
 
 
 def _task_group(name: str, help_text: str, names, build) -> click.Group:

@@ -107,9 +107,9 @@ def train_all(settings: DemoSettings, tasks: list[str], console: Console) -> lis
 def option_named(task: str, name: str):
     """('engine' | 'task', the Option) for an option name of the engine or of `task`'s recipe."""
     from training.config import ENGINE_OPTIONS
-    from training.tasks import get_task
+    from training.tasks.specs import task_spec
 
-    for target, options in (("engine", ENGINE_OPTIONS), ("task", get_task(task).OPTIONS)):
+    for target, options in (("engine", ENGINE_OPTIONS), ("task", task_spec(task).options)):
         for option in options:
             if option.name == name.replace("-", "_"):
                 return target, option

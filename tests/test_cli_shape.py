@@ -29,10 +29,10 @@ def test_train_lists_every_task_and_each_task_shows_engine_options_then_its_own(
         assert engine < own
         for option in ENGINE_OPTIONS:
             assert option.flag in text[engine:own], option.flag
-        for option in get_task(task).OPTIONS:
+        for option in task_spec(task).options:
             assert option.flag in text[own:], option.flag
-        others = {o.flag for t in TASKS if t != task for o in get_task(t).OPTIONS}
-        mine = {o.flag for o in get_task(task).OPTIONS}
+        others = {o.flag for t in TASKS if t != task for o in task_spec(t).options}
+        mine = {o.flag for o in task_spec(task).options}
         for flag in others - mine:
             assert f"{flag} " not in text, f"{flag} of another task in train {task} --help"
 
@@ -71,7 +71,7 @@ def test_every_task_service_and_tab_declares_what_the_product_needs():
     assert all(option.name in config_fields for option in ENGINE_OPTIONS)
     for task in TASKS:
         recipe = get_task(task)
-        assert task_spec(task).name == task and all(isinstance(o, Option) for o in recipe.OPTIONS)
+        assert task_spec(task).name == task and all(isinstance(o, Option) for o in task_spec(task).options)
         assert len(task_spec(task).headline) == 2 and recipe.demo_runs()
         for name in ("build_job", "save", "evaluate", "synthesize"):
             assert callable(getattr(recipe, name))
@@ -88,3 +88,18 @@ def test_options_fill_defaults_and_refuse_what_is_not_declared():
     assert resolve(options, {"teacher": "x"}, "task t") == {"window": 30, "teacher": "x"}
     with pytest.raises(ValueError, match="task t has no option --max-length"):
         resolve(options, {"max_length": 64}, "task t")
+
+
+def test_option_choices_name_what_the_code_builds():
+    """A spec imports nothing heavy, so where an option's choices are what a data or model module defines, the spec
+    spells them out and this keeps the two in step."""
+    from training.data.cmapss import SUBSETS
+    from training.models import causal_lm, image, turbofan
+
+    def choices(task: str, name: str) -> tuple[str, ...]:
+        return next(option.choices for option in task_spec(task).options if option.name == name)
+
+    assert choices("turbofan", "subset") == tuple(SUBSETS)
+    assert set(choices("turbofan", "model")) == set(turbofan.ARCHS)
+    assert choices("image", "model") == tuple(image.ARCHS)
+    assert choices("generator", "size") == tuple(causal_lm.CONFIGS)

@@ -22,7 +22,8 @@ from training.options import Option
 from training.tasks.specs import TaskSpec
 
 SPEC = TaskSpec(name="toy", summary="Toy: fit a line to noisy points.", recipe=__name__, models=__name__,
-                data_subdir="toy", headline=("mse", "test MSE"), compared=("mse",))
+                data_subdir="toy", headline=("mse", "test MSE"), compared=("mse",),
+                options=(Option("held_out", int, 112, "points kept for validation and test", minimum=1),))
 
 # --- model (what SPEC.models names) -------------------------------------------------------------------------------
 
@@ -43,9 +44,6 @@ def onnx_signature(manifest: CheckpointManifest, model: nn.Module) -> OnnxSignat
 
 
 # --- recipe (what SPEC.recipe names) ------------------------------------------------------------------------------
-
-OPTIONS = (Option("held_out", int, 112, "points kept for validation and test", minimum=1),)
-
 
 def synthesize(out: Path, seed: int = 0) -> list[Path]:
     rng = np.random.default_rng(seed)

@@ -1,7 +1,7 @@
 """Training configuration: plain data, written to OUT/train_config.json and into the manifest.
 
-The engine's options (every task takes them) are declared here; each recipe declares its own in its OPTIONS, and
-their values travel in `task_options`.
+The engine's options (every task takes them) are declared here; each task declares its own in its spec's `options`
+(training.tasks.specs), and their values travel in `task_options`.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     evaluate: bool = True
-    task_options: dict[str, Any] = field(default_factory=dict)  # the recipe's declared OPTIONS, defaults filled
+    task_options: dict[str, Any] = field(default_factory=dict)  # the spec's declared options, defaults filled
     fingerprint: dict[str, str] | None = None  # code, data and settings this run was made from (training.fingerprint)
 
     def save(self, path: Path) -> None:

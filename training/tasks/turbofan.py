@@ -30,29 +30,14 @@ from training.demo_runs import DemoRun, real_data_folder
 from training.engine.trainer import FitResult, TrainingJob
 from training.metrics.rul import alert_metrics, best_threshold, nasa_score, rmse, threshold_alarms
 from training.models import build_model
-from training.options import Option
-from training.tasks.specs.turbofan import SPEC
+from training.tasks.specs.turbofan import ENSEMBLE_MEMBERS, MODELS, SPEC, WINDOW
 
-WINDOW, RUL_CAP, ALERT_RUL, VAL_FRACTION = 30, 125.0, 30.0, 0.2
+RUL_CAP, VAL_FRACTION = 125.0, 0.2
 # Regularisation measured on FD001 validation engines (see the foundation issue note): with 80 training engines the
 # LSTM overfits after ~12 epochs; dropout 0.2 plus Gaussian noise on the normalised sensors lowers validation RMSE,
 # and 15 epochs let the cosine schedule anneal before it overfits (30 measured worse on the FD001 test set).
 DROPOUT, INPUT_NOISE = 0.2, 0.1
-ENSEMBLE_MEMBERS = 3  # LSTMs averaged in the default model (see TurbofanLSTM); --members changes it
-MODELS = {"rul": ("lstm", "transformer"), "reconstruction": ("lstm_autoencoder",)}
 DEFAULTS = {"batch_size": 256, "lr": 2e-3, "epochs": 15}
-OPTIONS = (
-    Option("subset", str, "FD001", "C-MAPSS subset", choices=SUBSETS),
-    Option("model", str, None, "lstm or transformer (RUL); lstm_autoencoder (reconstruction)",
-           choices=("lstm", "transformer", "lstm_autoencoder")),
-    Option("objective", str, "rul", "rul: predict remaining useful life; reconstruction: anomaly score",
-           choices=tuple(MODELS)),
-    Option("members", int, None, f"lstm: LSTMs averaged in one model (default {ENSEMBLE_MEMBERS})", minimum=1),
-    Option("window", int, None, f"cycles per model input window (default {WINDOW})", minimum=1),
-    Option("alert_rul", float, ALERT_RUL, "alarm horizon in cycles (truth: true RUL <= it)", minimum=0),
-    Option("teacher", Path, None, "a trained RUL checkpoint whose predictions this model learns to copy "
-                                  "(distillation, e.g. with --members 1)"),
-)
 
 
 # --- data ---------------------------------------------------------------------------------------------------------
@@ -308,7 +293,7 @@ def baseline_alerts(subset: CmapssSubset, normalizer: TurbofanPreprocessor, mani
 
 def synthesize(out: Path, seed: int = 0) -> list[Path]:
     """Write all four subsets in the real file format (see training.data.cmapss.synthesize_subset)."""
-    from training.data.cmapss import SUBSETS, synthesize_subset
+    from training.data.cmapss import synthesize_subset
 
     for i, subset in enumerate(SUBSETS):
         synthesize_subset(out, subset, seed=seed + i)

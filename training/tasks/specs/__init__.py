@@ -12,6 +12,8 @@ import importlib
 from dataclasses import dataclass
 from types import ModuleType
 
+from training.options import Option
+
 # The tasks in the order the demo trains and serves them (its API ports follow it) and the app shows their tabs. A
 # task's spec may live anywhere importable (a plugin's package too); its SPEC.name is the name commands take.
 REGISTERED = (
@@ -27,7 +29,7 @@ REGISTERED = (
 class TaskSpec:
     name: str
     summary: str  # one line, for listings
-    recipe: str  # module with OPTIONS, build_job, save, evaluate, synthesize, demo_runs (and tune_space if tunable)
+    recipe: str  # module with build_job, save, evaluate, synthesize, demo_runs (and tune_space if tunable)
     models: str  # module with ARCHS (the architectures it builds) and build(config) -> nn.Module
     data_subdir: str  # the task's folder under MODELYARD_DATA
     headline: tuple[str, str]  # the report key that sums a run up, and its label
@@ -41,6 +43,7 @@ class TaskSpec:
     predictor: str | None = None  # "module:Class" that answers in-process (the app without an API)
     tab: str | None = None  # apps.tabs module: TITLE, OPTIONS, wanted, build
     tune_monitor: tuple[str, str] | None = None  # (validation metric, max|min): the recipe has tune_space
+    options: tuple[Option, ...] = ()  # its own command-line options (`train TASK --help` shows them)
 
     @property
     def tunable(self) -> bool:

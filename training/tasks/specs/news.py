@@ -1,4 +1,22 @@
+from pathlib import Path
+
+from training.options import Option
 from training.tasks.specs import TaskSpec
+
+MAX_LENGTH = 128  # tokens per text
+
+OPTIONS = (
+    Option("model", str, None, "a Hugging Face encoder id or local folder (default all-MiniLM-L6-v2, offline)"),
+    Option("train_file", Path, None, "training CSV (default DATA_DIR/train.csv)"),
+    Option("eval_file", Path, None, "evaluation CSV (default DATA_DIR/test.csv)"),
+    Option("train_rows", int, None, "when train and eval file are one file, this many rows (stratified) train and "
+                                    "the rest evaluate", minimum=1),
+    Option("max_length", int, MAX_LENGTH, "tokens per text", minimum=8),
+    Option("layers", int, None, "keep the encoder's first N layers (default all)", minimum=1),
+    Option("lowercase", bool, False, "lowercase texts"),
+    Option("remove_stopwords", bool, False, "drop English stopwords (scikit-learn list)"),
+    Option("augment", str, None, "delete,swap or all (token deletion, adjacent swaps)"),
+)
 
 SPEC = TaskSpec(
     name="news",
@@ -12,4 +30,5 @@ SPEC = TaskSpec(
     service="serving.news_service",
     predictor="serving.predictor:NewsPredictor",
     tab="apps.tabs.news",
+    options=OPTIONS,
 )
