@@ -25,6 +25,7 @@ from tests.conftest import (
     sigkill_leaves_no_children,
 )
 from training.checkpoint import verify_checkpoint
+from training.engine.backends import DEFAULT_STRATEGY
 
 REPORT_KEYS = {"rmse", "nasa_score", "alert_precision", "alert_recall", "alert_f1", "baseline"}
 
@@ -88,8 +89,16 @@ def test_training_variants(tmp_path, synthetic_cmapss, extra):
                      "--batch-size", "64", *extra)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
-    assert 0.0 <= report["alert_f1"] <= 1.0
     manifest = verify_checkpoint(out)
+    assert REPORT_KEYS <= set(report) and manifest.metrics["alert_f1"] == report["alert_f1"]
+    # the run was the one asked for: each switch is in the manifest's record of it, the rest at their defaults
+    asked = dict(zip(extra[::2], extra[1::2], strict=False))
+    ran = manifest.training
+    backend = asked.get("--backend", "torch")
+    assert (ran["backend"], ran["strategy"]) == (backend, asked.get("--strategy", DEFAULT_STRATEGY[backend]))
+    assert ran["precision"] == asked.get("--precision", "fp32") and ran["checkpointing"] == ("--checkpointing" in extra)
+    assert manifest.model["arch"] == {"transformer": "transformer", "reconstruction": "lstm_autoencoder"}.get(
+        asked.get("--model", asked.get("--objective")), "lstm")
     detector = manifest.preprocessing["detector"]
     assert detector["alert_rul"] == (40.0 if "--alert-rul" in extra else 30.0)
     window = 12 if "--window" in extra else 30  # the serving side reads the window from the manifest
@@ -180,6 +189,7 @@ def check_demo_services(ports: dict) -> None:
     pytest.fail("the monitor scored nothing")
 
 
+@pytest.mark.timeout(1500)  # the global 600 s would cut its own longer waits short
 def test_demo_trains_serves_dies_with_its_children_and_comes_back_reusing_its_models(tmp_path, tiny_encoders,
                                                                                      tiny_lm):
     """`make demo`'s command with one epoch per run, a tiny news encoder and a tiny causal LM in SmolLM2's place (real
@@ -260,6 +270,7 @@ def test_demo_retrains_what_changed(tmp_path, tiny_encoders):
 
 @pytest.mark.slow
 @pytest.mark.skipif(real_cmapss() is None, reason="needs real C-MAPSS FD001 (MODELYARD_DATA)")
+@pytest.mark.timeout(1300)  # the global 600 s would cut its own longer waits short
 def test_default_recipe_accuracy_on_real_fd001(tmp_path):
     """Guards the recipe against regressions: measured 12.7-14.1 RMSE and 0.80-0.82 alert F1 across seeds."""
     out = tmp_path / "fd001"

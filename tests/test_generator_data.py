@@ -175,8 +175,13 @@ def test_token_chooser_is_greedy_at_zero_temperature_and_reproducible_with_a_see
     logits = torch.tensor([0.1, 3.0, 0.2, 2.9])
     seen = torch.tensor([0])
     assert TokenChooser(Decoding(temperature=0))(logits, seen) == 1
-    draws = [[TokenChooser(Decoding(temperature=1.5, seed=7))(logits, seen) for _ in range(1)] for _ in range(3)]
-    assert draws[0] == draws[1] == draws[2]
+
+    def draws(seed: int) -> list[int]:
+        chooser = TokenChooser(Decoding(temperature=1.5, seed=seed))
+        return [chooser(logits, seen) for _ in range(30)]
+
+    assert draws(7) == draws(7) and len(set(draws(7))) > 1  # one seeded stream: the same draws, not one repeated
+    assert draws(7) != draws(8)
     chooser = TokenChooser(Decoding(temperature=1.0, top_k=2, seed=1))
     assert {chooser(logits, seen) for _ in range(50)} <= {1, 3}
     penalised = TokenChooser(Decoding(temperature=0, repetition_penalty=10.0))

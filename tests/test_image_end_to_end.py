@@ -261,6 +261,7 @@ def test_the_published_cifar_resnets_load_completely(depth):
     assert info["fresh"] == [] and info["unused"] == []
 
 
+@pytest.mark.timeout(1000)  # the global 600 s would cut its own longer waits short
 def test_tune_writes_trials_plots_and_a_config_that_train_accepts(tmp_path, cifar_dir):
     study = tmp_path / "study"
     result = run_cli("tune", "image", "--out", study, "--data-dir", cifar_dir, "--trials", "3", "--epochs", "2",

@@ -11,7 +11,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from serving.predictor import TurbofanPredictor
@@ -245,7 +244,8 @@ def test_two_monitors_in_one_group_split_partitions_and_agree(broker, turbofan_c
         thread.join(120)
     assert alerts_by_key(broker.bootstrap_servers) == expected_alerts
     assert a.stats.messages > 0 and b.stats.messages > 0
-    assert np.isfinite(a.stats.messages + b.stats.messages)
+    # between them every message was scored (one may be scored twice when the group rebalances as the first leaves)
+    assert a.stats.messages + b.stats.messages >= len(stream)
 
 
 def drawn_chart(driver) -> dict:
