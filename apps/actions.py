@@ -100,31 +100,18 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
     return report
 
 
-def export(ckpt: Path, weights: str | None = None) -> float:
+def export(ckpt: Path, format_: str = "onnx", weights: str | None = None, out: Path | None = None) -> float:
     from training.checkpoint import CheckpointError
-    from training.export import export_onnx
+    from training.export import export_checkpoint
 
     try:
-        exported = export_onnx(Path(ckpt), weights)
+        exported = export_checkpoint(Path(ckpt), format_, weights, out)
     except (CheckpointError, ValueError) as exc:
         raise CommandError(str(exc)) from None
     console.print(f"wrote {Path(ckpt) / exported.file}")
-    console.print(f"max abs difference ONNX Runtime vs torch: {exported.max_abs_diff:.3e}"
+    console.print(f"max abs difference {exported.compared}: {exported.max_abs_diff:.3e}"
                   + (f" ({exported.note})" if exported.note else ""))
     return exported.max_abs_diff
-
-
-def export_hf(ckpt: Path, out: Path | None = None) -> Path:
-    from training.checkpoint import CheckpointError
-    from training.hf_export import export_hf as write_folder
-
-    try:
-        folder, diff = write_folder(Path(ckpt), out)
-    except (CheckpointError, ValueError) as exc:
-        raise CommandError(str(exc)) from None
-    console.print(f"wrote {folder} (AutoModelForCausalLM.from_pretrained loads it)")
-    console.print(f"max abs difference of the logits, loaded back vs the checkpoint: {diff:.3e}")
-    return folder
 
 
 def print_train_summary(out: Path) -> None:

@@ -21,6 +21,7 @@ from apps import actions
 from apps.actions import CommandError, fmt
 from apps.commands import LazyGroup, build_command
 from training.options import Option
+from training.tasks.specs import export_formats
 
 SETTINGS = {"max_content_width": 120, "help_option_names": ["-h", "--help"]}
 console = Console()
@@ -257,18 +258,16 @@ def evaluate(ckpt: Path, data_dir: Path | None) -> None:
 
 @app.command()
 @click.argument("ckpt", type=PATH)
-@click.option("--format", "format_", type=click.Choice(["onnx", "hf"]), default="onnx", show_default=True,
-              help="onnx: what ONNX Runtime serves; hf (generator): a Hugging Face folder with a model card")
+@click.option("--format", "format_", type=click.Choice(export_formats()), default="onnx", show_default=True,
+              help="onnx: what ONNX Runtime serves; hf: a Hugging Face folder with a model card (where the task's "
+                   "model is a transformers one)")
 @click.option("--weights", type=click.Choice(["int8", "fp32"]),
-              help="a generator's decoder: its matrices in int8 (default) or fp32")
-@click.option("--out", type=PATH, help="--format hf: the folder to write (default: CKPT/hf, recorded in the manifest)")
+              help="where the ONNX exporter quantizes (a decoder): its matrices in int8 (default) or fp32")
+@click.option("--out", type=PATH, help="a folder format's folder (default: inside CKPT, recorded in the manifest)")
 def export(ckpt: Path, format_: str, weights: str | None, out: Path | None) -> None:
-    """Export the checkpoint's model (CKPT/model.onnx; a generator's CKPT/decoder.onnx, or its Hugging Face folder)
-    and print how far the exported model's outputs are from torch's."""
-    if format_ == "hf":
-        _reported(actions.export_hf, ckpt, out)
-    else:
-        _reported(actions.export, ckpt, weights)
+    """Export the checkpoint's model (CKPT/model.onnx, or the ONNX file its task names; or a folder in another
+    format) and print how far the exported model's outputs are from the checkpoint's."""
+    _reported(actions.export, ckpt, format_, weights, out)
 
 
 @app.command()

@@ -1,13 +1,13 @@
 """`modelyard demo`: train (or reuse), evaluate and export every task's demo runs, then serve them all until Ctrl-C.
 
-Each recipe says what its demo trains (`demo_runs()`, time-boxed); a checkpoint is reused when it verifies and its
-manifest's fingerprint (code, data, settings) is the one this run would make. Serving: the embedded Kafka broker, a
-looping replay of the turbofan test engines, the stream monitor, one BentoML API per task and the Gradio app.
+Each task's spec says what its demo trains (`demo_runs()`, time-boxed); a checkpoint is reused when it verifies and its
+manifest's fingerprint (code, data, settings) is the one this run would make. Serving: one BentoML API per task, the
+live part a task's spec names for a run marked live (turbofan's: the embedded Kafka broker, a looping replay of the
+test engines and the stream monitor), and the Gradio app.
 """
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -19,8 +19,6 @@ from rich.table import Table
 
 from apps import actions
 from training.export import onnx_file
-
-MONITOR_RUN = "turbofan-monitor"  # the checkpoint the stream monitor scores with (training.tasks.turbofan.demo_runs)
 
 
 class DemoError(RuntimeError):
@@ -49,6 +47,7 @@ class DemoModel:
     ckpt: Path
     reused: bool
     serve: bool
+    live: str  # what it feeds in its task's live part, if anything
 
 
 def run_demo(settings: DemoSettings, console: Console) -> None:
@@ -71,9 +70,9 @@ def run_demo(settings: DemoSettings, console: Console) -> None:
 # --- training -----------------------------------------------------------------------------------------------------
 
 def train_all(settings: DemoSettings, tasks: list[str], console: Console) -> list[DemoModel]:
-    from training.tasks import get_task
+    from training.tasks.specs import task_spec
 
-    runs = [(task, run) for task in tasks for run in get_task(task).demo_runs()]
+    runs = [(task, run) for task in tasks for run in task_spec(task).demo_runs()]
     models: list[DemoModel] = []
     retrained: set[str] = set()
     for step, (task, run) in enumerate(runs, start=1):
@@ -100,7 +99,7 @@ def train_all(settings: DemoSettings, tasks: list[str], console: Console) -> lis
             if onnx_file(task):
                 actions.export(ckpt)
             retrained.add(run.name)
-        models.append(DemoModel(task, run.name, ckpt, reason is None, run.serve))
+        models.append(DemoModel(task, run.name, ckpt, reason is None, run.serve, run.live))
     return models
 
 
@@ -163,7 +162,7 @@ def summary_table(models: list[DemoModel], urls: dict[str, str]) -> Table:
         table.add_column(column, justify="right" if column == "value" else "left", overflow="fold")
     for model in models:
         label, value = headline(model)
-        api = urls.get(model.task, "-") if model.serve else "stream monitor" if model.name == MONITOR_RUN else "-"
+        api = urls.get(model.task, "-") if model.serve else model.live or "-"
         table.add_row(model.task, f"{model.ckpt}{' (reused)' if model.reused else ''}", label, actions.fmt(value),
                       api)
     return table
@@ -175,13 +174,15 @@ PORT_OPTIONS = {"app": "--app-port", "kafka": "--kafka-port", "metrics": "--metr
 
 
 def demo_ports(settings: DemoSettings, tasks: list[str]) -> dict[str, int]:
-    """Each task with an HTTP service gets the next port from --api-port; the stream parts only come with turbofan."""
+    """Each task with an HTTP service gets the next port from --api-port; the live parts' ports (Kafka and metrics)
+    only come with a task whose spec has one."""
     from serving.server import served_tasks
+    from training.tasks.specs import task_spec
 
     served = served_tasks()
     ports = {task: settings.api_port + i for i, task in enumerate(t for t in tasks if t in served)}
     ports["app"] = settings.app_port
-    if "turbofan" in tasks:
+    if any(task_spec(task).live for task in tasks):
         ports.update(kafka=settings.kafka_port, metrics=settings.metrics_port)
     return ports
 
@@ -204,16 +205,13 @@ def ports_in_use(ports: dict[str, int]) -> list[str]:
 
 def serve_until_interrupted(settings: DemoSettings, models: list[DemoModel], ports: dict[str, int],
                             console: Console) -> None:
-    """Everything the trained models feed, until Ctrl-C or SIGTERM: the embedded Kafka broker, a replay of the
-    turbofan test engines (looping), the monitor raising alerts, one BentoML API per task, and the Gradio app."""
+    """Everything the trained models feed, until Ctrl-C or SIGTERM: one BentoML API per task, the live parts of the
+    runs marked live, and the Gradio app."""
     import signal
 
     from apps.gradio_app import build_app
     from serving.server import service_module, start_server, stop_server, wait_ready
-    from streaming.broker import EmbeddedBroker, ensure_topics
-    from streaming.monitor import MonitorSettings, TurbofanMonitor, serve_metrics
-    from streaming.replay import load_replay, replay
-    from training.checkpoint import read_manifest
+    from training.tasks.specs import load_named, task_spec
 
     # Ctrl-C and SIGTERM only set an event: raised as KeyboardInterrupt they could land inside a library call during
     # start-up (Gradio's launch, a server's readiness poll) and be swallowed there, leaving the demo running (seen
@@ -230,7 +228,7 @@ def serve_until_interrupted(settings: DemoSettings, models: list[DemoModel], por
     logs = Path(tempfile.gettempdir())
     served = {model.task: model.ckpt for model in models if model.serve and model.task in ports}
     servers: dict[str, Any] = {}
-    app, threads, broker, monitor = None, [], None, None
+    app, lives = None, []
     urls = {task: f"http://127.0.0.1:{ports[task]}" for task in served}
     # Each tab reads its task's API, and its checkpoint for what the API does not serve (examples, report plots).
     tab_values: dict[str, Any] = {f"{task}_api": url for task, url in urls.items()}
@@ -241,40 +239,25 @@ def serve_until_interrupted(settings: DemoSettings, models: list[DemoModel], por
         for task, ckpt in served.items():
             log = logs / f"modelyard-demo-{task}-{ports[task]}.log"
             servers[task] = (start_server(task, ckpt, ports[task], log=log), log)
-        monitor_ckpt = next((m.ckpt for m in models if m.name == MONITOR_RUN), None)
-        if monitor_ckpt is not None:
-            shutil.rmtree(settings.out / "broker", ignore_errors=True)  # a fresh stream: engines start at cycle 1
-            broker = EmbeddedBroker(settings.out / "broker", ports["kafka"])
-            bootstrap = started(broker.start())
-            ensure_topics(bootstrap)
-            training = read_manifest(monitor_ckpt).training
-            fleet = load_replay(Path(training["data_dir"]), training["subset"], "test")
-            threads.append(threading.Thread(target=replay, args=(bootstrap, fleet, settings.replay_rate, True),
-                                            kwargs={"stop": stop, "progress": False}, daemon=True))
-            monitor = TurbofanMonitor(MonitorSettings(bootstrap, monitor_ckpt, group="demo-monitor",
-                                                      instance_id="demo-monitor-1"))
-            serve_metrics(monitor, ports["metrics"])
-            threads.append(threading.Thread(target=monitor.run, daemon=True))
-            for thread in threads:
-                thread.start()
-            tab_values.update(bootstrap_servers=bootstrap,
-                              monitor_metrics=f"http://127.0.0.1:{ports['metrics']}/metrics")
+        for model in (m for m in models if m.live):
+            live = load_named(task_spec(model.task).live)(model.ckpt, settings.out / f"{model.name}-live", ports,
+                                                           settings.replay_rate, stop)
+            lives.append(live)
+            tab_values.update(started(live.start()))
         for task, (process, log) in servers.items():
             started(wait_ready(urls[task], process, log=log))
         app = started(build_app(tab_values))
         started(app.launch(server_name="127.0.0.1", server_port=ports["app"], prevent_thread_lock=True, quiet=True))
         console.rule("modelyard demo is running")
         console.print(summary_table(models, {t: f"POST {urls[t]}{service_module(t).ROUTE}" for t in urls}))
-        if broker is not None:
-            console.print(f"Kafka broker (embedded):  {broker.bootstrap_servers}  topics turbofan.sensors / .alerts "
-                          f"/ .dlq; replay of the {training['subset']} test engines at {settings.replay_rate:.0f} "
-                          f"messages/s, looping; monitor metrics: {tab_values['monitor_metrics']}")
+        for live in lives:
+            console.print(live.describe())
         console.print(f"OpenAPI documents: {', '.join(f'{url}/docs' for url in urls.values())}")
         console.print(f"demo app (Gradio):        http://127.0.0.1:{ports['app']}")
         console.print(f"service logs in {logs}.  Ctrl-C stops everything.")
         while not stop.wait(0.5):
-            if any(process.poll() is not None for process, _ in servers.values()) or (
-                    broker is not None and broker.process.poll() is not None):
+            if any(process.poll() is not None for process, _ in servers.values()) or any(
+                    live.failed() for live in lives):
                 console.print("[red]a demo service exited; stopping the rest[/]")
                 break
         else:
@@ -284,13 +267,9 @@ def serve_until_interrupted(settings: DemoSettings, models: list[DemoModel], por
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C during shutdown still works
         stop.set()
-        if monitor is not None:
-            monitor.stop()
-        for thread in threads:
-            thread.join(15)
+        for live in lives:
+            live.close()
         if app is not None:
             app.close()
         for process, _ in servers.values():
             stop_server(process)
-        if broker is not None:
-            broker.stop()

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from training.checkpoint import CheckpointError, CheckpointManifest, load_checkpoint, verify_checkpoint, verify_file
+from training.checkpoint import CheckpointError, CheckpointManifest, verify_checkpoint, verify_file
 
 RUNTIMES = ("onnx", "torch")
 
@@ -63,12 +63,9 @@ def _onnx_session(ckpt: Path, manifest: CheckpointManifest):
 
 
 def _torch_model(ckpt: Path):
-    from training.models import build_model
+    from training.models import load_model
 
-    manifest, weights = load_checkpoint(ckpt)
-    model = build_model(manifest.model)
-    model.load_state_dict(weights)
-    return model.eval()
+    return load_model(ckpt)[1]
 
 
 def open_verified(ckpt: Path | str, task: str) -> CheckpointManifest:
@@ -163,14 +160,11 @@ class TurbofanPredictor:
 
 def load_predictor(ckpt: Path | str, runtime: str = "onnx"):
     """The predictor for whatever task the checkpoint holds."""
-    import importlib
-
     from training.checkpoint import read_manifest
-    from training.tasks.specs import task_specs
+    from training.tasks.specs import load_named, task_specs
 
     task = read_manifest(Path(ckpt)).task
     predictors = {spec.name: spec.predictor for spec in task_specs() if spec.predictor}
     if task not in predictors:
         raise CheckpointError(f"{ckpt}: no predictor for task {task!r} (known: {', '.join(predictors)})")
-    module, name = predictors[task].split(":")
-    return getattr(importlib.import_module(module), name)(ckpt, runtime)
+    return load_named(predictors[task])(ckpt, runtime)

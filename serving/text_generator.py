@@ -12,7 +12,7 @@ from typing import Any
 from serving.continuous_batching import ContinuousBatcher, Generation, stop_token_ids
 from serving.decoding import Decoding
 from serving.refusal import Refused
-from training.checkpoint import CheckpointManifest, load_checkpoint, load_tokenizer, read_manifest, verify_file
+from training.checkpoint import CheckpointManifest, load_tokenizer, read_manifest, verify_file
 from training.tasks.specs.generator import SPEC
 
 DECODER_FILE, RUNTIMES = SPEC.onnx_file, SPEC.runtimes  # read from the spec: serving needs no exporter code
@@ -152,13 +152,10 @@ def _torch_decoder(ckpt: Path, threads: int):
     import torch
 
     from serving.torch_decoder import TorchDecoder
-    from training.models import build_model
+    from training.models import load_model
 
     torch.set_num_threads(threads)
-    manifest, weights = load_checkpoint(ckpt)
-    model = build_model(manifest.model)
-    model.load_state_dict(weights)
-    return TorchDecoder(model)
+    return TorchDecoder(load_model(ckpt)[1])
 
 
 def _onnx_decoder(ckpt: Path, manifest: CheckpointManifest, threads: int | None):

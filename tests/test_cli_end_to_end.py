@@ -64,6 +64,9 @@ def test_export_onnx_matches_torch(trained):
     diff = float(result.stdout.split("max abs difference ONNX Runtime vs torch:")[1].split()[0])
     assert diff < 1e-3  # RUL in cycles (0..125): 1e-3 cycles
     assert "model.onnx" in verify_checkpoint(out).files
+    # a further format is what the task's spec offers (the generator's hf), refused with the choices for the rest
+    assert_clean_failure(run_cli_here("export", out, "--format", "hf"),
+                         "a turbofan checkpoint exports to onnx, not hf")
 
 
 def test_evaluate_command_rewrites_report(trained):
@@ -212,6 +215,7 @@ def test_demo_trains_serves_dies_with_its_children_and_comes_back_reusing_its_mo
         for label in ("test RMSE (cycles)", "test accuracy", "test WRMSSE", "test perplexity"):
             assert label in text
         assert f"POST http://127.0.0.1:{ports['api'] + 1}/classify" in text
+        assert "stream monitor" in text and f"Kafka broker (embedded):  127.0.0.1:{ports['kafka']}" in text  # live
         check_demo_services(ports)
         assert len(descendants(process.pid)) >= 3, "expected the broker and the BentoML servers below the demo"
         sigkill_leaves_no_children(process, "the demo's services")
@@ -245,14 +249,14 @@ def test_demo_retrains_what_changed(tmp_path, tiny_encoders):
     from apps.actions import train_config
     from apps.demo import stale_reason
     from training.fingerprint import code_digest
-    from training.tasks import news
+    from training.tasks.specs import task_spec
 
     out = tmp_path / "demo"
     common = ["demo", "--out", out, "--tasks", "news", "--no-serve", "--model", f"news={tiny_encoders['bert']}"]
     assert run_cli_here(*common, "--epochs", "1").returncode == 0
     again = run_cli_here(*common, "--epochs", "1")
     assert again.returncode == 0 and "reusing" in again.stdout and "training:" not in again.stdout, again.stdout
-    run = news.demo_runs()[0]
+    run = task_spec("news").demo_runs()[0]
     options = {**run.options, "model": str(tiny_encoders["bert"])}
     engine = {**run.engine, "out": out / "news", "epochs": 1}
     assert stale_reason("news", engine, options, set()) is None

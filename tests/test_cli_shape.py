@@ -72,7 +72,7 @@ def test_every_task_service_and_tab_declares_what_the_product_needs():
     for task in TASKS:
         recipe = get_task(task)
         assert task_spec(task).name == task and all(isinstance(o, Option) for o in task_spec(task).options)
-        assert len(task_spec(task).headline) == 2 and recipe.demo_runs()
+        assert len(task_spec(task).headline) == 2 and task_spec(task).demo_runs()
         for name in ("build_job", "save", "evaluate", "synthesize"):
             assert callable(getattr(recipe, name))
         assert callable(getattr(recipe, "tune_space", None)) == task_spec(task).tunable

@@ -23,7 +23,8 @@ from training.tasks.specs import TaskSpec
 
 SPEC = TaskSpec(name="toy", summary="Toy: fit a line to noisy points.", recipe=__name__, models=__name__,
                 data_subdir="toy", headline=("mse", "test MSE"), compared=("mse",),
-                options=(Option("held_out", int, 112, "points kept for validation and test", minimum=1),))
+                options=(Option("held_out", int, 112, "points kept for validation and test", minimum=1),),
+                demo_runs=lambda: [DemoRun("toy", "a line through noisy points", {"synthetic": True, "epochs": 3})])
 
 # --- model (what SPEC.models names) -------------------------------------------------------------------------------
 
@@ -90,7 +91,3 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
         mse = float(nn.functional.mse_loss(model(x[cut:]), y[cut:]))
     report = {"task": SPEC.name, "mse": mse, "baseline": {"mse": float(y[cut:].var())}}  # the mean's error
     return write_report(ckpt, manifest, report, {"mse": mse})
-
-
-def demo_runs() -> list[DemoRun]:
-    return [DemoRun(SPEC.name, "a line through noisy points", {"synthetic": True, "epochs": 3})]

@@ -281,13 +281,11 @@ def export_decoder(ckpt: Path, weights: str = "int8") -> DecoderParity:
     parity in the manifest."""
     import onnxruntime as ort
 
-    from training.checkpoint import load_checkpoint, read_manifest, record_files
-    from training.models import build_model
+    from training.checkpoint import read_manifest, record_files
+    from training.models import load_model
 
     ckpt = Path(ckpt)
-    manifest, state = load_checkpoint(ckpt)
-    model = build_model(manifest.model)
-    model.load_state_dict(state)
+    manifest, model = load_model(ckpt)
     shape = build_decoder(model, ckpt / DECODER_FILE, weights)
     session = ort.InferenceSession(str(ckpt / DECODER_FILE), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(0)

@@ -1,4 +1,4 @@
-"""What `modelyard demo` trains for a task: each recipe's `demo_runs()` returns these, time-boxed for a 2-core CPU.
+"""What `modelyard demo` trains for a task: its spec's `demo_runs()` returns these, time-boxed for a 2-core CPU.
 
 An option value "@NAME" stands for the checkpoint of the demo run NAME (trained first; when it is trained again, so
 is every run that names it).
@@ -20,6 +20,7 @@ class DemoRun:
     options: dict[str, Any] = field(default_factory=dict)  # the task's own option values
     data_note: str = ""  # which data, said before training
     serve: bool = True  # this checkpoint is the one the task's API serves
+    live: str = ""  # what it feeds in the task spec's live part (e.g. "stream monitor"); empty: none
 
 
 def real_data_folder(subdir: str, pattern: str) -> Path | None:

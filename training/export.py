@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.checkpoint import load_checkpoint, read_manifest, record_files
-from training.models import build_model
-from training.tasks.specs import task_spec
+from training.checkpoint import read_manifest, record_files
+from training.models import load_model
+from training.tasks.specs import load_named, task_spec
 
 
 @dataclass
@@ -36,15 +36,21 @@ def onnx_file(task: str) -> str | None:
 @dataclass
 class Exported:
     file: str
-    max_abs_diff: float  # ONNX Runtime against torch
+    max_abs_diff: float  # of the outputs, the exported model's against the checkpoint's in torch
     note: str = ""
+    compared: str = "ONNX Runtime vs torch"  # what max_abs_diff compares, as the command prints it
 
 
-def export_onnx(ckpt: Path, weights: str | None = None) -> Exported:
-    """Write the checkpoint's ONNX model with the exporter its task's spec names, record it in the manifest, and
-    check ONNX Runtime against torch; `weights` (int8|fp32) for an exporter that quantizes (the generator's)."""
-    module, name = task_spec(read_manifest(ckpt).task).exporter.split(":")
-    return getattr(importlib.import_module(module), name)(Path(ckpt), weights)
+def export_checkpoint(ckpt: Path, format_: str = "onnx", weights: str | None = None,
+                      out: Path | None = None) -> Exported:
+    """Write the checkpoint's model in `format_` with the exporter its task's spec names and check it against torch:
+    onnx (recorded in the manifest; `weights` int8|fp32 for an exporter that quantizes), or one of the spec's
+    further formats (a folder: `out`, default inside the checkpoint and recorded)."""
+    spec = task_spec(read_manifest(ckpt).task)
+    formats = {"onnx": spec.exporter, **spec.formats}
+    if format_ not in formats:
+        raise ValueError(f"{ckpt}: a {spec.name} checkpoint exports to {' or '.join(formats)}, not {format_}")
+    return load_named(formats[format_])(Path(ckpt), weights if format_ == "onnx" else out)
 
 
 def export_traced(ckpt: Path, weights: str | None = None) -> Exported:
@@ -54,10 +60,7 @@ def export_traced(ckpt: Path, weights: str | None = None) -> Exported:
 
     if weights is not None:
         raise ValueError("--weights applies to a generator's decoder only")
-    manifest, state = load_checkpoint(ckpt)
-    model = build_model(manifest.model)
-    model.load_state_dict(state)
-    model.eval()
+    manifest, model = load_model(ckpt)
     spec = task_spec(manifest.task)
     sig = importlib.import_module(spec.models).onnx_signature(manifest, model)
     path = Path(ckpt) / spec.onnx_file

@@ -14,31 +14,26 @@ import torch
 
 from training.checkpoint import (
     CheckpointManifest,
-    load_checkpoint,
     load_tokenizer,
     read_manifest,
     record_files,
     verify_file,
 )
+from training.export import Exported
 
 HF_DIR = "hf"
 ADAPTER_DIR = "adapter"  # a LoRA run's PEFT adapter, saved by the recipe beside the merged weights
 
 
-def export_hf(ckpt: Path, out: Path | None = None) -> tuple[Path, float]:
-    """Write the folder (default CKPT/hf, then recorded in the manifest); returns it and the max abs difference of
-    the logits of the model loaded back from it against the checkpoint's."""
+def export_hf(ckpt: Path, out: Path | None = None) -> Exported:
+    """Write the folder (default CKPT/hf, then recorded in the manifest), with the max abs difference of the logits
+    of the model loaded back from it against the checkpoint's (the generator spec's `--format hf`)."""
     from transformers import AutoModelForCausalLM
 
-    from training.models import build_model
+    from training.models import load_model
 
     ckpt = Path(ckpt)
-    manifest, weights = load_checkpoint(ckpt)
-    if manifest.task != "generator":
-        raise ValueError(f"{ckpt}: --format hf exports generator checkpoints; this one is a {manifest.task} model")
-    model = build_model(manifest.model)
-    model.load_state_dict(weights)
-    model.eval()
+    manifest, model = load_model(ckpt)
     tokenizer = load_tokenizer(ckpt, manifest, manifest.preprocessing["tokenizer_dir"])
     folder = Path(out) if out else ckpt / HF_DIR
     if folder.exists():
@@ -58,7 +53,8 @@ def export_hf(ckpt: Path, out: Path | None = None) -> tuple[Path, float]:
     if out is None:
         record_files(ckpt, read_manifest(ckpt), sorted(str(p.relative_to(ckpt)) for p in folder.rglob("*")
                                                        if p.is_file()))
-    return folder, diff
+    return Exported(HF_DIR if out is None else str(Path(out).resolve()), diff,
+                    "AutoModelForCausalLM.from_pretrained loads it", "of the logits, loaded back vs the checkpoint")
 
 
 def model_card(manifest: CheckpointManifest, evaluation: dict[str, Any], tokenizer: Any) -> str:

@@ -7,9 +7,12 @@ builds one from its config (`build(config)`).
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 from torch import nn
+
+from training.checkpoint import CheckpointManifest, load_checkpoint
 
 
 def build_model(config: dict[str, Any]) -> nn.Module:
@@ -22,3 +25,11 @@ def build_model(config: dict[str, Any]) -> nn.Module:
             return module.build(config)
         known += list(module.ARCHS)
     raise ValueError(f"unknown model architecture {arch!r}; known: {', '.join(sorted(known))}")
+
+
+def load_model(ckpt: Path) -> tuple[CheckpointManifest, nn.Module]:
+    """A checkpoint's verified manifest and its model with the saved weights, in eval mode."""
+    manifest, weights = load_checkpoint(Path(ckpt))
+    model = build_model(manifest.model)
+    model.load_state_dict(weights)
+    return manifest, model.eval()

@@ -2,7 +2,7 @@
 
 What a task is (its recipe module, data folder, headline metric, service, tab, ...) is declared in
 `training.tasks.specs.<task>` (its command-line options too); a recipe module provides build_job, save, evaluate,
-synthesize and demo_runs (and tune_space where its spec says it is tunable).
+synthesize (and tune_space where its spec says it is tunable).
 """
 
 from __future__ import annotations

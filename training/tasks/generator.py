@@ -18,7 +18,6 @@ from torch import nn
 
 from training.checkpoint import (
     CheckpointManifest,
-    load_checkpoint,
     record_files,
     save_checkpoint,
     save_tokenizer,
@@ -28,10 +27,9 @@ from training.checkpoint import load_tokenizer as load_checkpoint_tokenizer
 from training.config import TrainConfig
 from training.data.lm_blocks import TokenBlocks, token_ids
 from training.data.wikitext import WikiSplit, detokenize, find_split, read_split
-from training.demo_runs import DemoRun, real_data_folder
 from training.engine.trainer import EPOCHS_DIR, FitResult, PipelineLoss, TrainingJob, epoch_snapshots
 from training.hf_export import ADAPTER_DIR
-from training.models import build_model
+from training.models import build_model, load_model
 from training.models import causal_lm as lm
 from training.tasks.specs.generator import SPEC
 
@@ -223,12 +221,9 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
     from training.metrics.text_quality import quality
     from training.reports.generator_plots import plot_perplexity_over_time
 
-    manifest, weights = load_checkpoint(ckpt)
+    manifest, model = load_model(ckpt)
     pre, training, opts = manifest.preprocessing, manifest.training, manifest.training["task_options"]
     tokenizer = load_checkpoint_tokenizer(ckpt, manifest, pre["tokenizer_dir"])
-    model = build_model(manifest.model)
-    model.load_state_dict(weights)
-    model.eval()
     corpus = load_corpus(Path(data_dir) if data_dir else Path(training["data_dir"]))
     context = min(opts["eval_context"] or lm.context_length(model), lm.context_length(model), 1024)
     stride = opts["stride"] or max(1, context // 2)
@@ -318,19 +313,3 @@ def synthesize(out: Path, seed: int = 0) -> list[Path]:
     from training.data.wikitext import synthesize_wikitext
 
     return synthesize_wikitext(out, seed=seed)
-
-
-# --- the demo -----------------------------------------------------------------------------------------------------
-
-def demo_runs() -> list[DemoRun]:
-    """SmolLM2-135M with LoRA (rank 8) fine-tuned for about three minutes on WikiText-2's valid split (its test split
-    evaluates, the first 16,384 tokens), or a small GPT-2 from scratch on generated WikiText-format data."""
-    folder = real_data_folder(SPEC.data_subdir, "wiki.valid.*")
-    if folder is None:
-        return [DemoRun(SPEC.name, "text generator", {"synthetic": True, "time_limit": 120, "epochs": 20},
-                        {"size": "tiny"},
-                        data_note="data: generated WikiText-format text (set MODELYARD_DATA for WikiText-2)")]
-    return [DemoRun(SPEC.name, "text generator (SmolLM2-135M + LoRA)",
-                    {"time_limit": 180, "epochs": 1, "precision": "auto"},
-                    {"model": lm.SMOLLM2, "lora": 8, "eval_tokens": 16384, "val_tokens": 4096},
-                    f"data: real WikiText-2 {folder} (valid trains, test evaluates)")]

@@ -21,7 +21,6 @@ from training.checkpoint import CheckpointManifest, load_checkpoint, record_file
 from training.config import TrainConfig
 from training.data.cifar10 import CifarData, load_cifar
 from training.data.image_augment import Augment
-from training.demo_runs import DemoRun, real_data_folder
 from training.engine.trainer import EPOCHS_DIR, FitResult, TrainingJob, epoch_snapshots
 from training.metrics.classification import CLASS_METRICS, class_metrics
 from training.models import build_model
@@ -340,20 +339,3 @@ def synthesize(out: Path, seed: int = 0) -> list[Path]:
     from training.data.cifar10 import synthesize_cifar
 
     return synthesize_cifar(out, seed=seed)
-
-
-# --- the demo -----------------------------------------------------------------------------------------------------
-
-# FastNet-32 in the demo's 4 minutes: 2.7x the images/s of FastNet-64, 10 epochs, test accuracy 0.866, where the
-# default FastNet-64 had 0.840 after 4 minutes (of its 26 epochs)
-DEMO_OPTIONS = {"width": 32}
-
-
-def demo_runs() -> list[DemoRun]:
-    """FastNet on the real CIFAR-10 JPEG images (or generated CIFAR-10 binary data), time-boxed."""
-    folder = real_data_folder(SPEC.data_subdir, "train.tar")
-    if folder is None:
-        return [DemoRun(SPEC.name, "image classifier (CIFAR-10)", {"synthetic": True, "time_limit": 120}, DEMO_OPTIONS,
-                        data_note="data: generated CIFAR-10-format data (set MODELYARD_DATA for the real images)")]
-    return [DemoRun(SPEC.name, "image classifier (CIFAR-10)", {"data_dir": folder, "time_limit": 240}, DEMO_OPTIONS,
-                    data_note=f"data: real CIFAR-10 images from {folder} (50,000 training, 5,000 test JPEGs)")]

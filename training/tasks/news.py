@@ -20,7 +20,6 @@ from torch.utils.data import Dataset
 
 from training.checkpoint import (
     CheckpointManifest,
-    load_checkpoint,
     record_files,
     save_checkpoint,
     save_tokenizer,
@@ -31,10 +30,9 @@ from training.config import TrainConfig
 from training.data.ag_news import LABELS, NewsSplit, cleaner, find_split, read_news_csv
 from training.data.batching import pad_batch
 from training.data.text_augment import augment_ids, parse_augment
-from training.demo_runs import DemoRun, real_data_folder
 from training.engine.trainer import FitResult, PipelineLoss, TrainingJob
 from training.metrics.classification import CLASS_METRICS, class_metrics
-from training.models import build_model
+from training.models import load_model
 from training.models.text_classifier import default_encoder, from_pretrained, model_config
 from training.tasks.specs.news import SPEC
 
@@ -209,7 +207,7 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
     from training.baselines.tfidf import train_tfidf_baseline
     from training.reports.classification_plots import plot_confusion_matrix
 
-    manifest, weights = load_checkpoint(ckpt)
+    manifest, model = load_model(ckpt)
     pre = manifest.preprocessing
     source = dict(manifest.training["data"])
     if data_dir is not None:  # the same file names in another folder
@@ -217,9 +215,6 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
             source[key] = str(Path(data_dir) / Path(source[key]).name)
     data = load_splits(source)
     tokenizer = load_checkpoint_tokenizer(ckpt, manifest, pre["tokenizer_dir"])
-    model = build_model(manifest.model)
-    model.load_state_dict(weights)
-    model.eval()
 
     clean = cleaner(pre)
     test_texts = clean(data.test.texts)
@@ -275,21 +270,3 @@ def synthesize(out: Path, seed: int = 0) -> list[Path]:
     from training.data.ag_news import synthesize_news
 
     return synthesize_news(out, seed=seed)
-
-
-# --- the demo -----------------------------------------------------------------------------------------------------
-
-DEMO_TRAIN_ROWS = 6000  # of AG News test.csv's 7,600 (the only real split here); the other 1,600 evaluate
-
-
-def demo_runs() -> list[DemoRun]:
-    """MiniLM fine-tuned for one epoch on 6,000 rows of the real AG News test.csv (the other 1,600 evaluate), or on
-    generated AG News-format data."""
-    folder = real_data_folder(SPEC.data_subdir, "test.csv*")
-    if folder is None:
-        return [DemoRun(SPEC.name, "news topic classifier", {"synthetic": True, "epochs": 1, "time_limit": 150},
-                        data_note="data: generated AG News-format data (set MODELYARD_DATA for real AG News)")]
-    test = next(folder.glob("test.csv*"))
-    return [DemoRun(SPEC.name, "news topic classifier", {"epochs": 1, "time_limit": 150},
-                    {"train_file": test, "eval_file": test, "train_rows": DEMO_TRAIN_ROWS},
-                    f"data: real AG News {test}: {DEMO_TRAIN_ROWS} stratified rows train, the rest evaluate")]

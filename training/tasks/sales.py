@@ -20,14 +20,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from training.checkpoint import CheckpointManifest, load_checkpoint, record_files, save_checkpoint, write_report
+from training.checkpoint import CheckpointManifest, record_files, save_checkpoint, write_report
 from training.config import TrainConfig
 from training.data.m5 import M5Data, load_m5
 from training.data.m5_features import COVARIATES, HORIZON, IdVocabulary, day_covariates
-from training.demo_runs import DemoRun
 from training.engine.trainer import FitResult, TrainingJob
 from training.metrics.wrmsse import WRMSSE
-from training.models import build_model
+from training.models import build_model, load_model
 from training.models.sales import window_scale
 from training.tasks.specs.sales import SPEC
 
@@ -257,12 +256,9 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
     from training.metrics.ensembles import ensembles
     from training.reports.sales_plots import plot_forecasts, plot_levels
 
-    manifest, weights = load_checkpoint(ckpt)
+    manifest, model = load_model(ckpt)
     trained, pre = manifest.training, manifest.preprocessing
     data = load_data(Path(data_dir or trained["data_dir"]), trained["task_options"]["series"])
-    model = build_model(manifest.model)
-    model.load_state_dict(weights)
-    model.eval()
     context = pre["context"]
     val_metric, test_metric = wrmsse_for(data, data.val_start), wrmsse_for(data, data.test_start)
     val_actual = data.m5.sales[:, data.val_start:data.test_start]
@@ -337,26 +333,3 @@ def synthesize(out: Path, seed: int = 0) -> list[Path]:
     from training.data.m5_synthetic import synthesize_m5
 
     return synthesize_m5(out, series=40, seed=seed)
-
-
-# --- the demo -----------------------------------------------------------------------------------------------------
-
-def demo_runs() -> list[DemoRun]:
-    """The LSTM on the 10 real M5 series (their price export converted once into the published layout), or on
-    generated M5-format data."""
-    import os
-
-    from training.data.cache import cache_root
-    from training.data.m5_synthetic import stage_real_subset
-
-    root = os.environ.get("MODELYARD_DATA")
-    real = Path(root) / SPEC.data_subdir if root else None
-    engine = {"time_limit": 90, "epochs": 30, "early_stop_patience": 4}
-    if real is None or not (real / "subset_zama-github_SPOT" / "sales_train_validation.csv").is_file():
-        return [DemoRun(SPEC.name, "sales forecaster (M5)", {**engine, "synthetic": True},
-                        data_note="data: generated M5-format data (set MODELYARD_DATA for the 10 real series)")]
-    cache = cache_root() / "m5-real-subset"
-    folder = stage_real_subset(real, cache)
-    return [DemoRun(SPEC.name, "sales forecaster (M5)", {**engine, "data_dir": folder},
-                    data_note=f"data: the 10 real M5 series from {real} (staged in {folder})")]
-

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from training.baselines.health_index import HealthIndexBaseline
-from training.checkpoint import CheckpointManifest, load_checkpoint, save_checkpoint, write_report
+from training.checkpoint import CheckpointManifest, save_checkpoint, write_report
 from training.config import TrainConfig
 from training.data.cmapss import (
     SUBSETS,
@@ -26,10 +26,9 @@ from training.data.cmapss import (
     rul_targets,
     windows_per_cycle,
 )
-from training.demo_runs import DemoRun, real_data_folder
 from training.engine.trainer import FitResult, TrainingJob
 from training.metrics.rul import alert_metrics, best_threshold, nasa_score, rmse, threshold_alarms
-from training.models import build_model
+from training.models import build_model, load_model
 from training.tasks.specs.turbofan import ENSEMBLE_MEMBERS, MODELS, SPEC, WINDOW
 
 RUL_CAP, VAL_FRACTION = 125.0, 0.2
@@ -80,14 +79,12 @@ class Teacher:
     alarm threshold) stay unseen by both."""
 
     def __init__(self, ckpt: Path) -> None:
-        manifest, weights = load_checkpoint(Path(ckpt))
+        manifest, model = load_model(ckpt)
         if manifest.task != SPEC.name or manifest.preprocessing.get("objective") != "rul":
             kind = " ".join(filter(None, (manifest.task, manifest.preprocessing.get("objective"))))
             raise ValueError(f"--teacher {ckpt}: a {kind} checkpoint; the teacher must be a turbofan RUL model")
         self.path, self.manifest = Path(ckpt), manifest
-        self.model = build_model(manifest.model)
-        self.model.load_state_dict(weights)
-        self.model.eval().requires_grad_(False)
+        self.model = model.requires_grad_(False)
 
     def data_for(self, subset: CmapssSubset, window: int | None) -> TurbofanData:
         trained = self.manifest.training
@@ -240,14 +237,10 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
     """Score every test cycle, compare with the truth and the statistical baseline, write report.json and plots."""
     from training.reports.turbofan_plots import plot_predictions, plot_sensor_traces
 
-    manifest, weights = load_checkpoint(ckpt)
+    manifest, model = load_model(ckpt)
     pre = manifest.preprocessing
-    data_dir = Path(data_dir or manifest.training["data_dir"])
-    subset = load_subset(data_dir, manifest.training["subset"])
+    subset = load_subset(Path(data_dir or manifest.training["data_dir"]), manifest.training["subset"])
     normalizer = TurbofanPreprocessor.from_dict(pre["normalizer"])
-    model = build_model(manifest.model)
-    model.load_state_dict(weights)
-    model.eval()
 
     test = subset.test
     true_rul = rul_targets(test, np.inf, subset.test_rul)  # uncapped truth
@@ -298,18 +291,3 @@ def synthesize(out: Path, seed: int = 0) -> list[Path]:
     for i, subset in enumerate(SUBSETS):
         synthesize_subset(out, subset, seed=seed + i)
     return sorted(out.glob("*_FD00*.txt"))
-
-
-# --- the demo -----------------------------------------------------------------------------------------------------
-
-def demo_runs() -> list[DemoRun]:
-    """The ensemble the API serves, and a single LSTM distilled from it for the stream monitor, which scores every
-    message (a third of the ensemble's cost). Real FD001 when MODELYARD_DATA has it."""
-    folder = real_data_folder(SPEC.data_subdir, "train_FD001.txt*")
-    data = {"data_dir": folder} if folder else {"synthetic": True}
-    note = (f"data: real NASA C-MAPSS FD001 from {folder}" if folder else
-            "data: generated C-MAPSS-format data (set MODELYARD_DATA to a folder with cmapss/ for real data)")
-    return [DemoRun(SPEC.name, "remaining-useful-life model (an ensemble of LSTMs)", {**data, "time_limit": 150},
-                    data_note=note),
-            DemoRun(f"{SPEC.name}-monitor", "one LSTM distilled from the ensemble, for the stream monitor",
-                    {**data, "time_limit": 60}, {"teacher": f"@{SPEC.name}", "members": 1}, note, serve=False)]

@@ -9,9 +9,12 @@ that need torch (the recipe, the service, the tab) are named by module path and 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from types import ModuleType
+from typing import Any
 
+from training.demo_runs import DemoRun
 from training.options import Option
 
 # The tasks in the order the demo trains and serves them (its API ports follow it) and the app shows their tabs. A
@@ -29,7 +32,7 @@ REGISTERED = (
 class TaskSpec:
     name: str
     summary: str  # one line, for listings
-    recipe: str  # module with build_job, save, evaluate, synthesize, demo_runs (and tune_space if tunable)
+    recipe: str  # module with build_job, save, evaluate and synthesize (and tune_space if tunable)
     models: str  # module with ARCHS (the architectures it builds) and build(config) -> nn.Module
     data_subdir: str  # the task's folder under MODELYARD_DATA
     headline: tuple[str, str]  # the report key that sums a run up, and its label
@@ -38,12 +41,16 @@ class TaskSpec:
     hf_model: bool = False  # a transformers model: colossalai hybrid can split it with shardformer
     onnx_file: str = "model.onnx"  # what `modelyard export` writes and the onnx runtime serves
     exporter: str = "training.export:export_traced"  # "module:function(ckpt, weights) -> Exported" that writes it
+    # further `modelyard export --format` forms: name -> "module:function(ckpt, out folder | None) -> Exported"
+    formats: Mapping[str, str] = field(default_factory=dict)
     runtimes: tuple[str, ...] = ("onnx", "torch")  # what its service runs on, the default first
     service: str | None = None  # module with SERVICE (its BentoML class), ROUTE and OPTIONS
     predictor: str | None = None  # "module:Class" that answers in-process (the app without an API)
     tab: str | None = None  # apps.tabs module: TITLE, OPTIONS, wanted, build
     tune_monitor: tuple[str, str] | None = None  # (validation metric, max|min): the recipe has tune_space
     options: tuple[Option, ...] = ()  # its own command-line options (`train TASK --help` shows them)
+    demo_runs: Callable[[], list[DemoRun]] = list  # what `modelyard demo` trains for it (time-boxed)
+    live: str | None = None  # "module:Class" the demo runs on the checkpoint of a run marked live (its stream part)
 
     @property
     def tunable(self) -> bool:
@@ -55,6 +62,17 @@ class TaskSpec:
 
 def task_specs() -> list[TaskSpec]:
     return [importlib.import_module(module).SPEC for module in REGISTERED]
+
+
+def load_named(path: str) -> Any:
+    """What a spec names as "module:attribute", imported."""
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def export_formats() -> list[str]:
+    """What `modelyard export --format` offers: onnx, and every format some task's spec adds."""
+    return ["onnx", *sorted({name for spec in task_specs() for name in spec.formats})]
 
 
 def task_spec(name: str) -> TaskSpec:

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+from training.demo_runs import DemoRun, real_data_folder
 from training.options import Option
 from training.tasks.specs import TaskSpec
 
@@ -25,6 +26,22 @@ OPTIONS = (
     Option("stride", int, None, "tokens each perplexity window advances (default: half the window)", minimum=1),
 )
 
+# --- what `modelyard demo` trains -------------------------------------------------------------------------------
+
+def demo_runs() -> list[DemoRun]:
+    """SmolLM2-135M with LoRA (rank 8) fine-tuned for about three minutes on WikiText-2's valid split (its test split
+    evaluates, the first 16,384 tokens), or a small GPT-2 from scratch on generated WikiText-format data."""
+    folder = real_data_folder(SPEC.data_subdir, "wiki.valid.*")
+    if folder is None:
+        return [DemoRun(SPEC.name, "text generator", {"synthetic": True, "time_limit": 120, "epochs": 20},
+                        {"size": "tiny"},
+                        data_note="data: generated WikiText-format text (set MODELYARD_DATA for WikiText-2)")]
+    return [DemoRun(SPEC.name, "text generator (SmolLM2-135M + LoRA)",
+                    {"time_limit": 180, "epochs": 1, "precision": "auto"},
+                    {"model": "smollm2", "lora": 8, "eval_tokens": 16384, "val_tokens": 4096},
+                    f"data: real WikiText-2 {folder} (valid trains, test evaluates)")]
+
+
 SPEC = TaskSpec(
     name="generator",
     summary="Text generator (WikiText-2): fine-tune a causal language model, all weights or LoRA, and report "
@@ -40,7 +57,9 @@ SPEC = TaskSpec(
     hf_model=True,
     onnx_file="decoder.onnx",  # the decoder graph ONNX Runtime decodes with
     exporter="training.decoder_onnx:export_for_serving",
+    formats={"hf": "training.hf_export:export_hf"},
     service="serving.generator_service",
     tab="apps.tabs.generator",
     options=OPTIONS,
+    demo_runs=demo_runs,
 )

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+from training.demo_runs import DemoRun, real_data_folder
 from training.options import Option
 from training.tasks.specs import TaskSpec
 
@@ -18,6 +19,24 @@ OPTIONS = (
     Option("augment", str, None, "delete,swap or all (token deletion, adjacent swaps)"),
 )
 
+# --- what `modelyard demo` trains -------------------------------------------------------------------------------
+
+DEMO_TRAIN_ROWS = 6000  # of AG News test.csv's 7,600 (the only real split here); the other 1,600 evaluate
+
+
+def demo_runs() -> list[DemoRun]:
+    """MiniLM fine-tuned for one epoch on 6,000 rows of the real AG News test.csv (the other 1,600 evaluate), or on
+    generated AG News-format data."""
+    folder = real_data_folder(SPEC.data_subdir, "test.csv*")
+    if folder is None:
+        return [DemoRun(SPEC.name, "news topic classifier", {"synthetic": True, "epochs": 1, "time_limit": 150},
+                        data_note="data: generated AG News-format data (set MODELYARD_DATA for real AG News)")]
+    test = next(folder.glob("test.csv*"))
+    return [DemoRun(SPEC.name, "news topic classifier", {"epochs": 1, "time_limit": 150},
+                    {"train_file": test, "eval_file": test, "train_rows": DEMO_TRAIN_ROWS},
+                    f"data: real AG News {test}: {DEMO_TRAIN_ROWS} stratified rows train, the rest evaluate")]
+
+
 SPEC = TaskSpec(
     name="news",
     summary="News topics (AG News): fine-tune a pretrained transformer encoder to tell World/Sports/Business/Sci-Tech.",
@@ -31,4 +50,5 @@ SPEC = TaskSpec(
     predictor="serving.predictor:NewsPredictor",
     tab="apps.tabs.news",
     options=OPTIONS,
+    demo_runs=demo_runs,
 )

@@ -1,3 +1,6 @@
+from pathlib import Path
+
+from training.demo_runs import DemoRun
 from training.options import Option
 from training.tasks.specs import TaskSpec
 
@@ -13,6 +16,28 @@ OPTIONS = (
                                     "seasonal_naive, ets, arima, lightgbm, xgboost, prophet; all or none"),
 )
 
+# --- what `modelyard demo` trains -------------------------------------------------------------------------------
+
+def demo_runs() -> list[DemoRun]:
+    """The LSTM on the 10 real M5 series (their price export converted once into the published layout), or on
+    generated M5-format data."""
+    import os
+
+    from training.data.cache import cache_root
+    from training.data.m5_synthetic import stage_real_subset
+
+    root = os.environ.get("MODELYARD_DATA")
+    real = Path(root) / SPEC.data_subdir if root else None
+    engine = {"time_limit": 90, "epochs": 30, "early_stop_patience": 4}
+    if real is None or not (real / "subset_zama-github_SPOT" / "sales_train_validation.csv").is_file():
+        return [DemoRun(SPEC.name, "sales forecaster (M5)", {**engine, "synthetic": True},
+                        data_note="data: generated M5-format data (set MODELYARD_DATA for the 10 real series)")]
+    cache = cache_root() / "m5-real-subset"
+    folder = stage_real_subset(real, cache)
+    return [DemoRun(SPEC.name, "sales forecaster (M5)", {**engine, "data_dir": folder},
+                    data_note=f"data: the 10 real M5 series from {real} (staged in {folder})")]
+
+
 SPEC = TaskSpec(
     name="sales",
     summary="Sales (M5): forecast 28 days of unit sales for every series with one global LSTM or GRU.",
@@ -25,4 +50,5 @@ SPEC = TaskSpec(
     predictor="serving.sales_predictor:SalesPredictor",
     tab="apps.tabs.sales",
     options=OPTIONS,
+    demo_runs=demo_runs,
 )

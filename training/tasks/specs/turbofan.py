@@ -1,5 +1,6 @@
 from pathlib import Path
 
+from training.demo_runs import DemoRun, real_data_folder
 from training.options import Option
 from training.tasks.specs import TaskSpec
 
@@ -20,6 +21,22 @@ OPTIONS = (
                                   "(distillation, e.g. with --members 1)"),
 )
 
+# --- what `modelyard demo` trains -------------------------------------------------------------------------------
+
+def demo_runs() -> list[DemoRun]:
+    """The ensemble the API serves, and a single LSTM distilled from it for the stream monitor, which scores every
+    message (a third of the ensemble's cost). Real FD001 when MODELYARD_DATA has it."""
+    folder = real_data_folder(SPEC.data_subdir, "train_FD001.txt*")
+    data = {"data_dir": folder} if folder else {"synthetic": True}
+    note = (f"data: real NASA C-MAPSS FD001 from {folder}" if folder else
+            "data: generated C-MAPSS-format data (set MODELYARD_DATA to a folder with cmapss/ for real data)")
+    return [DemoRun(SPEC.name, "remaining-useful-life model (an ensemble of LSTMs)", {**data, "time_limit": 150},
+                    data_note=note),
+            DemoRun(f"{SPEC.name}-monitor", "one LSTM distilled from the ensemble, for the stream monitor",
+                    {**data, "time_limit": 60}, {"teacher": f"@{SPEC.name}", "members": 1}, note, serve=False,
+                    live="stream monitor")]
+
+
 SPEC = TaskSpec(
     name="turbofan",
     summary="Turbofan (NASA C-MAPSS): predict remaining useful life, or score anomalies by reconstruction.",
@@ -32,4 +49,6 @@ SPEC = TaskSpec(
     predictor="serving.predictor:TurbofanPredictor",
     tab="apps.tabs.turbofan",
     options=OPTIONS,
+    demo_runs=demo_runs,
+    live="streaming.live_demo:LiveMonitor",
 )
