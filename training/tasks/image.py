@@ -22,7 +22,7 @@ from training.config import TrainConfig
 from training.data.cifar10 import CifarData, load_cifar
 from training.data.image_augment import Augment
 from training.engine.trainer import EPOCHS_DIR, FitResult, TrainingJob, epoch_snapshots
-from training.metrics.classification import CLASS_METRICS, class_metrics
+from training.metrics.classification import CLASS_METRICS, classification_results
 from training.models import build_model
 from training.models.image import image_model_config, view_averaged
 from training.tasks.specs.image import SPEC
@@ -208,8 +208,6 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
     """Test accuracy (with test-time flip averaging when the checkpoint asks for it), per-class precision/recall/F1,
     confusion matrix, the most confident mistakes, loss/accuracy curves, test accuracy per epoch against training
     time, images/s; and the pretrained starting point's test accuracy when there was one."""
-    from sklearn.metrics import classification_report, confusion_matrix
-
     from training.reports.classification_plots import plot_confusion_matrix
     from training.reports.image_plots import plot_accuracy_vs_time, plot_mistakes, plot_training_curves
 
@@ -222,25 +220,15 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
     with torch.no_grad():
         logits = predict_logits(model, images, pre["mean"], pre["std"])
         seconds = _timed(lambda: predict_logits(model, images[:1000], pre["mean"], pre["std"]))
-    probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
-    predicted = probs.argmax(1)
+    results, worst = classification_results(labels, logits, classes, 32, lambda i: {"index": i})
     report: dict[str, Any] = {"task": SPEC.name, "subset": f"CIFAR-10 test ({cifar.layout})",
-                              "test_images": len(labels),
-                              **class_metrics(labels, predicted), "tta": pre["tta"],
+                              "test_images": len(labels), **results, "tta": pre["tta"],
                               "tta_shift": pre.get("tta_shift", 0),
                               "params": sum(p.numel() for p in model.parameters()),
                               "train_images_per_second": trained.get("samples_per_second"),
                               "inference_images_per_second": round(min(1000, len(images)) / seconds, 1),
                               "train_seconds": trained.get("train_seconds")}
-    report["per_class"] = classification_report(labels, predicted, labels=list(range(len(classes))),
-                                                target_names=classes, output_dict=True, zero_division=0)
-    matrix = confusion_matrix(labels, predicted, labels=list(range(len(classes))))
-    report["confusion_matrix"] = matrix.tolist()
-    wrong = np.flatnonzero(predicted != labels)
-    worst = wrong[np.argsort(-probs[wrong].max(axis=1))][:32]
-    report["most_confident_mistakes"] = [{"index": int(i), "true": classes[labels[i]],
-                                          "predicted": classes[predicted[i]],
-                                          "confidence": round(float(probs[i].max()), 4)} for i in worst]
+    mistaken = results["most_confident_mistakes"]
     if trained.get("pretrained"):
         start = build_model(manifest.model)
         from training.models.pretrained import load_pretrained
@@ -249,9 +237,10 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
         with torch.no_grad():
             start_logits = predict_logits(view_averaged(start.eval(), pre), images, pre["mean"], pre["std"])
         report["pretrained_accuracy"] = float((start_logits.argmax(1) == labels).mean())
-    plots = [plot_confusion_matrix(ckpt / "confusion_matrix.png", matrix, classes, "test images"),
-             plot_mistakes(ckpt / "mistakes.png", images[worst], [classes[labels[i]] for i in worst],
-                           [classes[predicted[i]] for i in worst], [float(probs[i].max()) for i in worst]),
+    plots = [plot_confusion_matrix(ckpt / "confusion_matrix.png", np.array(results["confusion_matrix"]), classes,
+                                   "test images"),
+             plot_mistakes(ckpt / "mistakes.png", images[worst], [m["true"] for m in mistaken],
+                           [m["predicted"] for m in mistaken], [m["confidence"] for m in mistaken]),
              plot_training_curves(ckpt / "training_curves.png", trained["history"])]
     scored_in = "bf16" if trained.get("precision") == "bf16" else "fp32"
     curve = _test_accuracy_per_epoch(ckpt, manifest, images, labels, scored_in)

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import classification_report, confusion_matrix
 from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.utils.data import Dataset
@@ -31,7 +30,7 @@ from training.data.ag_news import LABELS, NewsSplit, cleaner, find_split, read_n
 from training.data.batching import pad_batch
 from training.data.text_augment import augment_ids, parse_augment
 from training.engine.trainer import FitResult, PipelineLoss, TrainingJob
-from training.metrics.classification import CLASS_METRICS, class_metrics
+from training.metrics.classification import CLASS_METRICS, class_metrics, classification_results
 from training.models import load_model
 from training.models.text_classifier import default_encoder, from_pretrained, model_config
 from training.tasks.specs.news import SPEC
@@ -222,27 +221,19 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
     with torch.no_grad():
         logits = predict_logits(model, test_ids, tokenizer.pad_token_id)
         latency_ms = _latency_ms(model, test_ids[:20])
-    probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
-    predicted = probs.argmax(axis=1)
     labels = data.test.labels
-
     baseline_model, fit_seconds = train_tfidf_baseline(clean(data.train.texts + data.val.texts),
                                                        np.concatenate([data.train.labels, data.val.labels]),
                                                        seed=source["seed"])
+    results, _ = classification_results(labels, logits, pre["labels"], 10, lambda i: {"text": data.test.texts[i][:300]})
     report: dict[str, Any] = {"task": SPEC.name, "subset": Path(source["eval_file"]).name, "test_rows": len(labels),
-                              **class_metrics(labels, predicted),
-                              "params": sum(p.numel() for p in model.parameters()),
-                              "latency_ms": latency_ms,
-                              "train_seconds": manifest.training.get("train_seconds")}
-    report["per_class"] = classification_report(labels, predicted, labels=list(range(len(pre["labels"]))),
-                                                target_names=pre["labels"], output_dict=True, zero_division=0)
-    matrix = confusion_matrix(labels, predicted, labels=list(range(len(pre["labels"]))))
-    report["confusion_matrix"] = matrix.tolist()
-    report["most_confident_mistakes"] = _confident_mistakes(data.test.texts, labels, probs, pre["labels"])
+                              **results, "params": sum(p.numel() for p in model.parameters()),
+                              "latency_ms": latency_ms, "train_seconds": manifest.training.get("train_seconds")}
     report["baseline"] = {"method": "TF-IDF word 1-2 grams + logistic regression (scikit-learn)",
                           **class_metrics(labels, baseline_model.predict(test_texts)),
                           "fit_seconds": round(fit_seconds, 2)}
-    report["plots"] = [plot_confusion_matrix(ckpt / "confusion_matrix.png", matrix, pre["labels"]).name]
+    report["plots"] = [plot_confusion_matrix(ckpt / "confusion_matrix.png", np.array(results["confusion_matrix"]),
+                                             pre["labels"]).name]
     return write_report(ckpt, manifest, report, {k: report[k] for k in CLASS_METRICS})
 
 
@@ -254,14 +245,6 @@ def _latency_ms(model: nn.Module, ids: list[list[int]]) -> float:
         model(input_ids=torch.tensor([seq]), attention_mask=torch.ones(1, len(seq), dtype=torch.long))
         times.append((time.perf_counter() - start) * 1000)
     return round(float(np.median(times)), 2) if times else None
-
-
-def _confident_mistakes(texts: list[str], labels: np.ndarray, probs: np.ndarray, names: list[str],
-                        n: int = 10) -> list[dict[str, Any]]:
-    wrong = np.flatnonzero(probs.argmax(axis=1) != labels)
-    worst = wrong[np.argsort(-probs[wrong].max(axis=1))][:n]
-    return [{"text": texts[i][:300], "true": names[labels[i]], "predicted": names[int(probs[i].argmax())],
-             "confidence": round(float(probs[i].max()), 4)} for i in worst]
 
 
 # --- generated data -----------------------------------------------------------------------------------------------
