@@ -114,6 +114,24 @@ def export(ckpt: Path, format_: str = "onnx", weights: str | None = None, out: P
     return exported.max_abs_diff
 
 
+def bento(task: str, ckpt: Path) -> str:
+    from bentoml.exceptions import BentoMLException
+
+    from serving.bento import build_bento
+    from training.checkpoint import CheckpointError, read_manifest
+
+    try:
+        if (held := read_manifest(ckpt).task) != task:
+            raise ValueError(f"{ckpt} holds a {held} model, not a {task} model")
+        built = build_bento(ckpt)
+    except (CheckpointError, ValueError, BentoMLException) as exc:
+        raise CommandError(str(exc)) from None
+    console.print(f"model {built.model} in BentoML's model store (bentoml models list)", soft_wrap=True)
+    console.print(f"Bento {built.bento} at {built.path} (bentoml list)", soft_wrap=True)
+    console.print(f"serve it from any folder: bentoml serve {built.bento} --port 3000", soft_wrap=True)
+    return built.bento
+
+
 def print_train_summary(out: Path) -> None:
     from training.checkpoint import read_manifest
 

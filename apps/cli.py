@@ -271,6 +271,15 @@ def export(ckpt: Path, format_: str, weights: str | None, out: Path | None) -> N
 
 
 @app.command()
+@click.argument("task")
+@click.option("--checkpoint", type=PATH, help="the checkpoint (default: the demo's, runs/demo/TASK)")
+def bento(task: str, checkpoint: Path | None) -> None:
+    """Put a checkpoint into BentoML's model store and build a Bento of TASK's service on it (`bentoml serve TAG`
+    serves it from any folder; `bentoml containerize TAG` makes an image where a container builder runs)."""
+    _reported(actions.bento, task, checkpoint or Path("runs/demo") / task)
+
+
+@app.command()
 @click.argument("checkpoints", type=PATH, nargs=-1, required=True)
 @click.option("--plot", type=PATH, help="also write a PNG overlaying their validation curves (per epoch)")
 def compare(checkpoints: tuple[Path, ...], plot: Path | None) -> None:
