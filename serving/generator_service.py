@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serving import openai_api as oai
-from serving.openapi import VALIDATION_ERROR_BODY, as_openapi30, document_truthfully
+from serving.openapi import VALIDATION_ERROR_BODY, as_openapi30, client_route, document_truthfully
 from serving.refusal import Refused
 from serving.settings import read_settings
 from training.options import Option
@@ -157,6 +157,15 @@ def _openai_answer(kind: str) -> dict[int, Any]:
 @bentoml.service(name="text_generator", workers=1, traffic={"timeout": 300})
 @bentoml.asgi_app(app, path="/")
 class GeneratorService:
+    # BentoML's client: `client.generate(prompt=...)` answers the whole text; `client.generate_stream(prompt=...)`
+    # yields the server-sent events' text as it arrives (OpenAI's routes are for OpenAI's clients)
+    CLIENT_ROUTES = (
+        client_route("generate", "/generate", "The continuation of `prompt`, whole",
+                     GenerateRequest.model_json_schema(), Generated.model_json_schema()),
+        client_route("generate_stream", "/generate/stream", "Server-sent events as the continuation is decoded",
+                     GenerateRequest.model_json_schema(), {"type": "string"}, stream=True),
+    )
+
     def __init__(self) -> None:
         from serving.text_generator import TextGenerator as Runtime
 

@@ -20,9 +20,9 @@ from typing import Annotated, Any
 import bentoml
 import numpy as np
 from fastapi import FastAPI, Request
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from serving.openapi import VALIDATION_ERROR_BODY, document_truthfully
+from serving.openapi import VALIDATION_ERROR_BODY, client_route, document_truthfully
 from serving.refusal import Refused
 from serving.settings import read_settings
 from training.options import Option
@@ -55,6 +55,7 @@ class Base64Images(BaseModel):
 app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)  # BentoML serves the one document, /docs.json
 
 ERROR = {"content": {"application/json": {"schema": VALIDATION_ERROR_BODY}}}
+ANSWER = TypeAdapter(list[ImagePrediction]).json_schema()
 REQUEST_BODY = {
     "required": True,
     "content": {
@@ -71,6 +72,17 @@ REQUEST_BODY = {
 @bentoml.service(name="image_classifier", workers=1, traffic={"timeout": 30})
 @bentoml.asgi_app(app, path="/")
 class ImageClassifier:
+    # BentoML's client: `client.classify(images=[base64...])` sends JSON, `client.classify_files(files=[path...])`
+    # multipart; both to /classify
+    CLIENT_ROUTES = (
+        client_route("classify", ROUTE, "Classify base64-encoded images (JSON)", Base64Images.model_json_schema(),
+                     ANSWER),
+        client_route("classify_files", ROUTE, "Classify image files (multipart/form-data)",
+                     {"type": "object", "required": ["files"], "properties": {
+                         "files": {"type": "array", "items": {"type": "file", "format": "image"}},
+                         "top_k": {"type": "integer", "minimum": 1, "maximum": 10, "default": 5}}}, ANSWER),
+    )
+
     def __init__(self) -> None:
         from serving.batching import MicroBatcher
         from serving.image_predictor import ImagePredictor

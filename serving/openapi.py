@@ -9,6 +9,10 @@ It parses form and multipart bodies for any route, and a multipart body without 
 `document_truthfully(service)` adds an ASGI middleware that corrects the served document (optional fields are
 `nullable`, request bodies are required, the 400 body is declared as it is sent) and answers a request whose
 Content-Type the route does not declare with 415 in that same error shape, before BentoML parses it.
+
+BentoML's own client (`bentoml.SyncHTTPClient`) calls the routes that /schema.json lists, which are the
+`@bentoml.api` ones only. A service whose routes are FastAPI routes (they parse two body forms, or refuse a stream
+with a status before its first event) lists them there too, as `CLIENT_ROUTES` on its class (`client_route`).
 """
 
 from __future__ import annotations
@@ -134,7 +138,9 @@ class TruthfulOpenAPI:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope.get("type") == "http" and scope.get("path") == "/docs.json":
-            await self._document(scope, receive, send)
+            await self._rewritten(scope, receive, send, correct_document)
+        elif scope.get("type") == "http" and scope.get("path") == "/schema.json":
+            await self._rewritten(scope, receive, send, self._with_client_routes)
         elif (scope.get("type") == "http" and scope.get("method") == "POST" and scope.get("path") in self.accepted
               and _media_type(scope) not in self.accepted[scope["path"]]):
             await _send_json(send, 415, {"error": "Unsupported Media Type", "detail": [{
@@ -144,7 +150,11 @@ class TruthfulOpenAPI:
         else:
             await self.app(scope, receive, send)
 
-    async def _document(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    def _with_client_routes(self, schema: dict[str, Any]) -> dict[str, Any]:
+        schema["routes"] = [*schema.get("routes", []), *getattr(self.service.inner, "CLIENT_ROUTES", ())]
+        return schema
+
+    async def _rewritten(self, scope: dict[str, Any], receive: Any, send: Any, rewrite: Any) -> None:
         start: dict[str, Any] = {}
         chunks: list[bytes] = []
 
@@ -157,7 +167,7 @@ class TruthfulOpenAPI:
         await self.app(scope, receive, capture)
         body = b"".join(chunks)
         if start.get("status") == 200:
-            body = json.dumps(correct_document(json.loads(body))).encode()
+            body = json.dumps(rewrite(json.loads(body))).encode()
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
         await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
@@ -175,6 +185,16 @@ async def _send_json(send: Any, status: int, body: dict[str, Any]) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
     await send({"type": "http.response.body", "body": data})
+
+
+def client_route(name: str, route: str, description: str, request: dict[str, Any], answer: dict[str, Any],
+                 stream: bool = False) -> dict[str, Any]:
+    """A route as /schema.json lists it for BentoML's client: `client.NAME(**fields)` POSTs them to `route`, as
+    multipart/form-data when `request` has a field of type "file" (or an array of them), else as JSON; a `stream`
+    answer is read chunk by chunk."""
+    output = {**answer, **({"is_stream": True, "media_type": "text/event-stream"} if stream else {})}
+    return {"name": name, "route": route, "description": description, "batchable": False, "input": request,
+            "output": output, "is_task": False}
 
 
 def document_truthfully(service: Any) -> Any:

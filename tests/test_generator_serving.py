@@ -331,3 +331,19 @@ def test_gradio_generator_tab_streams_text_in_a_headless_browser(api, browser, t
         generated = int(re.search(r"(\d+) generated", status).group(1))
         assert len(text.split()) >= 5 and 5 <= generated <= 80  # the tab's default: at most 80 new tokens
         browser.save_screenshot(str(tmp_path / "generator-tab.png"))
+
+
+def test_bentomls_client_lists_and_calls_whole_and_streamed_generation(api):
+    import bentoml
+    from bentoml.exceptions import BentoMLException
+
+    request = {"prompt": "The castle was", "max_new_tokens": 10, "temperature": 0}
+    with bentoml.SyncHTTPClient(api) as client:
+        assert sorted(client.endpoints) == ["generate", "generate_stream"]
+        whole = client.generate(**request)
+        streamed = "".join(client.generate_stream(**request))
+        with pytest.raises(BentoMLException, match="greater than or equal to 0"):
+            client.generate(prompt="x", temperature=-1)
+    assert whole["text"] == post(f"{api}/generate", request)[1]["text"] and whole["generated_tokens"] == 10
+    events = [json.loads(line[len("data: "):]) for line in streamed.splitlines() if line.startswith("data: ")]
+    assert "".join(e["text"] for e in events[:-1]) == events[-1]["text"] == whole["text"]

@@ -177,3 +177,26 @@ def test_gradio_images_tab_in_a_headless_browser(image_ckpt, api, browser, tmp_p
         assert sum(item["label"] in shown for item in expected) == 5  # the five bars, labelled
         assert browser.find_elements(By.CSS_SELECTOR, "#image-mistakes img"), "the report's mistakes grid"
         browser.save_screenshot(str(tmp_path / "images-tab.png"))
+
+
+def test_bentomls_client_lists_and_calls_both_forms(api, image_ckpt, test_images, tmp_path):
+    """BentoML's client sees /classify (a FastAPI route) as /schema.json lists it: `classify` with base64 images
+    (JSON), `classify_files` with files (multipart); a refusal comes back as BentoML's exception with our message."""
+    import bentoml
+    from bentoml.exceptions import BentoMLException
+
+    pngs = [encoded(image) for image in test_images[0][:2]]
+    paths = []
+    for i, raw in enumerate(pngs):
+        paths.append(tmp_path / f"{i}.png")
+        paths[-1].write_bytes(raw)
+    expected = ImagePredictor(image_ckpt).predict(pngs, 2)
+    with bentoml.SyncHTTPClient(api) as client:
+        assert sorted(client.endpoints) == ["classify", "classify_files"]
+        for answer in (client.classify_files(files=paths, top_k=2),
+                       client.classify(images=[base64.b64encode(raw).decode() for raw in pngs], top_k=2)):
+            assert [[c["label"] for c in item["top"]] for item in answer] == \
+                [[c["label"] for c in top] for top in expected]
+        (tmp_path / "notes.txt").write_text("not an image")
+        with pytest.raises(BentoMLException, match="not a readable image"):
+            client.classify_files(files=[tmp_path / "notes.txt"])

@@ -179,3 +179,12 @@ def test_gradio_news_tab_in_a_headless_browser(ckpt, api, browser, tmp_path, sou
         bars = browser.find_element(By.CSS_SELECTOR, "#news-probabilities").text
         assert all(label in bars for label in ("World", "Sports", "Business", "Sci/Tech"))
         browser.save_screenshot(str(tmp_path / "news-tab.png"))
+
+
+def test_bentomls_client_lists_and_calls_the_route(api):
+    import bentoml
+
+    with bentoml.SyncHTTPClient(api) as client:
+        assert list(client.endpoints) == ["classify"]
+        answer = client.classify(texts=["Stocks rallied as the central bank held rates"])
+    assert answer == post(f"{api}/classify", {"texts": ["Stocks rallied as the central bank held rates"]})[1]

@@ -122,3 +122,13 @@ result.title = [...svg.querySelectorAll('text')].map(t => t.textContent).find(t 
 result.table_rows = [...document.querySelectorAll('#sales-table tbody tr')].map(r => r.textContent);
 return result;
 """
+
+
+def test_bentomls_client_lists_and_calls_the_route(api, sales_ckpt):
+    import bentoml
+
+    series = SalesPredictor(sales_ckpt, "torch").series.iloc[0]["id"]
+    with bentoml.SyncHTTPClient(api) as client:
+        assert list(client.endpoints) == ["forecast"]
+        answer = client.forecast(series_id=series, horizon=7)
+    assert answer["forecast"] == post(f"{api}/forecast", {"series_id": series, "horizon": 7})[1]["forecast"]

@@ -74,3 +74,12 @@ def test_a_sigkilled_serve_command_takes_its_bentoml_processes_with_it(turbofan_
             break
     assert "API ready" in printed, printed
     sigkill_leaves_no_children(process, "BentoML's processes")
+
+
+def test_bentomls_client_lists_and_calls_the_route(api):
+    import bentoml
+
+    cycles = np.random.default_rng(1).normal(size=(35, 24)).round(3).tolist()
+    with bentoml.SyncHTTPClient(api) as client:
+        assert list(client.endpoints) == ["score"]
+        assert client.score(cycles=cycles) == post(f"{api}/score", {"cycles": cycles})[1]
