@@ -21,6 +21,8 @@ import bentoml
 from bentoml.exceptions import NotFound
 
 from training.checkpoint import MANIFEST, CheckpointManifest, verify_checkpoint
+from training.export import serving_use
+from training.model_card import CARD, evaluation, write_card
 from training.tasks.specs import task_spec
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -65,6 +67,8 @@ def import_model(ckpt: Path) -> bentoml.Model:
             target = Path(model.path) / name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ckpt / name, target)
+        if CARD not in manifest.files:  # exported before exports wrote one
+            write_card(Path(model.path), manifest, evaluation(ckpt, manifest), serving_use(spec.name, spec.onnx_file))
     return bentoml.models.get(tag)
 
 

@@ -65,6 +65,8 @@ def test_turbofan_and_image_checkpoints_become_models_and_bentos_served_by_tag(t
     assert {m["tag"] for m in models} == {model, image_model}
     stored = home / "models" / model.replace(":", "/")
     assert verify_checkpoint(stored).files.keys() == verify_checkpoint(turbofan_ckpt).files.keys()
+    card = (stored / "README.md").read_text()  # the model card travels with the model
+    assert verify_checkpoint(stored).files["model.safetensors"].sha256 in card and "modelyard serve turbofan" in card
     info = json.loads(bentoml_cli("models", "get", model, "-o", "json").stdout)
     assert info["labels"]["task"] == "turbofan" and info["metadata"]["manifest"]["task"] == "turbofan"
     assert {b["tag"] for b in json.loads(bentoml_cli("list", "-o", "json").stdout)} == {bento, image_bento}

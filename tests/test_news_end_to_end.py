@@ -16,6 +16,7 @@ from tests.conftest import (
     run_cli_here,
 )
 from training.checkpoint import load_checkpoint, load_tokenizer, verify_checkpoint
+from training.model_card import fmt_metric
 from training.models import build_model
 from training.tasks import news
 
@@ -74,7 +75,33 @@ def test_export_has_dynamic_batch_and_sequence_axes(trained):
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     shapes = {i.name: i.shape for i in session.get_inputs()}
     assert shapes == {"input_ids": ["batch", "sequence"], "attention_mask": ["batch", "sequence"]}
-    assert "model.onnx" in verify_checkpoint(out).files
+    manifest = verify_checkpoint(out)
+    assert {"model.onnx", "README.md"} <= set(manifest.files)
+    card = (out / "README.md").read_text()  # the model card: metrics beside the baseline, the weights' sha256
+    report = json.loads((out / "report.json").read_text())
+    assert f"| test accuracy | {report['accuracy']:.4f} |" in card and "TF-IDF" in card
+    assert f"| accuracy | {fmt_metric(report['accuracy'])} | {fmt_metric(report['baseline']['accuracy'])} |" in card
+    assert manifest.files["model.safetensors"].sha256 in card and "## Intended use and limits" in card
+
+
+def test_hf_folder_is_a_transformers_pipeline_with_the_checkpoints_labels(trained, news_dir):
+    """`export --format hf`: a folder that transformers' text-classification pipeline loads offline, naming the
+    checkpoint's labels and giving the checkpoint's answers."""
+    from transformers import pipeline
+
+    from serving.predictor import NewsPredictor
+
+    out, _ = trained
+    result = run_cli_here("export", out, "--format", "hf")
+    assert result.returncode == 0 and 'pipeline("text-classification") loads it' in result.stdout, result.stdout
+    assert float(result.stdout.split("vs the checkpoint:")[1].split()[0]) < 1e-5
+    texts = news.load_splits(verify_checkpoint(out).training["data"]).test.texts[:24]
+    classify = pipeline("text-classification", model=str(out / "hf"), device="cpu")
+    answers = classify(texts, truncation=True, max_length=128)
+    assert [a["label"] for a in answers] == [p["label"] for p in NewsPredictor(out, "torch").predict(texts)]
+    assert {a["label"] for a in answers} <= {"World", "Sports", "Business", "Sci/Tech"}
+    assert "pipeline(\"text-classification\"" in (out / "hf" / "README.md").read_text()
+    assert "hf/README.md" in verify_checkpoint(out).files
 
 
 def test_compare_prints_models_side_by_side(trained, tmp_path, news_dir, tiny_encoders):

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from training.checkpoint import read_manifest, record_files
+from training.model_card import CARD, evaluation, write_card
 from training.models import load_model
 from training.tasks.specs import load_named, task_spec
 
@@ -50,7 +51,21 @@ def export_checkpoint(ckpt: Path, format_: str = "onnx", weights: str | None = N
     formats = {"onnx": spec.exporter, **spec.formats}
     if format_ not in formats:
         raise ValueError(f"{ckpt}: a {spec.name} checkpoint exports to {' or '.join(formats)}, not {format_}")
-    return load_named(formats[format_])(Path(ckpt), weights if format_ == "onnx" else out)
+    exported = load_named(formats[format_])(Path(ckpt), weights if format_ == "onnx" else out)
+    if format_ == "onnx":  # the checkpoint folder is what serving and Bentos take: its card goes beside the model
+        manifest = read_manifest(ckpt)
+        write_card(ckpt, manifest, evaluation(ckpt, manifest), serving_use(spec.name, exported.file))
+        record_files(Path(ckpt), manifest, [CARD])
+    return exported
+
+
+def serving_use(task: str, onnx_file: str) -> list[str]:
+    """The model card's "Use" for a checkpoint folder (and the model a Bento serves)."""
+    return [f"- over HTTP: `modelyard serve {task} --checkpoint FOLDER` (BentoML; OpenAPI document at /docs), or "
+            f"`modelyard bento {task} --checkpoint FOLDER` and `bentoml serve TAG`;",
+            f"- in-process: ONNX Runtime on `FOLDER/{onnx_file}` (`onnxruntime.InferenceSession`; its inputs and "
+            "outputs are named in the graph), after the preprocessing the manifest records (manifest.json);",
+            "- every file's sha256 is in manifest.json: check them before use (`modelyard` does)."]
 
 
 def export_traced(ckpt: Path, weights: str | None = None) -> Exported:

@@ -50,6 +50,7 @@ class TaskSpec:
     tune_monitor: tuple[str, str] | None = None  # (validation metric, max|min): the recipe has tune_space
     options: tuple[Option, ...] = ()  # its own command-line options (`train TASK --help` shows them)
     demo_runs: Callable[[], list[DemoRun]] = list  # what `modelyard demo` trains for it (time-boxed)
+    limits: str = ""  # the model card's "intended use and limits"
     live: str | None = None  # "module:Class" the demo runs on the checkpoint of a run marked live (its stream part)
 
     @property

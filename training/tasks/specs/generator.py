@@ -61,5 +61,8 @@ SPEC = TaskSpec(
     service="serving.generator_service",
     tab="apps.tabs.generator",
     options=OPTIONS,
+    limits=("Continuing English text in the style of Wikipedia articles (WikiText-2), for demonstrations and "
+            "experiments. It is small: it writes fluent text with confident factual errors, has no safety tuning and "
+            "should not be relied on for facts or advice."),
     demo_runs=demo_runs,
 )

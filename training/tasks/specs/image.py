@@ -56,5 +56,8 @@ SPEC = TaskSpec(
     tab="apps.tabs.image",
     options=OPTIONS,
     tune_monitor=("val_accuracy", "max"),
+    limits=("Classifying small photos into CIFAR-10's ten classes (airplane, automobile, bird, cat, deer, dog, frog, "
+            "horse, ship, truck). Every image gets one of those ten labels, whatever it shows; larger images are "
+            "resized to 32x32 pixels first, losing detail."),
     demo_runs=demo_runs,
 )

@@ -46,9 +46,13 @@ SPEC = TaskSpec(
     headline=("accuracy", "test accuracy"),
     compared=("accuracy", "macro_precision", "macro_recall", "macro_f1"),
     hf_model=True,
+    formats={"hf": "training.hf_export:export_hf"},
     service="serving.news_service",
     predictor="serving.predictor:NewsPredictor",
     tab="apps.tabs.news",
     options=OPTIONS,
+    limits=("Sorting English news headlines and short articles into World, Sports, Business and Sci/Tech (AG News). "
+           "Four topics only: a text about anything else is still put in one of them; text beyond the model's token "
+           "limit is cut; it reflects the news sources AG News was collected from (2004-2005)."),
     demo_runs=demo_runs,
 )

@@ -49,6 +49,10 @@ SPEC = TaskSpec(
     predictor="serving.predictor:TurbofanPredictor",
     tab="apps.tabs.turbofan",
     options=OPTIONS,
+    limits=("Estimating the remaining useful life of turbofan engines like NASA C-MAPSS's simulated fleet, and "
+            "raising maintenance alerts from it. Trained on simulation (FD001: one operating condition, one fault "
+            "mode): it has not seen real engines, and other operating conditions or fault modes (FD002-FD004) are "
+            "outside what it learned. An estimate is no substitute for an inspection."),
     demo_runs=demo_runs,
     live="streaming.live_demo:LiveMonitor",
 )
