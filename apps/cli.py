@@ -276,7 +276,9 @@ def export(ckpt: Path, format_: str, weights: str | None, out: Path | None) -> N
 def bento(task: str, checkpoint: Path | None) -> None:
     """Put a checkpoint into BentoML's model store and build a Bento of TASK's service on it (`bentoml serve TAG`
     serves it from any folder; `bentoml containerize TAG` makes an image where a container builder runs)."""
-    _reported(actions.bento, task, checkpoint or Path("runs/demo") / task)
+    from apps.demo import DemoSettings
+
+    _reported(actions.bento, task, checkpoint or DemoSettings.out / task)
 
 
 @app.command()
@@ -286,7 +288,7 @@ def compare(checkpoints: tuple[Path, ...], plot: Path | None) -> None:
     """Print checkpoints side by side: quality metrics, parameters, training time and latency."""
     from safetensors import safe_open
 
-    from training.checkpoint import WEIGHTS, CheckpointError, verify_checkpoint
+    from training.checkpoint import WEIGHTS, CheckpointError, read_report, verify_checkpoint
     from training.tasks.specs import task_spec
 
     columns = []
@@ -295,8 +297,7 @@ def compare(checkpoints: tuple[Path, ...], plot: Path | None) -> None:
             manifest = verify_checkpoint(ckpt)
         except CheckpointError as exc:
             fail(str(exc))
-        report_path = ckpt / "report.json"
-        report = json.loads(report_path.read_text()) if "report.json" in manifest.files else {}
+        report = read_report(ckpt, manifest)
         params = report.get("params")
         if params is None:  # the weights file also holds buffers (BatchNorm statistics): the report counts better
             with safe_open(str(ckpt / WEIGHTS), "pt") as weights:

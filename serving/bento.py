@@ -20,9 +20,9 @@ from typing import Any
 import bentoml
 from bentoml.exceptions import NotFound
 
-from training.checkpoint import MANIFEST, CheckpointManifest, verify_checkpoint
+from training.checkpoint import MANIFEST, CheckpointManifest, read_report, verify_checkpoint
 from training.export import serving_use
-from training.model_card import CARD, evaluation, write_card
+from training.model_card import CARD, write_card
 from training.tasks.specs import task_spec
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -68,7 +68,7 @@ def import_model(ckpt: Path) -> bentoml.Model:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ckpt / name, target)
         if CARD not in manifest.files:  # exported before exports wrote one
-            write_card(Path(model.path), manifest, evaluation(ckpt, manifest), serving_use(spec.name, spec.onnx_file))
+            write_card(Path(model.path), manifest, read_report(ckpt, manifest), serving_use(spec.name, spec.onnx_file))
     return bentoml.models.get(tag)
 
 

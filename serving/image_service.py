@@ -56,13 +56,20 @@ app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)  # BentoML serves
 
 ERROR = {"content": {"application/json": {"schema": VALIDATION_ERROR_BODY}}}
 ANSWER = TypeAdapter(list[ImagePrediction]).json_schema()
+
+
+def files_form(file: dict[str, str]) -> dict[str, Any]:
+    """The multipart form's schema, a file written as `file` (OpenAPI's binary string, or BentoML's client's file)."""
+    return {"type": "object", "required": ["files"], "properties": {
+        "files": {"type": "array", "items": file, "minItems": 1, "maxItems": MAX_IMAGES,
+                  "description": "image files (PNG, JPEG, WebP)"},
+        "top_k": {"type": "integer", "minimum": 1, "maximum": 10, "default": 5}}}
+
+
 REQUEST_BODY = {
     "required": True,
     "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
-            "files": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1,
-                      "maxItems": MAX_IMAGES, "description": "image files (PNG, JPEG, WebP)"},
-            "top_k": {"type": "integer", "minimum": 1, "maximum": 10, "default": 5}}}},
+        "multipart/form-data": {"schema": files_form({"type": "string", "format": "binary"})},
         "application/json": {"schema": Base64Images.model_json_schema()},
     },
 }
@@ -78,9 +85,7 @@ class ImageClassifier:
         client_route("classify", ROUTE, "Classify base64-encoded images (JSON)", Base64Images.model_json_schema(),
                      ANSWER),
         client_route("classify_files", ROUTE, "Classify image files (multipart/form-data)",
-                     {"type": "object", "required": ["files"], "properties": {
-                         "files": {"type": "array", "items": {"type": "file", "format": "image"}},
-                         "top_k": {"type": "integer", "minimum": 1, "maximum": 10, "default": 5}}}, ANSWER),
+                     files_form({"type": "file", "format": "image"}), ANSWER),
     )
 
     def __init__(self) -> None:

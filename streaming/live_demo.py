@@ -23,7 +23,7 @@ class LiveMonitor:
         self.broker: EmbeddedBroker | None = None
         self.monitor: TurbofanMonitor | None = None
         self.threads: list[threading.Thread] = []
-        self.subset = read_manifest(self.ckpt).training["subset"]
+        self.training = read_manifest(self.ckpt).training  # the subset and data folder the replay plays
 
     def start(self) -> dict[str, Any]:
         """Start everything; returns what the app's tabs read (bootstrap_servers, monitor_metrics)."""
@@ -31,7 +31,7 @@ class LiveMonitor:
         self.broker = EmbeddedBroker(self.folder, self.ports["kafka"])
         bootstrap = self.broker.start()
         ensure_topics(bootstrap)
-        fleet = load_replay(Path(read_manifest(self.ckpt).training["data_dir"]), self.subset, "test")
+        fleet = load_replay(Path(self.training["data_dir"]), self.training["subset"], "test")
         self.threads.append(threading.Thread(target=replay, args=(bootstrap, fleet, self.rate, True),
                                              kwargs={"stop": self.stop, "progress": False}, daemon=True))
         self.monitor = TurbofanMonitor(MonitorSettings(bootstrap, self.ckpt, group="demo-monitor",
@@ -48,8 +48,8 @@ class LiveMonitor:
 
     def describe(self) -> str:
         return (f"Kafka broker (embedded):  {self.broker.bootstrap_servers}  topics turbofan.sensors / .alerts / .dlq; "
-                f"replay of the {self.subset} test engines at {self.rate:.0f} messages/s, looping; monitor metrics: "
-                f"{self.metrics_url}")
+                f"replay of the {self.training['subset']} test engines at {self.rate:.0f} messages/s, looping; "
+                f"monitor metrics: {self.metrics_url}")
 
     def failed(self) -> bool:
         return self.broker is not None and self.broker.process.poll() is not None

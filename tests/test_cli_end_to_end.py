@@ -3,6 +3,7 @@
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -133,6 +134,12 @@ def test_a_single_lstm_distils_the_ensemble(trained, tmp_path):
     assert_clean_failure(run_cli_here(*common, "--out", tmp_path / "s", "--subset", "FD002"), "trained on other data")
     assert_clean_failure(run_cli_here(*common, "--out", tmp_path / "r", "--objective", "reconstruction"),
                          "does not apply to --objective reconstruction")
+    other = tmp_path / "other-task"  # refused from its manifest, before its weights are read
+    shutil.copytree(teacher, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "task": "news"}))
+    assert_clean_failure(run_cli_here(*[other if arg == teacher else arg for arg in common], "--out", tmp_path / "o"),
+                         "a news rul checkpoint; the teacher must be a turbofan RUL model")
 
 
 def start_demo(out, ports: dict, *extra: str) -> tuple[subprocess.Popen, queue.Queue]:

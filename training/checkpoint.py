@@ -154,6 +154,13 @@ def write_report(ckpt: Path, manifest: CheckpointManifest, report: dict[str, Any
     return report
 
 
+def read_report(ckpt: Path, manifest: CheckpointManifest) -> dict[str, Any]:
+    """The evaluation's report.json, verified against the manifest; {} when the checkpoint was not evaluated."""
+    if REPORT not in manifest.files:
+        return {}
+    return json.loads(verify_file(Path(ckpt), manifest, REPORT).read_text())
+
+
 def load_tokenizer(ckpt: Path, manifest: CheckpointManifest, folder: str):
     """A Hugging Face tokenizer saved in CKPT/folder, after verifying every file there against the manifest."""
     from transformers import AutoTokenizer

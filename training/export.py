@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.checkpoint import read_manifest, record_files
-from training.model_card import CARD, evaluation, write_card
+from training.checkpoint import read_manifest, read_report, record_files
+from training.model_card import CARD, write_card
 from training.models import load_model
 from training.tasks.specs import load_named, task_spec
 
@@ -54,7 +54,7 @@ def export_checkpoint(ckpt: Path, format_: str = "onnx", weights: str | None = N
     exported = load_named(formats[format_])(Path(ckpt), weights if format_ == "onnx" else out)
     if format_ == "onnx":  # the checkpoint folder is what serving and Bentos take: its card goes beside the model
         manifest = read_manifest(ckpt)
-        write_card(ckpt, manifest, evaluation(ckpt, manifest), serving_use(spec.name, exported.file))
+        write_card(ckpt, manifest, read_report(ckpt, manifest), serving_use(spec.name, exported.file))
         record_files(Path(ckpt), manifest, [CARD])
     return exported
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from training.checkpoint import load_tokenizer, read_manifest, record_files
+from training.checkpoint import load_tokenizer, read_manifest, read_report, record_files
 from training.export import Exported
-from training.model_card import evaluation, write_card
+from training.model_card import write_card
 
 HF_DIR = "hf"
 ADAPTER_DIR = "adapter"  # a LoRA run's PEFT adapter, saved by the recipe beside the merged weights
@@ -35,7 +35,7 @@ def export_hf(ckpt: Path, out: Path | None = None) -> Exported:
     if (ckpt / ADAPTER_DIR).is_dir():
         shutil.copytree(ckpt / ADAPTER_DIR, folder / ADAPTER_DIR)
     generative = type(model).__name__.endswith("ForCausalLM")
-    write_card(folder, manifest, evaluation(ckpt, manifest), _use(generative, tokenizer), library="transformers",
+    write_card(folder, manifest, read_report(ckpt, manifest), _use(generative, tokenizer), library="transformers",
                pipeline_tag="text-generation" if generative else "text-classification")
     loaded = type(model).from_pretrained(str(folder), local_files_only=True).eval()
     probe = torch.randint(0, len(tokenizer), (2, 17), generator=torch.Generator().manual_seed(0))

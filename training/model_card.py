@@ -8,17 +8,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from training.checkpoint import REPORT, WEIGHTS, CheckpointManifest, verify_file
+from training.checkpoint import WEIGHTS, CheckpointManifest
 from training.tasks.specs import task_spec
 
 CARD = "README.md"
-
-
-def evaluation(ckpt: Path, manifest: CheckpointManifest) -> dict[str, Any]:
-    """The checkpoint's report.json (verified), or {} when it was not evaluated."""
-    if REPORT not in manifest.files:
-        return {}
-    return json.loads(verify_file(Path(ckpt), manifest, REPORT).read_text())
 
 
 def model_card(manifest: CheckpointManifest, report: dict[str, Any], use: list[str],
@@ -27,13 +20,12 @@ def model_card(manifest: CheckpointManifest, report: dict[str, Any], use: list[s
     the library and pipeline tag its metadata names (the Hugging Face Hub reads them)."""
     spec, t = task_spec(manifest.task), manifest.training
     measured = {**manifest.metrics, **report}
-    labels = {spec.headline[0]: spec.headline[1]}
-    rows = [f"| {labels.get(key, key)} | {fmt_metric(measured[key])} |" for key in dict.fromkeys((spec.headline[0],
-                                                                                             *spec.compared))
-            if isinstance(measured.get(key), int | float)]
+    key, label = spec.headline
+    rows = [f"| {label if name == key else name} | {fmt_metric(measured[name])} |"
+            for name in dict.fromkeys((key, *spec.compared)) if isinstance(measured.get(name), int | float)]
     baseline = report.get("baseline") if isinstance(report.get("baseline"), dict) else {}
-    compared = [f"| {key} | {fmt_metric(measured.get(key))} | {fmt_metric(value)} |" for key, value in baseline.items()
-                if isinstance(value, int | float) and key in measured]
+    beside = [f"| {name} | {fmt_metric(measured[name])} | {fmt_metric(value)} |" for name, value in baseline.items()
+              if isinstance(value, int | float) and name in measured]
     data = t.get("data") or {"folder": t.get("data_dir"), "subset": t.get("subset")}
     lines = [
         "---", f"library_name: {library}", *([f"pipeline_tag: {pipeline_tag}"] if pipeline_tag else []),
@@ -53,7 +45,7 @@ def model_card(manifest: CheckpointManifest, report: dict[str, Any], use: list[s
         *(["| measure | value |", "|---|---|", *rows] if rows else
           ["Not evaluated (`modelyard evaluate CKPT` writes report.json)."]),
         *(["", f"Beside the baseline ({baseline.get('method', 'see report.json')}):", "",
-           "| measure | this model | baseline |", "|---|---|---|", *compared] if compared else []),
+           "| measure | this model | baseline |", "|---|---|---|", *beside] if beside else []),
         "", "## Use", "", *use, "",
         "## Intended use and limits", "", spec.limits, "",
     ]

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from training.baselines.health_index import HealthIndexBaseline
-from training.checkpoint import CheckpointManifest, save_checkpoint, write_report
+from training.checkpoint import CheckpointManifest, read_manifest, save_checkpoint, write_report
 from training.config import TrainConfig
 from training.data.cmapss import (
     SUBSETS,
@@ -79,12 +79,12 @@ class Teacher:
     alarm threshold) stay unseen by both."""
 
     def __init__(self, ckpt: Path) -> None:
-        manifest, model = load_model(ckpt)
+        manifest = read_manifest(Path(ckpt))  # refused before its weights are read and a model is built
         if manifest.task != SPEC.name or manifest.preprocessing.get("objective") != "rul":
             kind = " ".join(filter(None, (manifest.task, manifest.preprocessing.get("objective"))))
             raise ValueError(f"--teacher {ckpt}: a {kind} checkpoint; the teacher must be a turbofan RUL model")
-        self.path, self.manifest = Path(ckpt), manifest
-        self.model = model.requires_grad_(False)
+        self.manifest, model = load_model(ckpt)
+        self.path, self.model = Path(ckpt), model.requires_grad_(False)
 
     def data_for(self, subset: CmapssSubset, window: int | None) -> TurbofanData:
         trained = self.manifest.training
