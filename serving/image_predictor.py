@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.predictor import ModelRunner, open_verified
+from serving.predictor import CheckpointPredictor, softmax
 from serving.refusal import Refused
 
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
@@ -50,24 +50,19 @@ def decode_upload(raw: bytes, size: int, max_pixels: int = MAX_PIXELS) -> np.nda
             from None
 
 
-def _averaged(model: Any, preprocessing: dict[str, Any]) -> Any:
-    from training.models.image import view_averaged  # torch runtime only: the ONNX graph has the averaging
-
-    return view_averaged(model, preprocessing)
-
-
-class ImagePredictor:
-    task = "image"
+class ImagePredictor(CheckpointPredictor):
+    task, inputs = "image", ("image",)
 
     def __init__(self, ckpt: Path | str, runtime: str = "onnx") -> None:
-        self.ckpt = Path(ckpt)
-        manifest = open_verified(self.ckpt, self.task)
-        pre = manifest.preprocessing
-        self.manifest, self.classes, self.size = manifest, list(pre["classes"]), int(pre["image_size"])
-        self.mean = np.asarray(pre["mean"], dtype=np.float32).reshape(1, 3, 1, 1)
-        self.std = np.asarray(pre["std"], dtype=np.float32).reshape(1, 3, 1, 1)
-        self.runtime = runtime
-        self.runner = ModelRunner(self.ckpt, manifest, runtime, ["image"], wrap=lambda model: _averaged(model, pre))
+        super().__init__(ckpt, runtime)
+        self.classes, self.size = list(self.pre["classes"]), int(self.pre["image_size"])
+        self.mean = np.asarray(self.pre["mean"], dtype=np.float32).reshape(1, 3, 1, 1)
+        self.std = np.asarray(self.pre["std"], dtype=np.float32).reshape(1, 3, 1, 1)
+
+    def around_model(self, model: Any) -> Any:
+        from training.models.image import view_averaged  # torch runtime only: the ONNX graph has the averaging
+
+        return view_averaged(model, self.pre)
 
     def normalise(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) as in training."""
@@ -75,10 +70,7 @@ class ImagePredictor:
         return np.ascontiguousarray((x - self.mean) / self.std, dtype=np.float32)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        x = self.normalise(images)
-        logits = self.runner(image=x)
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return shifted / shifted.sum(axis=1, keepdims=True)
+        return softmax(self.runner(image=self.normalise(images)))
 
     def top_k(self, probabilities: np.ndarray, k: int = 5) -> list[list[dict[str, Any]]]:
         k = min(k, len(self.classes))

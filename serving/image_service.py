@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 from typing import Annotated, Any
 
 import bentoml
@@ -92,7 +91,7 @@ class ImageClassifier:
         from serving.batching import MicroBatcher
         from serving.image_predictor import ImagePredictor
 
-        self.predictor = ImagePredictor(os.environ["MODELYARD_CHECKPOINT"], os.environ.get("MODELYARD_RUNTIME", "onnx"))
+        self.predictor = ImagePredictor.from_env()
         self.batcher = MicroBatcher(self.predictor.probabilities, max_batch=64)
 
     @app.post(ROUTE, response_model=list[ImagePrediction], openapi_extra={"requestBody": REQUEST_BODY},

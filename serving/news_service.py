@@ -8,7 +8,6 @@ that `modelyard serve` (serving.server) sets: MODELYARD_CHECKPOINT, MODELYARD_RU
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 import bentoml
@@ -45,8 +44,7 @@ class NewsClassifier:
     def __init__(self) -> None:
         from serving.predictor import NewsPredictor
 
-        self.predictor = NewsPredictor(os.environ["MODELYARD_CHECKPOINT"],
-                                       os.environ.get("MODELYARD_RUNTIME", "onnx"))
+        self.predictor = NewsPredictor.from_env()
 
     @bentoml.api(route="/classify", batchable=True, max_batch_size=64, max_latency_ms=1000)
     def classify(

@@ -22,17 +22,16 @@ class ModelRunner:
     """One forward pass over named numpy inputs, returning the model's single output."""
 
     def __init__(self, ckpt: Path, manifest: CheckpointManifest, runtime: str, input_names: list[str],
-                 wrap: Callable[[Any], Any] | None = None) -> None:
-        """wrap: for the torch runtime, what the export put around the model in the ONNX graph (e.g. test-time
-        averaging), so both runtimes answer the same."""
+                 wrap: Callable[[Any], Any] = lambda model: model) -> None:
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r}; choose {' or '.join(RUNTIMES)}")
         self.runtime, self.input_names = runtime, input_names
         if runtime == "onnx":
             self._session = _onnx_session(ckpt, manifest)
         else:
-            model = _torch_model(ckpt)
-            self._model = wrap(model) if wrap is not None else model
+            from training.models import load_model
+
+            self._model = wrap(load_model(ckpt)[1])
 
     def __call__(self, **inputs: np.ndarray) -> np.ndarray:
         if self.runtime == "onnx":
@@ -62,12 +61,6 @@ def _onnx_session(ckpt: Path, manifest: CheckpointManifest):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _torch_model(ckpt: Path):
-    from training.models import load_model
-
-    return load_model(ckpt)[1]
-
-
 def open_verified(ckpt: Path | str, task: str) -> CheckpointManifest:
     """The manifest of a checkpoint whose every file matches its sha256, holding a model for `task`."""
     manifest = verify_checkpoint(Path(ckpt))
@@ -76,22 +69,48 @@ def open_verified(ckpt: Path | str, task: str) -> CheckpointManifest:
     return manifest
 
 
-class NewsPredictor:
+class CheckpointPredictor:
+    """A verified checkpoint of `task`: its manifest, preprocessing (`pre`) and a runner of its model on `runtime`
+    taking `inputs`."""
+
+    task: str
+    inputs: tuple[str, ...]
+
+    def __init__(self, ckpt: Path | str, runtime: str = "onnx") -> None:
+        self.ckpt, self.runtime = Path(ckpt), runtime
+        self.manifest = open_verified(self.ckpt, self.task)
+        self.pre = self.manifest.preprocessing
+        self.runner = ModelRunner(self.ckpt, self.manifest, runtime, list(self.inputs), self.around_model)
+
+    @classmethod
+    def from_env(cls) -> CheckpointPredictor:
+        """On the checkpoint and runtime `modelyard serve` hands its service process."""
+        return cls(os.environ["MODELYARD_CHECKPOINT"], os.environ.get("MODELYARD_RUNTIME", "onnx"))
+
+    def around_model(self, model: Any) -> Any:
+        """For the torch runtime: what the export put around the model in the ONNX graph (e.g. test-time averaging),
+        so both runtimes answer the same."""
+        return model
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+class NewsPredictor(CheckpointPredictor):
     """Texts -> topic label, class index, probabilities, and whether the text was cut to the model's length."""
 
-    task = "news"
+    task, inputs = "news", ("input_ids", "attention_mask")
 
     def __init__(self, ckpt: Path | str, runtime: str = "onnx") -> None:
         from training.checkpoint import load_tokenizer
         from training.data.ag_news import cleaner
 
-        self.ckpt = Path(ckpt)
-        manifest = open_verified(self.ckpt, self.task)
-        pre = manifest.preprocessing
-        self.manifest, self.labels, self.max_length = manifest, list(pre["labels"]), int(pre["max_length"])
-        self.clean = cleaner(pre)
-        self.tokenizer = load_tokenizer(self.ckpt, manifest, pre["tokenizer_dir"])
-        self.runner = ModelRunner(self.ckpt, manifest, runtime, ["input_ids", "attention_mask"])
+        super().__init__(ckpt, runtime)
+        self.labels, self.max_length = list(self.pre["labels"]), int(self.pre["max_length"])
+        self.clean = cleaner(self.pre)
+        self.tokenizer = load_tokenizer(self.ckpt, self.manifest, self.pre["tokenizer_dir"])
 
     def encode(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
         """Token ids cut to max_length (keeping the closing special token), and which texts were cut."""
@@ -107,29 +126,25 @@ class NewsPredictor:
         ids, cut = self.encode(texts)
         input_ids, mask = pad_batch(ids, self.tokenizer.pad_token_id)
         logits = self.runner(input_ids=input_ids.numpy(), attention_mask=mask.numpy())
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs = shifted / shifted.sum(axis=1, keepdims=True)
         return [{"label": self.labels[int(p.argmax())], "index": int(p.argmax()),
                  "probabilities": {label: round(float(v), 6) for label, v in zip(self.labels, p, strict=True)},
-                 "truncated": c} for p, c in zip(probs, cut, strict=True)]
+                 "truncated": c} for p, c in zip(softmax(logits), cut, strict=True)]
 
 
-class TurbofanPredictor:
+class TurbofanPredictor(CheckpointPredictor):
     """Raw engine cycles (3 settings + 21 sensors each) -> the checkpoint's score per window (predicted RUL, or
     reconstruction error), a health score in [0, 1] and the alarm flag of the checkpoint's detector."""
 
-    task = "turbofan"
+    task, inputs = "turbofan", ("window",)
 
     def __init__(self, ckpt: Path | str, runtime: str = "onnx") -> None:
         from training.data.cmapss import TurbofanPreprocessor
 
-        self.ckpt = Path(ckpt)
-        manifest = open_verified(self.ckpt, self.task)
-        pre = manifest.preprocessing
-        self.manifest, self.window, self.objective = manifest, int(pre["window"]), pre["objective"]
+        super().__init__(ckpt, runtime)
+        pre = self.pre
+        self.window, self.objective = int(pre["window"]), pre["objective"]
         self.detector, self.rul_cap = pre["detector"], float(pre.get("rul_cap") or 125.0)
         self.normalizer = TurbofanPreprocessor.from_dict(pre["normalizer"])
-        self.runner = ModelRunner(self.ckpt, manifest, runtime, ["window"])
 
     def features(self, settings: np.ndarray, sensors: np.ndarray) -> np.ndarray:
         return self.normalizer.transform_arrays(settings, sensors)

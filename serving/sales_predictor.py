@@ -16,12 +16,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving.predictor import ModelRunner, open_verified
+from serving.predictor import CheckpointPredictor
 from serving.refusal import Refused
 from training.checkpoint import verify_file
 from training.data.m5_features import ID_FIELDS, IdVocabulary, series_covariates
 
-INPUTS = ["past_sales", "past_alive", "past_covariates", "future_covariates", "ids"]
 HISTORY_FILE, SERIES_FILE = "history.safetensors", "series.csv"
 
 
@@ -33,15 +32,14 @@ class PostedSeries:
     ids: dict[str, str | None] | None = None  # item_id, dept_id, cat_id, store_id, state_id (any may be missing)
 
 
-class SalesPredictor:
-    task = "sales"
+class SalesPredictor(CheckpointPredictor):
+    task, inputs = "sales", ("past_sales", "past_alive", "past_covariates", "future_covariates", "ids")
 
     def __init__(self, ckpt: Path | str, runtime: str = "onnx") -> None:
         from safetensors.numpy import load_file
 
-        self.ckpt = Path(ckpt)
-        manifest = open_verified(self.ckpt, self.task)
-        pre = manifest.preprocessing
+        super().__init__(ckpt, runtime)
+        manifest, pre = self.manifest, self.pre
         self.context, self.horizon = int(pre["context"]), int(pre["horizon"])
         self.interval = pre.get("interval")  # quantiles of the validation errors, per day ahead
         self.first_date = dt.date.fromisoformat(pre["first_date"])
@@ -55,8 +53,6 @@ class SalesPredictor:
         self.index = {sid: i for i, sid in enumerate(self.series["id"])}
         # also by "ITEM_STORE", the id without the file's _validation/_evaluation suffix
         self.index.update({f"{r.item_id}_{r.store_id}": i for i, r in enumerate(self.series.itertuples())})
-        self.runner = ModelRunner(self.ckpt, manifest, runtime, INPUTS)
-        self.runtime = runtime
 
     @property
     def last_date(self) -> dt.date:

@@ -10,7 +10,6 @@ requests the model cannot answer alike (an unknown id, dates past the calendar),
 from __future__ import annotations
 
 import datetime as dt
-import os
 from typing import Annotated
 
 import bentoml
@@ -60,7 +59,7 @@ class SalesForecaster:
     def __init__(self) -> None:
         from serving.sales_predictor import SalesPredictor
 
-        self.predictor = SalesPredictor(os.environ["MODELYARD_CHECKPOINT"], os.environ.get("MODELYARD_RUNTIME", "onnx"))
+        self.predictor = SalesPredictor.from_env()
 
     @bentoml.api(route="/forecast")
     def forecast(self, series_id: Id | None = None, history: History | None = None,

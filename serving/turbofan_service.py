@@ -9,7 +9,6 @@ sets.
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 import bentoml
@@ -42,8 +41,7 @@ class TurbofanScorer:
     def __init__(self) -> None:
         from serving.predictor import TurbofanPredictor
 
-        self.predictor = TurbofanPredictor(os.environ["MODELYARD_CHECKPOINT"],
-                                           os.environ.get("MODELYARD_RUNTIME", "onnx"))
+        self.predictor = TurbofanPredictor.from_env()
 
     @bentoml.api(route="/score")
     def score(self, cycles: Annotated[list[Cycle], Field(min_length=1, max_length=MAX_CYCLES)]) -> EngineScore:

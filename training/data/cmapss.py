@@ -99,10 +99,6 @@ def load_subset(data_dir: Path, subset: str = "FD001") -> CmapssSubset:
     return CmapssSubset(subset, train, test, rul, digest.hexdigest())
 
 
-def read_engine_history(data_dir: Path, subset: str, split: str) -> pd.DataFrame:
-    return read_cycles(find_data_file(data_dir, f"{split}_{subset}.txt"))
-
-
 # --- generator ----------------------------------------------------------------------------------------------------
 
 # Shapes of the four real subsets: operating conditions and fault modes.
