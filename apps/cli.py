@@ -20,6 +20,7 @@ from rich.table import Table
 from apps import actions
 from apps.actions import CommandError, fmt
 from apps.commands import LazyGroup, build_command
+from streaming.retention import KEEP_RECORDS
 from training.options import Option
 from training.tasks.specs import export_formats
 
@@ -353,19 +354,22 @@ def data_synth(task: str, out: Path, seed: int) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="interface to bind")
 @click.option("--data-dir", type=PATH, default=Path("runs/broker"), show_default=True,
               help="where the broker keeps its data")
-def stream_broker(port: int, host: str, data_dir: Path) -> None:
+@click.option("--keep-records", type=click.IntRange(min=1), default=KEEP_RECORDS, show_default=True,
+              help="records kept per partition; older ones are deleted (bounds the broker's disk use)")
+def stream_broker(port: int, host: str, data_dir: Path, keep_records: int) -> None:
     """Run the embedded Kafka-protocol broker (noida-db) until Ctrl-C or SIGTERM."""
     import time
 
     from apps.signals import interrupt_on_sigterm
     from streaming.broker import BrokerError, EmbeddedBroker, ensure_topics
 
-    broker = EmbeddedBroker(data_dir, port, host)
+    broker = EmbeddedBroker(data_dir, port, host, keep_records)
     interrupt_on_sigterm()
     try:
         bootstrap = broker.start()
         ensure_topics(bootstrap)
-        console.print(f"Kafka broker ready: bootstrap servers {bootstrap} (data: {data_dir}); Ctrl-C stops it")
+        console.print(f"Kafka broker ready: bootstrap servers {bootstrap} (data: {data_dir}, the newest "
+                      f"{keep_records:,} records per partition); Ctrl-C stops it")
         while broker.process.poll() is None:
             time.sleep(0.5)
         fail(f"the broker exited with code {broker.process.returncode}; see {data_dir / 'broker.log'}")
@@ -427,8 +431,11 @@ def stream_replay(data_dir: Path, bootstrap_servers: str, subset: str, split: st
 @click.option("--runtime", type=click.Choice(["onnx", "torch"]), default="onnx", show_default=True)
 @click.option("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
 @click.option("--log-every", type=float, default=10.0, show_default=True, help="seconds between status lines")
+@click.option("--forget-after", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
+              help="forget an engine not heard from for this many seconds of stream (event) time")
 def stream_monitor(checkpoint: Path, bootstrap_servers: str, group: str, instance_id: str | None, consecutive: int,
-                   hysteresis: float | None, runtime: str, metrics_port: int | None, log_every: float) -> None:
+                   hysteresis: float | None, runtime: str, metrics_port: int | None, log_every: float,
+                   forget_after: float) -> None:
     """Score turbofan.sensors with the checkpoint's detector; alerts to turbofan.alerts, bad messages to
     turbofan.dlq; offsets committed after the alerts are produced. Runs until Ctrl-C or SIGTERM."""
     import logging
@@ -446,7 +453,8 @@ def stream_monitor(checkpoint: Path, bootstrap_servers: str, group: str, instanc
         wait_for_broker(bootstrap_servers, timeout=15)
         ensure_topics(bootstrap_servers)
         monitor = TurbofanMonitor(MonitorSettings(bootstrap_servers, checkpoint, group, instance_id, runtime,
-                                                  consecutive, hysteresis, log_every_s=log_every))
+                                                  consecutive, hysteresis, log_every_s=log_every,
+                                                  forget_after_s=forget_after))
         if metrics_port:
             serve_metrics(monitor, metrics_port)
     except (CheckpointError, BrokerError, KafkaError, ValueError) as exc:

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from apps import actions
 from training.export import onnx_file
+from training.processes import release_freed_memory
 
 
 class DemoError(RuntimeError):
@@ -99,6 +100,7 @@ def train_all(settings: DemoSettings, tasks: list[str], console: Console) -> lis
             if onnx_file(task):
                 actions.export(ckpt)
             retrained.add(run.name)
+            release_freed_memory()  # trained in this process, which then serves for days: keep only what it uses
         models.append(DemoModel(task, run.name, ckpt, reason is None, run.serve, run.live))
     return models
 

@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from streaming.retention import KEEP_RECORDS, RetentionKeeper
 from training.processes import dies_with_parent
 
 TOPICS = {"sensors": "turbofan.sensors", "alerts": "turbofan.alerts", "dlq": "turbofan.dlq"}
@@ -32,11 +33,14 @@ def broker_binary() -> Path:
 
 
 class EmbeddedBroker:
-    """`noida-db start --only kafka` in its own process group; persists its data under `data_dir`."""
+    """`noida-db start --only kafka` in its own process group; persists its data under `data_dir`, at most
+    `keep_records` per partition (streaming.retention; None: every record)."""
 
-    def __init__(self, data_dir: Path, port: int = 9092, host: str = "127.0.0.1") -> None:
-        self.data_dir, self.port, self.host = Path(data_dir), port, host
+    def __init__(self, data_dir: Path, port: int = 9092, host: str = "127.0.0.1",
+                 keep_records: int | None = KEEP_RECORDS) -> None:
+        self.data_dir, self.port, self.host, self.keep_records = Path(data_dir), port, host, keep_records
         self.process: subprocess.Popen | None = None
+        self.retention: RetentionKeeper | None = None
 
     @property
     def bootstrap_servers(self) -> str:
@@ -52,9 +56,14 @@ class EmbeddedBroker:
         self.process = subprocess.Popen(dies_with_parent(command), stdout=log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
         wait_for_broker(self.bootstrap_servers, timeout, self.process, self.data_dir / "broker.log")
+        if self.keep_records is not None and self.retention is None:
+            self.retention = RetentionKeeper(self.bootstrap_servers, self.keep_records).start()
         return self.bootstrap_servers
 
     def stop(self, timeout: float = 15.0) -> None:
+        if self.retention is not None:
+            self.retention.stop()
+            self.retention = None
         if self.process is None or self.process.poll() is not None:
             return
         os.killpg(self.process.pid, signal.SIGTERM)  # the broker saves its data on the way out

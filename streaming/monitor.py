@@ -19,7 +19,7 @@ import json
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from serving.predictor import TurbofanPredictor
-from streaming.alerts import AlertRule, AlertStateMachine
+from streaming.alerts import AlertRule, AlertStateMachine, EngineState
 from streaming.broker import TOPICS
 from streaming.schema import MessageError, SensorReading, parse_reading
 
@@ -48,6 +48,9 @@ class MonitorSettings:
     poll_ms: int = 100
     max_records: int = 2000
     log_every_s: float = 10.0
+    # An engine not heard from for this long in its partition's stream time (event times) is forgotten: its window,
+    # alert state and metric series go, so a replay that loops, or a fleet that turns over, keeps memory flat.
+    forget_after_s: float = 300.0
 
 
 class EngineWindow:
@@ -89,6 +92,7 @@ class MonitorStats:
 
 
 class TurbofanMonitor:
+    RETIRED_ENGINES = 100_000  # forgotten engines whose episode counts are kept
     def __init__(self, settings: MonitorSettings, predictor: TurbofanPredictor | None = None) -> None:
         self.settings = settings
         self.predictor = predictor or TurbofanPredictor(settings.checkpoint, settings.runtime)
@@ -96,6 +100,11 @@ class TurbofanMonitor:
         self.alerts = AlertStateMachine(self.rule)
         self.windows: dict[int, EngineWindow] = {}
         self.last_cycle: dict[int, int] = {}
+        self.last_event: dict[int, float] = {}  # engine -> event time of its latest reading
+        self.stream_time: dict[int, float] = {}  # partition -> newest event time read
+        # Forgotten engines' alert episodes so far (partition, count), so one that comes back continues its episode
+        # numbering and its alert keys stay unique; the oldest go first past RETIRED_ENGINES.
+        self.retired: OrderedDict[int, tuple[int, int]] = OrderedDict()
         # partition -> first offset this group has not processed yet (None: to be looked up after an assignment)
         self.replay_until: dict[Any, int | None] = {}
         # partition -> create time (ms) of its first message not committed before this assignment; and the
@@ -137,11 +146,35 @@ class TurbofanMonitor:
         return consumer, producer
 
     def _forget(self, partition: int) -> None:
+        """Everything known about a partition's engines (it is rebuilt from the partition when assigned again)."""
         for engine in [e for e, w in self.windows.items() if w.partition == partition]:
-            del self.windows[engine]
-            self.last_cycle.pop(engine, None)
-            self.alerts.engines.pop(engine, None)
-            self.latest.pop(engine, None)
+            self._forget_engine(engine)
+        for engine in [e for e, (p, _) in self.retired.items() if p == partition]:
+            del self.retired[engine]
+        self.stream_time.pop(partition, None)
+
+    def _forget_engine(self, engine: int) -> None:
+        self.last_cycle.pop(engine, None)
+        self.last_event.pop(engine, None)
+        self._retire(engine)
+
+    def _retire(self, engine: int) -> None:
+        """Drop an engine's window, alert state and latest score, keeping its episode count."""
+        window = self.windows.pop(engine, None)
+        self.latest.pop(engine, None)
+        state = self.alerts.engines.pop(engine, None)
+        if window is not None and state is not None:
+            self.retired[engine] = (window.partition, state.episode)
+            self.retired.move_to_end(engine)
+            while len(self.retired) > self.RETIRED_ENGINES:
+                self.retired.popitem(last=False)
+
+    def _forget_quiet(self) -> None:
+        """Forget the engines not heard from for forget_after_s of their partition's stream time."""
+        forget_after = self.settings.forget_after_s
+        for engine, window in list(self.windows.items()):
+            if self.last_event.get(engine, 0.0) < self.stream_time.get(window.partition, 0.0) - forget_after:
+                self._forget_engine(engine)
 
     def stop(self) -> None:
         self._stop.set()
@@ -183,7 +216,9 @@ class TurbofanMonitor:
         from kafka import OffsetAndMetadata
         from kafka.errors import CommitFailedError
 
-        readings: list[tuple[SensorReading, int, bool]] = []  # in arrival order: reading, partition, silent
+        # In arrival order: reading, partition, silent (re-read after an assignment), and whether it begins a new
+        # history of its engine (heard again after forget_after_s).
+        readings: list[tuple[SensorReading, int, bool, bool]] = []
         offsets = {}
         for tp in batches:
             if self.replay_until.get(tp, 0) is None:
@@ -193,14 +228,15 @@ class TurbofanMonitor:
                 silent = record.offset < self.replay_until.get(tp, 0)
                 if not silent:
                     self.resume_ms.setdefault(tp, record.timestamp)
-                reading = self._validate(record, silent)
+                reading, fresh = self._validate(record, silent)
                 if reading is not None:
-                    readings.append((reading, record.partition, silent))
+                    readings.append((reading, record.partition, silent, fresh))
             # Never move a partition's offset back while its history is being re-read after an assignment.
             if records[-1].offset + 1 > self.replay_until.get(tp, 0):
                 offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
         if readings:
             self._score_and_alert(readings)
+            self._forget_quiet()
         self.producer.flush()  # alerts and dead letters are on the broker before the offsets move
         if offsets:
             try:
@@ -208,40 +244,50 @@ class TurbofanMonitor:
             except CommitFailedError as exc:  # the partitions moved: their new owner rebuilds from the last commit
                 log.warning("offsets not committed (%s); their messages will be processed again", exc)
 
-    def _validate(self, record, silent: bool) -> SensorReading | None:
-        """A well-formed reading that continues its engine's history, or None (dead-lettered unless re-read)."""
+    def _validate(self, record, silent: bool) -> tuple[SensorReading | None, bool]:
+        """A well-formed reading that continues its engine's history (or, after a silence of forget_after_s, begins
+        a new one: then True), or None (dead-lettered unless re-read)."""
         try:
             reading = parse_reading(record.value)
-            last = self.last_cycle.get(reading.engine_id, 0)
+            engine = reading.engine_id
+            # Decided here, in the order of the partition's records, so a history re-read after an assignment
+            # (in other batches) is cut where it was cut the first time.
+            fresh = reading.event_time - self.last_event.get(engine, reading.event_time) > self.settings.forget_after_s
+            last = 0 if fresh else self.last_cycle.get(engine, 0)
             if reading.cycle <= last:
                 raise MessageError(f"out-of-order cycle {reading.cycle} for engine {reading.engine_id} "
                                    f"(last seen {last})")
         except MessageError as exc:
             if not silent:
                 self._dead_letter(record, str(exc))
-            return None
-        self.last_cycle[reading.engine_id] = reading.cycle
-        return reading
+            return None, False
+        self.last_cycle[engine], self.last_event[engine] = reading.cycle, reading.event_time
+        self.stream_time[record.partition] = max(self.stream_time.get(record.partition, 0.0), reading.event_time)
+        return reading, fresh
 
-    def _score_and_alert(self, readings: list[tuple[SensorReading, int, bool]]) -> None:
-        features = self.predictor.features(np.array([r.settings for r, _, _ in readings]),
-                                           np.array([r.sensors for r, _, _ in readings]))  # one call per poll
+    def _score_and_alert(self, readings: list[tuple[SensorReading, int, bool, bool]]) -> None:
+        features = self.predictor.features(np.array([r[0].settings for r in readings]),
+                                           np.array([r[0].sensors for r in readings]))  # one call per poll
         windows = np.empty((len(readings), self.predictor.window, features.shape[1]), dtype=np.float32)
-        for i, ((reading, partition, silent), row) in enumerate(zip(readings, features, strict=True)):
+        for i, ((reading, partition, silent, fresh), row) in enumerate(zip(readings, features, strict=True)):
+            if fresh:
+                self._retire(reading.engine_id)
             window = self.windows.get(reading.engine_id)
             if window is None:
                 window = self.windows[reading.engine_id] = EngineWindow(partition, self.predictor.window,
                                                                         features.shape[1])
+                if reading.engine_id in self.retired:
+                    self.alerts.engines[reading.engine_id] = EngineState(episode=self.retired.pop(reading.engine_id)[1])
             window.append(row)
             window.write(windows[i])  # as it is at this cycle
             if not silent:
                 self.stats.messages += 1
         scores = self.predictor.score(windows)  # one model call per poll
         now = time.time()
-        self.stats.scored_latencies.extend(now - r.event_time for r, _, silent in readings if not silent)
-        for (reading, _, silent), score in zip(readings, scores.tolist(), strict=True):
+        self.stats.scored_latencies.extend(now - r.event_time for r, _, silent, _ in readings if not silent)
+        for (reading, _, silent, _), score in zip(readings, scores.tolist(), strict=True):
             alert = self.alerts.update(reading.engine_id, reading.cycle, score, reading.event_time)
-            self.latest[reading.engine_id] = {"cycle": reading.cycle, "score": score,
+            self.latest[reading.engine_id] = {"cycle": reading.cycle, "score": score, "event_time": reading.event_time,
                                               "state": self.alerts.state_of(reading.engine_id)}
             if alert is not None and not silent:
                 self._publish(alert)
@@ -367,11 +413,16 @@ def serve_metrics(monitor: TurbofanMonitor, port: int, host: str = "127.0.0.1") 
             score = GaugeMetricFamily("modelyard_monitor_engine_score", "latest score per engine",
                                       labels=["engine", "state"])
             cycle = GaugeMetricFamily("modelyard_monitor_engine_cycle", "latest cycle per engine", labels=["engine"])
+            seen = GaugeMetricFamily("modelyard_monitor_engine_event_time_seconds",
+                                     "event time of the engine's latest reading", labels=["engine"])
             for engine, latest in sorted(dict(monitor.latest).items()):
                 score.add_metric([str(engine), latest["state"]], latest["score"])
                 cycle.add_metric([str(engine)], latest["cycle"])
-            yield score
-            yield cycle
+                seen.add_metric([str(engine)], latest["event_time"])
+            yield from (score, cycle, seen)
+            yield GaugeMetricFamily("modelyard_monitor_stream_time_seconds", "newest event time read",
+                                    value=max(dict(monitor.stream_time).values(), default=0.0))
+            yield GaugeMetricFamily("modelyard_monitor_engines", "engines monitored now", value=len(monitor.windows))
 
     registry = CollectorRegistry()
     registry.register(MonitorCollector())

@@ -271,7 +271,8 @@ def drawn_chart(driver) -> dict:
 
 def test_dashboard_shows_live_scores_and_an_alert_in_a_headless_browser(broker, turbofan_ckpt, stream, expected_alerts,
                                                                        browser, tmp_path):
-
+    """The replay loops (each pass new engine ids, +1000): read after two passes, the chart draws only engines
+    streaming now, each a line of several polled cycles; the alert feed shows every pass's alerts."""
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -283,7 +284,7 @@ def test_dashboard_shows_live_scores_and_an_alert_in_a_headless_browser(broker, 
     serve_metrics(running, metrics_port)
     thread = threading.Thread(target=running.run, daemon=True)
     thread.start()
-    app = contextlib.ExitStack()
+    app, stop_replay = contextlib.ExitStack(), threading.Event()
     try:
         browser.get(app.enter_context(running_app(tmp_path, "--bootstrap-servers", broker.bootstrap_servers,
                                                   "--monitor-metrics", f"http://127.0.0.1:{metrics_port}/metrics")))
@@ -292,19 +293,25 @@ def test_dashboard_shows_live_scores_and_an_alert_in_a_headless_browser(broker, 
                                          if e.is_displayed()), None))
         browser.execute_script("arguments[0].click()", tab)  # the page may still be laying out
         streaming = threading.Thread(target=replay, args=(broker.bootstrap_servers, stream),
-                                     kwargs={"rate": 400, "progress": False})
-        streaming.start()  # about 20 s of live fleet: the chart is read while engines stream
+                                     kwargs={"rate": 600, "loop": True, "stop": stop_replay, "progress": False})
+        streaming.start()  # about 10 s a pass
 
-        def lines_drawn(d) -> dict | None:
+        def lines_drawn_in_third_pass(d) -> dict | None:
             chart = drawn_chart(d)
-            return chart if sum(line["points"] >= 3 for line in chart["engines"].values()) >= 2 else None
+            ids = [int(engine.split("-")[1]) for engine in chart["engines"]]
+            return chart if sum(i > 2000 for i in ids) >= 2 and running.stats.messages > 2 * len(stream) else None
 
         try:
-            chart = wait.until(lines_drawn)
+            chart = wait.until(lines_drawn_in_third_pass)
+            latest = dict(running.latest)
+            newest = max(item["event_time"] for item in latest.values())
         finally:
             browser.save_screenshot(str(tmp_path / "turbofan-tab.png"))
+            stop_replay.set()
         for engine, line in chart["engines"].items():  # a line through the polled cycles, a point at each
-            assert line["segments"] == max(0, line["points"] - 1), (engine, line)
+            assert line["points"] > 1 and line["segments"] == line["points"] - 1, (engine, line)
+            engine_id = int(engine.split("-")[1])  # streaming: heard from within seconds of the newest reading
+            assert engine_id in latest and latest[engine_id]["event_time"] > newest - 15, (engine, chart["engines"])
         for axis in ("x", "y"):  # numeric axes: a few increasing numbers, not one label per category
             values = [float(text.replace("\u2212", "-")) for text in chart[f"{axis}_ticks"]]
             assert 3 <= len(values) <= 15 and values == sorted(values), (axis, chart[f"{axis}_ticks"])
@@ -313,23 +320,92 @@ def test_dashboard_shows_live_scores_and_an_alert_in_a_headless_browser(broker, 
         # Wait for the whole backlog's alerts: the table draws only the newest rows in view, so a key read while
         # the monitor is still raising alerts may have scrolled out of the page by the time it is checked.
         deadline = time.monotonic() + 120
-        while alerts_by_key(broker.bootstrap_servers, idle_s=1.0) != expected_alerts:
+        while True:
+            raised = alerts_by_key(broker.bootstrap_servers, idle_s=1.0)
+            if {k: c for k, c in raised.items() if int(k.split("-")[1]) < 1000} == expected_alerts:
+                break
             assert time.monotonic() < deadline, "the monitor did not raise the expected alerts"
+        for key, cycle in raised.items():  # a later pass's engine alerts where the first pass's did
+            engine = int(key.split("-")[1])
+            assert expected_alerts[f"engine-{engine % 1000}-episode-1"] == cycle, key
 
         def shows_every_alert(d) -> bool:
             status, table = (d.find_element(By.ID, f"turbofan-{name}").text for name in ("status", "alerts"))
-            return f"{len(expected_alerts)} alerts so far" in status and any(key in table for key in expected_alerts)
+            return f"{len(raised)} alerts so far" in status and any(key in table for key in raised)
 
         try:
             wait.until(shows_every_alert)
         except TimeoutException:
             browser.save_screenshot(str(tmp_path / "turbofan-tab.png"))
             page = {name: browser.find_elements(By.ID, f"turbofan-{name}") for name in ("status", "alerts")}
-            pytest.fail(f"{len(expected_alerts)} alerts raised, the page does not show them after 120 s; "
+            pytest.fail(f"{len(raised)} alerts raised, the page does not show them after 120 s; "
                         f"status: {[e.text for e in page['status']]}; alerts: {[e.text for e in page['alerts']]}; "
                         f"app log: {(tmp_path / 'app.log').read_text()[-3000:]}")
-        assert "engines monitored" in browser.find_element(By.ID, "turbofan-status").text
+        assert "streaming now" in browser.find_element(By.ID, "turbofan-status").text
     finally:
+        stop_replay.set()
         app.close()
         running.stop()
         thread.join(30)
+
+
+def test_engines_gone_quiet_are_forgotten_and_one_heard_again_starts_a_new_history(broker, turbofan_ckpt, stream,
+                                                                                    expected_alerts):
+    """Engine A runs to failure, then B, then A again from cycle 1 after a silence longer than forget_after_s (all
+    in one partition, event times spaced so): B and A's first history are forgotten (windows, alert state, metric
+    series), A's second history is accepted rather than dead-lettered as out of order, and its alert continues A's
+    episode numbering, so the keys stay unique."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    from streaming.monitor import serve_metrics
+    from streaming.schema import reading_from_row
+
+    units = sorted(stream["unit"].unique())
+    a, b = (stream[stream["unit"] == u] for u in units[:2])
+    forget_after, start = 100.0, time.time() - 10_000
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks="all")
+    for engine, offset in ((a, 0.0), (b, 1_000.0), (a, 2_000.0)):
+        for i, row in enumerate(engine.itertuples(index=False)):
+            reading = reading_from_row(list(row), event_time=start + offset + i)
+            producer.send(TOPICS["sensors"], key=str(reading.engine_id).encode(), value=reading.to_bytes(),
+                          partition=0)
+    producer.flush()
+    producer.close()
+
+    running = TurbofanMonitor(MonitorSettings(broker.bootstrap_servers, turbofan_ckpt, group="forget",
+                                              forget_after_s=forget_after))
+    metrics_port = free_port()
+    serve_metrics(running, metrics_port)
+    thread = threading.Thread(target=running.run)  # inspected while it runs: closing hands its partitions back
+    thread.start()
+    # Until the group has committed every record: all processed, including what follows the scoring.
+    offsets = KafkaConsumer(bootstrap_servers=broker.bootstrap_servers, group_id="forget", enable_auto_commit=False)
+    deadline = time.monotonic() + 120
+    while (offsets.committed(TopicPartition(TOPICS["sensors"], 0)) or 0) < 2 * len(a) + len(b):
+        assert time.monotonic() < deadline, "the monitor did not process the stream in 120 s"
+        time.sleep(0.2)
+    offsets.close()
+    try:
+        check_forgotten(running, broker, units, a, b, expected_alerts, metrics_port)
+    finally:
+        running.stop()
+        thread.join(30)
+
+
+def check_forgotten(running, broker, units, a, b, expected_alerts, metrics_port) -> None:
+    import urllib.request
+
+    a_id, b_id = int(units[0]), int(units[1])
+    assert running.stats.dlq == 0 and running.stats.messages == 2 * len(a) + len(b)
+    assert set(running.windows) == {a_id} and set(running.alerts.engines) == {a_id}
+    assert set(running.latest) == {a_id} and b_id in running.retired
+    first = expected_alerts[f"engine-{a_id}-episode-1"]
+    assert alerts_by_key(broker.bootstrap_servers) == {f"engine-{a_id}-episode-1": first,
+                                                       f"engine-{a_id}-episode-2": first,
+                                                       f"engine-{b_id}-episode-1":
+                                                           expected_alerts[f"engine-{b_id}-episode-1"]}
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    engines = {line.split('engine="')[1].split('"')[0] for line in text.splitlines()
+               if line.startswith("modelyard_monitor_engine_score{")}
+    assert engines == {str(a_id)} and "modelyard_monitor_engines 1.0" in text

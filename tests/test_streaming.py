@@ -94,19 +94,40 @@ def test_replay_cli_refuses_bad_input_in_one_line(tmp_path, synthetic_cmapss):
                          "no Kafka broker answered")
 
 
-def test_broker_command_starts_prints_bootstrap_and_stops_on_sigterm(tmp_path):
+def test_broker_command_starts_prints_bootstrap_keeps_its_retention_and_stops_on_sigterm(tmp_path):
+    """--keep-records: the broker's older records are deleted (through DeleteRecords) and its data file shrinks."""
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "apps.cli", "stream", "broker", "--port", str(port),
-                                "--data-dir", str(tmp_path / "data")], cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                                "--data-dir", str(tmp_path / "data"), "--keep-records", "100"], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline()
-        assert f"bootstrap servers 127.0.0.1:{port}" in line, line + process.stderr.read()
-        from kafka import KafkaAdminClient
-
-        admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}")
+        bootstrap = f"127.0.0.1:{port}"
+        assert f"bootstrap servers {bootstrap}" in line, line + process.stderr.read()
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
         assert set(TOPICS.values()) <= set(admin.list_topics())
         admin.close()
+
+        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        for i in range(2000):
+            producer.send(TOPICS["sensors"], key=str(i % 50).encode(), value=reading_from_row(ROW).to_bytes())
+        producer.flush()
+        producer.close()
+        data = tmp_path / "data" / "kafka.json"
+        reader = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+        parts = [TopicPartition(TOPICS["sensors"], p) for p in reader.partitions_for_topic(TOPICS["sensors"])]
+        deadline = time.monotonic() + 60  # the broker's retention pass runs every 10 s
+        while True:
+            held = {tp: reader.end_offsets([tp])[tp] - reader.beginning_offsets([tp])[tp] for tp in parts}
+            if max(held.values()) <= 100:
+                break
+            assert time.monotonic() < deadline, f"records still held after 60 s: {held}"
+            time.sleep(1)
+        reader.close()
+        time.sleep(2)  # the broker writes its snapshot about once a second
+        assert data.stat().st_size < 600_000, data.stat().st_size  # 2,000 messages held took 1.8 MB
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0

@@ -32,3 +32,19 @@ def die_with_parent_now(sig: int = signal.SIGKILL) -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
     if os.getppid() != parent or parent == 1:  # the parent died before the request took effect
         os._exit(1)
+
+
+def release_freed_memory() -> None:
+    """Hand memory that Python and the libraries have freed back to the system. glibc keeps freed heap pages (and,
+    having raised its mmap threshold after large frees, puts later large arrays there too), so a process that trained
+    models in-process keeps their size resident long after; malloc_trim returns the free pages of every arena."""
+    import gc
+
+    gc.collect()
+    if sys.platform == "linux":
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+            pass

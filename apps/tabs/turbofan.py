@@ -88,6 +88,7 @@ class FleetReading:
     """One poll of the monitor's /metrics: per engine its latest score, state and cycle, and the alarm rule."""
 
     engines: dict[int, dict[str, Any]] = field(default_factory=dict)
+    stream_time: float = 0.0  # the newest event time the monitor has read
     threshold: float | None = None
     score: str = "predicted_rul"  # or reconstruction_error
     alarm_when_high: bool = False
@@ -107,6 +108,10 @@ def read_fleet(metrics_url: str) -> FleetReading:
                                                                                     state=sample.labels["state"])
             elif sample.name == "modelyard_monitor_engine_cycle":
                 reading.engines.setdefault(int(sample.labels["engine"]), {})["cycle"] = int(sample.value)
+            elif sample.name == "modelyard_monitor_engine_event_time_seconds":
+                reading.engines.setdefault(int(sample.labels["engine"]), {})["event_time"] = sample.value
+            elif sample.name == "modelyard_monitor_stream_time_seconds":
+                reading.stream_time = sample.value
             elif sample.name == "modelyard_monitor_alarm_threshold":
                 reading.threshold, reading.score = sample.value, sample.labels["score"]
                 reading.alarm_when_high = sample.labels["direction"] == "above"
@@ -115,31 +120,30 @@ def read_fleet(metrics_url: str) -> FleetReading:
 
 
 class ScoreHistory:
-    """Score per engine and cycle as polled, for the chart: the `engines` most at risk among those still streaming
-    (an engine whose cycle has not moved for `stale_polls` polls has left the replay and is not drawn)."""
+    """Score per engine and cycle as polled, for the chart: the `engines` most at risk among those streaming now
+    (heard from within `live_s` of the monitor's stream time). Engines that stop streaming are dropped, so the
+    history stays as small as the fleet that streams."""
 
-    def __init__(self, engines: int = 8, keep: int = 200, stale_polls: int = 30) -> None:
-        self.engines, self.keep, self.stale_polls = engines, keep, stale_polls
+    def __init__(self, engines: int = 8, keep: int = 200, live_s: float = 10.0) -> None:
+        self.engines, self.keep, self.live_s = engines, keep, live_s
         self.history: dict[int, dict[int, float]] = {}
         self.latest: dict[int, dict[str, Any]] = {}
-        self.moved_at: dict[int, int] = {}  # engine -> poll at which its cycle last advanced
-        self.polls = 0
 
-    def update(self, scores: dict[int, dict[str, Any]]) -> None:
-        self.polls += 1
-        for engine, item in scores.items():
-            if "cycle" in item and "score" in item:
-                points = self.history.setdefault(engine, {})
-                if item["cycle"] not in points:
-                    self.moved_at[engine] = self.polls
-                points[item["cycle"]] = item["score"]
-                if len(points) > self.keep:
-                    points.pop(min(points))
-        self.latest = scores
+    def update(self, scores: dict[int, dict[str, Any]], stream_time: float) -> None:
+        since = stream_time - self.live_s
+        self.latest = {e: item for e, item in scores.items()
+                       if {"cycle", "score"} <= item.keys() and item.get("event_time", 0.0) >= since}
+        self.history = {e: points for e, points in self.history.items() if e in self.latest}
+        for engine, item in self.latest.items():
+            points = self.history.setdefault(engine, {})
+            points[item["cycle"]] = item["score"]
+            if len(points) > self.keep:
+                points.pop(min(points))
 
     def at_risk(self, alarm_when_high: bool = False) -> list[int]:
-        live = [e for e in self.latest if self.polls - self.moved_at.get(e, -self.stale_polls) < self.stale_polls]
-        return sorted(live, key=lambda e: self.latest[e].get("score", 0), reverse=alarm_when_high)[:self.engines]
+        """Engines to draw: streaming now, with at least two cycles polled (a line, not a dot)."""
+        lines = [e for e in self.latest if len(self.history.get(e, ())) > 1]
+        return sorted(lines, key=lambda e: self.latest[e]["score"], reverse=alarm_when_high)[:self.engines]
 
 
 def fleet_chart(history: ScoreHistory, reading: FleetReading) -> str:
@@ -185,8 +189,8 @@ def build(values: dict[str, Any]) -> None:
     feed, history = AlertFeed(bootstrap_servers), ScoreHistory()
     gr.Markdown(f"Live fleet: the {history.engines} engines closest to failure among those streaming, from the "
                 f"monitor at {metrics_url}, and alerts from `{TOPICS['alerts']}` on {bootstrap_servers}. The demo's "
-                "replay loops over the test engines, and each pass is a new fleet with new engine ids (+1000 per "
-                "pass), so the count of engines monitored grows with every loop.")
+                "replay loops over the test engines, each pass a new fleet with new engine ids (+1000 per pass); "
+                "the monitor forgets an engine it has not heard from for five minutes of stream time.")
     status = gr.Markdown("waiting for the monitor ...", elem_id="turbofan-status")
     chart = gr.HTML(fleet_chart(history, FleetReading()), elem_id="turbofan-chart")
     alerts = gr.Dataframe(feed.table(), label="alerts (newest first)", elem_id="turbofan-alerts",
@@ -196,9 +200,10 @@ def build(values: dict[str, Any]) -> None:
         reading = FleetReading()
         try:
             reading = read_fleet(metrics_url)
-            history.update(reading.engines)
-            firing = sum(1 for item in history.latest.values() if item.get("state") == "firing")
-            message = f"{len(history.latest)} engines monitored, {firing} in alarm, {len(feed.rows)} alerts so far"
+            history.update(reading.engines, reading.stream_time)
+            firing = sum(1 for item in reading.engines.values() if item.get("state") == "firing")
+            message = (f"{len(reading.engines)} engines monitored ({len(history.latest)} streaming now), {firing} in "
+                       f"alarm, {len(feed.rows)} alerts so far")
             if feed.error:
                 message += f" (alert feed: {feed.error})"
         except (urllib.error.URLError, OSError, ValueError) as exc:
