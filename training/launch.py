@@ -18,7 +18,7 @@ import torch
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 
 from training.config import TrainConfig
-from training.engine.backends import backend_class
+from training.engine.backends import BACKENDS, backend_class
 from training.engine.backends.base import StrategyUnavailable
 from training.engine.distributed import DistContext, free_port, resolve_device, resolve_precision
 from training.engine.trainer import EPOCHS_DIR
@@ -53,8 +53,11 @@ def resolve_data_dir(cfg: TrainConfig) -> Path:
 
 
 def _precision(cfg: TrainConfig, device: str) -> str:
-    """--precision as it will run: auto becomes the task's choice where the device computes it natively."""
-    return resolve_precision(cfg.precision, device, task_spec(cfg.task).precision)
+    """--precision as it will run: auto becomes the task's choice where the device computes it natively and the
+    strategy can run it."""
+    backend = BACKENDS.get(cfg.backend)
+    fp32_only = backend is not None and cfg.strategy in backend.fp32_only
+    return resolve_precision(cfg.precision, device, "fp32" if fp32_only else task_spec(cfg.task).precision)
 
 
 def planned(cfg: TrainConfig) -> TrainConfig:

@@ -72,6 +72,8 @@ class Backend(ABC):
     flattening: ClassVar[tuple[str, ...]] = ()
     # Strategies that split the model across processes, with the size options (tp, pp) each one takes.
     model_parallel: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # Strategies that cannot run under autocast: --precision auto gives them fp32, bf16 or fp16 is refused.
+    fp32_only: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, strategy: str, ctx: DistContext, cfg: TrainConfig) -> None:
         self.strategy, self.ctx, self.cfg = strategy, ctx, cfg
