@@ -17,6 +17,7 @@ from streaming.retention import KEEP_RECORDS, RetentionKeeper
 from training.processes import dies_with_parent
 
 TOPICS = {"sensors": "turbofan.sensors", "alerts": "turbofan.alerts", "dlq": "turbofan.dlq"}
+PARTITIONS = 4  # per topic; sensors are keyed by engine, so partitions spread engines across monitors
 
 
 class BrokerError(RuntimeError):
@@ -128,7 +129,7 @@ def wait_for_broker(bootstrap_servers: str, timeout: float = 30.0, process: subp
     raise BrokerError(f"no Kafka broker answered at {bootstrap_servers} within {timeout:.0f} s")
 
 
-def ensure_topics(bootstrap_servers: str, partitions: int = 4) -> None:
+def ensure_topics(bootstrap_servers: str, partitions: int = PARTITIONS) -> None:
     """Create the turbofan topics where missing (sensors keyed by engine: partitions spread engines)."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,14 @@ def cmapss_dir(synthetic_cmapss) -> Path:
 
 
 _HANDED_OUT: set[int] = set()
+
+
+def wait_for(condition, what: str, timeout: float = 60.0, every: float = 0.1) -> None:
+    """Wait until condition() is true (a state the test needs, never a guess at how long the machine takes)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
+        time.sleep(every)
 
 
 def free_port(count: int = 2) -> int:

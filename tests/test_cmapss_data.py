@@ -77,12 +77,23 @@ def test_real_fd001_sensor_selection_matches_literature():
 
 
 def test_preprocessing_is_fitted_on_training_rows_only(cmapss_dir):
-    data = load_subset(cmapss_dir, "FD001")
-    pre = TurbofanPreprocessor.fit(data.train)
-    train_features = pre.transform(data.train)
-    assert np.allclose(train_features.mean(axis=0), 0, atol=1e-3)
+    """What the turbofan recipe trains with: the normaliser's statistics are those of the training engines' rows,
+    computed here from the file, not of the validation engines' or the test rows."""
+    from training.tasks.turbofan import load_data
+
+    data = load_data(cmapss_dir, "FD001", seed=0)
+    pre, train = data.preprocessor, data.subset.train
+    assert len(pre.condition_centroids) == 1  # FD001: one operating condition, so one mean and std per sensor
+    fitted_on = {"training engines": train[train["unit"].isin(data.train_units)],
+                 "all training rows": train, "test rows": data.subset.test}
+    means = {name: rows[pre.sensors].mean().to_numpy() for name, rows in fitted_on.items()}
+    np.testing.assert_allclose(pre.mean[0], means["training engines"], rtol=1e-9)
+    np.testing.assert_allclose(pre.std[0], fitted_on["training engines"][pre.sensors].std(ddof=0).to_numpy(),
+                               rtol=1e-6)
+    assert not np.allclose(pre.mean[0], means["all training rows"], rtol=0, atol=1e-9)
+    assert not np.allclose(pre.mean[0], means["test rows"], rtol=0, atol=1e-9)
     restored = TurbofanPreprocessor.from_dict(pre.to_dict())
-    assert np.array_equal(restored.transform(data.test), pre.transform(data.test))
+    assert np.array_equal(restored.transform(data.subset.test), pre.transform(data.subset.test))
 
 
 def test_windows_align_with_cycles_and_pad_with_first_row():

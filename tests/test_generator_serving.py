@@ -242,13 +242,18 @@ def test_sequences_join_and_leave_one_running_batch_and_decode_as_alone(exported
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=15 + 3 * len(expected),
                              do_sample=False, eos_token_id=None, pad_token_id=tokenizer.eos_token_id)
         expected.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
-    for pause in (0.003, 0.0):  # arriving while others decode; arriving together (one prefill, left-padded)
+    for joining in (True, False):  # each arriving while the others decode; all arriving together (one prefill)
         # no stop tokens: every sequence runs to its max_new_tokens, like generate() above
         batcher = ContinuousBatcher(served.decoder, tokenizer, stop_ids=set(), max_batch=8)
         results, finished = {}, threading.Event()
+        started, queued = [threading.Event() for _ in PROMPTS], [threading.Event() for _ in PROMPTS]
 
-        def collector(i, results=results, finished=finished):
+        def collector(i, results=results, finished=finished, started=started, queued=queued, joining=joining):
             def emit(kind, payload):
+                if kind == "token":
+                    started[i].set()
+                    if joining and i + 1 < len(PROMPTS):  # (on the engine thread) hold it until the next prompt
+                        assert queued[i + 1].wait(30)     # is queued: that one joins while this one decodes
                 if kind == "done":
                     results[i] = payload
                     if len(results) == len(PROMPTS):
@@ -257,10 +262,12 @@ def test_sequences_join_and_leave_one_running_batch_and_decode_as_alone(exported
 
         for i, prompt in enumerate(PROMPTS):
             ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            batcher.submit(Generation(ids, Decoding(max_new_tokens=15 + 3 * i, temperature=0), collector(i)))
-            time.sleep(pause)
+            decoding = Decoding(max_new_tokens=15 + 3 * i, temperature=0, logprobs=0)  # an event for every token
+            batcher.submit(Generation(ids, decoding, collector(i)))
+            queued[i].set()
+            assert not joining or started[i].wait(30)
         assert finished.wait(60)
-        assert [results[i]["text"] for i in range(len(PROMPTS))] == expected, pause
+        assert [results[i]["text"] for i in range(len(PROMPTS))] == expected, joining
         tokens = sum(r["generated_tokens"] for r in results.values())
         assert batcher.steps < tokens - len(PROMPTS)  # fewer forward passes than one per token: decoded together
         assert batcher.batched_rows / batcher.steps > 1.2
@@ -271,15 +278,20 @@ def test_a_cancelled_generation_leaves_the_batch(generator_ckpt):
     tokenizer = runtime.tokenizer
     events = []
     done = threading.Event()
+
+    def emit(kind: str, payload: dict) -> None:
+        events.append((kind, payload))
+        if [k for k, _ in events].count("text") == 3:
+            generation.cancel()  # the caller leaves after its third piece, while the batcher decodes
+        if kind == "done":
+            done.set()
+
     generation = Generation(tokenizer("The castle", add_special_tokens=False)["input_ids"],
-                            Decoding(max_new_tokens=200, temperature=0),
-                            lambda kind, payload: (events.append((kind, payload)), kind == "done" and done.set()))
+                            Decoding(max_new_tokens=200, temperature=0), emit)
     runtime.batcher.stop_ids = set()
     runtime.batcher.submit(generation)
-    time.sleep(0.05)
-    generation.cancel()
-    assert done.wait(10)
-    assert events[-1][1]["finish_reason"] == "cancelled" and events[-1][1]["generated_tokens"] < 200
+    assert done.wait(30)
+    assert events[-1][1]["finish_reason"] == "cancelled" and events[-1][1]["generated_tokens"] < 10
     assert runtime.batcher.active == 0
 
 
@@ -315,6 +327,18 @@ def test_a_place_is_held_from_admission_to_the_last_event_read(generator_ckpt):
 
 # --- the app ------------------------------------------------------------------------------------------------------
 
+# Records every text the output box shows, as the page changes it (Gradio sets the value property, which a
+# MutationObserver does not see).
+WATCH_OUTPUT = """
+    window.outputsShown = [];
+    setInterval(() => {
+        const box = document.querySelector('#generator-output textarea');
+        const seen = window.outputsShown;
+        if (box && seen[seen.length - 1] !== box.value) seen.push(box.value);
+    }, 2);
+"""
+
+
 def test_gradio_generator_tab_streams_text_in_a_headless_browser(api, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -324,12 +348,15 @@ def test_gradio_generator_tab_streams_text_in_a_headless_browser(api, browser, t
         browser.get(url)
         prompt = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#generator-prompt textarea"))
         prompt.send_keys("The castle was")
+        browser.execute_script(WATCH_OUTPUT)
         browser.find_element(By.CSS_SELECTOR, "#generator-submit").click()
         wait.until(lambda d: "finished" in d.find_element(By.CSS_SELECTOR, "#generator-status").text)
         text = browser.find_element(By.CSS_SELECTOR, "#generator-output textarea").get_attribute("value")
         status = browser.find_element(By.CSS_SELECTOR, "#generator-status").text
         generated = int(re.search(r"(\d+) generated", status).group(1))
         assert len(text.split()) >= 5 and 5 <= generated <= 80  # the tab's default: at most 80 new tokens
+        shown = [value for value in browser.execute_script("return window.outputsShown") if value]
+        assert len(shown) >= 3 and all(text.startswith(value) for value in shown), shown  # grew piece by piece
         browser.save_screenshot(str(tmp_path / "generator-tab.png"))
 
 

@@ -199,7 +199,8 @@ def test_impossible_news_settings_are_refused_in_one_line(tmp_path, news_dir, ti
 @pytest.mark.timeout(3700)  # the global 600 s would cut its own longer waits short
 def test_minilm_accuracy_on_real_ag_news(tmp_path):
     """The issue's measurement: MiniLM fine-tuned on a stratified 6,000 of the real AG News test.csv rows,
-    evaluated on the other 1,600 (only test.csv is public here). Target accuracy >= 0.88."""
+    evaluated on the other 1,600 (only test.csv is public here). Target accuracy >= 0.88, and ahead of the TF-IDF
+    baseline the same run fits on the same rows."""
     root = os.environ.get("MODELYARD_DATA")
     files = list((Path(root) / "ag_news").glob("test.csv*")) if root else []
     if not files:
@@ -210,7 +211,7 @@ def test_minilm_accuracy_on_real_ag_news(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["test_rows"] == 1600
-    assert report["accuracy"] >= 0.88, report["accuracy"]
+    assert report["accuracy"] >= 0.88 and report["accuracy"] > report["baseline"]["accuracy"], report
 
 
 def test_tensor_parallel_run_resumes_from_per_rank_optimizer_shards(tmp_path, news_dir, tiny_encoders):

@@ -90,18 +90,28 @@ def test_over_long_text_is_truncated_and_flagged(api):
     assert status == 200 and [item["truncated"] for item in body] == [True, False]
 
 
+def batch_sizes(api: str) -> tuple[float, float]:
+    """From BentoML's histogram of the batches its adaptive batcher formed: how many, and how many held one input."""
+    with urllib.request.urlopen(f"{api}/metrics", timeout=10) as response:
+        lines = response.read().decode().splitlines()
+    batches = sum(float(line.rsplit(" ", 1)[1]) for line in lines
+                  if line.startswith("bentoml_service_adaptive_batch_size_count{"))
+    of_one = sum(float(line.rsplit(" ", 1)[1]) for line in lines
+                 if line.startswith("bentoml_service_adaptive_batch_size_bucket{") and 'le="1.0"' in line)
+    return batches, of_one
+
+
 def test_concurrent_requests_are_batched_and_answered_in_order(api):
     texts = [f"request {i}: the team won the match" if i % 2 else f"request {i}: shares fell" for i in range(24)]
+    seen_before = batch_sizes(api)
     with ThreadPoolExecutor(12) as pool:
         answers = list(pool.map(lambda t: post(f"{api}/classify", {"texts": [t]}), texts))
     assert all(status == 200 for status, _ in answers)
     singles = [post(f"{api}/classify", {"texts": [t]})[1][0] for t in texts[:4]]
     for (_, body), single in zip(answers[:4], singles, strict=True):
         assert body[0]["probabilities"] == pytest.approx(single["probabilities"], abs=1e-4)
-    with urllib.request.urlopen(f"{api}/metrics", timeout=10) as response:
-        metrics = response.read().decode()
-    batch_sizes = [line for line in metrics.splitlines() if line.startswith("bentoml_service_adaptive_batch_size_")]
-    assert batch_sizes, "adaptive batching metrics missing"
+    batches, of_one = (after - before for after, before in zip(batch_sizes(api), seen_before, strict=True))
+    assert batches > of_one, "no two concurrent requests were answered in one batch"
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/docs.json"])

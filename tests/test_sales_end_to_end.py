@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from tests.conftest import SALES_BASELINES, run_cli, run_cli_here
+from tests.conftest import SALES_BASELINES, real_m5, run_cli, run_cli_here
 from training.checkpoint import load_checkpoint, verify_checkpoint
 from training.models import build_model
 from training.models.sales import SalesSignature
@@ -111,8 +111,10 @@ def test_gru_bf16_and_early_stopping_on_validation_wrmsse(tmp_path, m5_dir):
     assert manifest.model["arch"] == "sales_gru" and manifest.training["precision"] == "bf16"
     best = min(record["val_wrmsse"] for record in history)
     assert manifest.metrics["val_wrmsse"] == best
-    if manifest.training["stopped_early"]:
-        assert history[-1]["val_wrmsse"] > best and len(history) < 12
+    # patience 1: the run ends after the first epoch that does not improve on every epoch before it
+    scores = [record["val_wrmsse"] for record in history]
+    first_worse = next(i for i in range(1, len(scores)) if scores[i] >= min(scores[:i]))
+    assert manifest.training["stopped_early"] and len(history) == first_worse + 1 < 12, scores
 
 
 def test_unknown_baseline_is_refused_before_training(tmp_path, m5_dir):
@@ -122,11 +124,19 @@ def test_unknown_baseline_is_refused_before_training(tmp_path, m5_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(real_m5() is None, reason="needs the 10 real M5 series (MODELYARD_DATA)")
 @pytest.mark.timeout(1900)  # the global 600 s would cut its own longer waits short
 def test_every_baseline_on_the_real_series(tmp_path, m5_dir):
+    """README's sales headline on the 10 real series: the best ensemble ahead of seasonal naive by a wide margin and
+    not behind the best single model (0.903 against ETS's 0.911 and seasonal naive's 1.262 when measured)."""
     out = tmp_path / "ckpt"
     result = run_cli("train", "sales", "--out", out, "--data-dir", m5_dir, "--epochs", "20",
                      "--early-stop-patience", "4", timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
-    assert {"arima", "prophet", "xgboost"} <= {row["model"] for row in report["models"]}
+    wrmsse = {row["model"]: row["wrmsse"] for row in report["models"]}
+    assert {"arima", "prophet", "xgboost", "ets", "seasonal_naive", "lstm"} <= set(wrmsse)
+    ensembles = [score for name, score in wrmsse.items() if name.startswith("ensemble_")]
+    singles = [score for name, score in wrmsse.items() if not name.startswith("ensemble_")]
+    assert min(ensembles) <= min(singles) and min(ensembles) < 0.8 * wrmsse["seasonal_naive"], wrmsse
+    assert wrmsse["lstm"] < wrmsse["seasonal_naive"], wrmsse

@@ -15,10 +15,10 @@ import pytest
 
 from serving.predictor import TurbofanPredictor
 from streaming.alerts import AlertRule, AlertStateMachine
-from streaming.broker import TOPICS, EmbeddedBroker, ensure_topics
+from streaming.broker import PARTITIONS, TOPICS, EmbeddedBroker, ensure_topics
 from streaming.monitor import MonitorSettings, TurbofanMonitor
 from streaming.replay import load_replay, replay
-from tests.conftest import REPO, free_port, running_app
+from tests.conftest import REPO, free_port, running_app, wait_for
 from training.data.cmapss import SENSORS, SETTINGS, windows_per_cycle
 
 
@@ -111,6 +111,23 @@ def alerts_by_key(bootstrap: str, idle_s: float = 3.0) -> dict[str, int]:
     return seen
 
 
+def scrape_metrics(running: TurbofanMonitor) -> dict[str, float]:
+    """The monitor's /metrics served and read over HTTP, parsed: 'name{label="value"}' (or 'name') -> value."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from streaming.monitor import serve_metrics
+
+    port = free_port()
+    serve_metrics(running, port)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {sample.name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items())) + "}"
+                           if sample.labels else ""): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
 def monitor(broker, ckpt, group="g", instance=None) -> TurbofanMonitor:
     return TurbofanMonitor(MonitorSettings(broker.bootstrap_servers, ckpt, group=group, instance_id=instance,
                                            log_every_s=1.0))
@@ -142,6 +159,14 @@ def alerts_equal_offline_alarms_and_poison_goes_to_the_dlq(broker, turbofan_ckpt
     running.run(max_idle_s=3.0)
     assert alerts_by_key(broker.bootstrap_servers) == expected_alerts
     assert running.stats.dlq == len(poison) and running.stats.messages == len(stream)
+    metrics = scrape_metrics(running)  # what Prometheus would read: the counts, lag and alert latency
+    assert metrics["modelyard_monitor_messages_total"] == len(stream)
+    assert metrics["modelyard_monitor_dlq_total"] == len(poison)
+    assert metrics["modelyard_monitor_alerts_total"] == len(expected_alerts)
+    lag = {labels: value for labels, value in metrics.items() if labels.startswith("modelyard_monitor_consumer_lag")}
+    assert len(lag) == 4 and set(lag.values()) == {0.0}, lag  # every partition read to its end
+    p50, p99 = (metrics[f'modelyard_monitor_event_to_alert_seconds{{quantile="{q}"}}'] for q in ("0.5", "0.99"))
+    assert 0 < p50 <= p99 < 60
     dead = read_topic(broker.bootstrap_servers, TOPICS["dlq"])
     reasons = sorted(dict(r.headers)["error"].decode() for r in dead)
     assert len(dead) == 4 and any("not JSON" in r for r in reasons) and any("out-of-order" in r for r in reasons)
@@ -223,7 +248,7 @@ def test_broker_restart_mid_stream_loses_nothing(broker, turbofan_ckpt, stream, 
     running = monitor(broker, turbofan_ckpt, group="restart")
     thread = threading.Thread(target=running.run, kwargs={"max_idle_s": 20.0})
     thread.start()
-    time.sleep(2)
+    wait_for(lambda: running.stats.messages > 0, "the monitor reading the first half")
     broker.stop()  # SIGTERM: the broker saves its log and offsets; the monitor keeps retrying
     broker.start()
     replay(broker.bootstrap_servers, stream.iloc[half:], progress=False)
@@ -233,12 +258,18 @@ def test_broker_restart_mid_stream_loses_nothing(broker, turbofan_ckpt, stream, 
     assert running.stats.messages >= len(stream)
 
 
+def split_between(a: TurbofanMonitor, b: TurbofanMonitor) -> bool:
+    """Both joined and the group's rebalance is done: each holds some of the sensor partitions, none held twice."""
+    held = [{tp for tp in m.consumer.assignment() if tp.topic == TOPICS["sensors"]} for m in (a, b)]
+    return all(held) and not held[0] & held[1] and len(held[0] | held[1]) == PARTITIONS
+
+
 def test_two_monitors_in_one_group_split_partitions_and_agree(broker, turbofan_ckpt, stream, expected_alerts):
     a, b = (monitor(broker, turbofan_ckpt, group="pair", instance=name) for name in ("pair-a", "pair-b"))
     threads = [threading.Thread(target=m.run, kwargs={"max_idle_s": 8.0}) for m in (a, b)]
     for thread in threads:
         thread.start()
-    time.sleep(3)  # both joined: the group has split the partitions
+    wait_for(lambda: split_between(a, b), "the group splitting the partitions between both monitors")
     replay(broker.bootstrap_servers, stream, rate=3000, progress=False)
     for thread in threads:
         thread.join(120)

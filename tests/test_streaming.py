@@ -78,11 +78,40 @@ def test_replay_interleaves_engines_by_cycle_and_keys_by_engine(broker, syntheti
     assert sorted(by_engine) == [1, 2, 3]
 
 
-def test_rate_limiter_keeps_the_average_rate():
-    limiter, start = RateLimiter(200), time.perf_counter()
+class FakeClock:
+    """perf_counter and sleep for streaming.replay: time moves only when the code sleeps or the test says so."""
+
+    def __init__(self) -> None:
+        self.now, self.slept = 0.0, []
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_rate_limiter_keeps_the_average_rate_and_catches_up_after_a_stall(monkeypatch):
+    import streaming.replay
+
+    clock = FakeClock()
+    monkeypatch.setattr(streaming.replay, "time", clock)
+    limiter = RateLimiter(200)
     for _ in range(100):
         limiter.wait()
-    assert 0.45 < time.perf_counter() - start < 0.8
+    assert clock.now == pytest.approx(0.5) and len(clock.slept) == 100
+    clock.now += 0.1001  # the caller stalled for 20 calls' worth: the next 20 go at once, then the pace resumes
+    for _ in range(40):
+        limiter.wait()
+    assert clock.now == pytest.approx(0.7) and len(clock.slept) == 100 + 20
+
+
+def test_rate_limiter_is_never_faster_than_its_rate():
+    limiter, start = RateLimiter(1000), time.perf_counter()
+    for _ in range(100):
+        limiter.wait()
+    assert time.perf_counter() - start >= 0.099
 
 
 def test_replay_cli_refuses_bad_input_in_one_line(tmp_path, synthetic_cmapss):

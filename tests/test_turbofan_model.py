@@ -6,7 +6,7 @@ import copy
 import torch
 
 from training.models import build_model
-from training.tasks.turbofan import rul_loss
+from training.tasks.turbofan import INPUT_NOISE, RUL_CAP, rul_loss
 
 
 def ensemble(members: int = 3):
@@ -31,10 +31,17 @@ def test_each_member_learns_from_its_own_error_only():
 
 
 def test_rul_loss_fits_each_member_to_the_target():
-    model = ensemble()
-    batch = (torch.randn(6, 8, 5), torch.full((6,), 50.0))
-    loss = rul_loss(model.train(), batch)
-    assert loss.ndim == 0 and torch.isfinite(loss)
+    """Each member's own squared error to the target, averaged; not the error of the members' mean, which would let
+    members that err in opposite directions cancel out and learn nothing."""
+    model, windows, target = ensemble().train(), torch.randn(6, 8, 5), torch.full((6,), 50.0)
+    torch.manual_seed(1)
+    loss = rul_loss(model, (windows, target))
+    torch.manual_seed(1)  # the same input noise as inside the loss
+    per_member = model(windows + INPUT_NOISE * torch.randn_like(windows)) / RUL_CAP
+    each = ((per_member - target[:, None] / RUL_CAP) ** 2).mean()
+    of_the_mean = ((per_member.mean(dim=-1) - target / RUL_CAP) ** 2).mean()
+    torch.testing.assert_close(loss, each)
+    assert each > of_the_mean
 
 
 def test_single_member_keeps_the_plain_lstm_layout():
