@@ -93,6 +93,7 @@ class MonitorStats:
 
 class TurbofanMonitor:
     RETIRED_ENGINES = 100_000  # forgotten engines whose episode counts are kept
+
     def __init__(self, settings: MonitorSettings, predictor: TurbofanPredictor | None = None) -> None:
         self.settings = settings
         self.predictor = predictor or TurbofanPredictor(settings.checkpoint, settings.runtime)

@@ -72,8 +72,8 @@ class Backend(ABC):
     flattening: ClassVar[tuple[str, ...]] = ()
     # Strategies that split the model across processes, with the size options (tp, pp) each one takes.
     model_parallel: ClassVar[dict[str, tuple[str, ...]]] = {}
-    # Strategies that cannot run under autocast: --precision auto gives them fp32, bf16 or fp16 is refused.
-    fp32_only: ClassVar[tuple[str, ...]] = ()
+    # Strategies that cannot run under autocast, with why: --precision auto gives them fp32, bf16 or fp16 is refused.
+    fp32_only: ClassVar[dict[str, str]] = {}
 
     def __init__(self, strategy: str, ctx: DistContext, cfg: TrainConfig) -> None:
         self.strategy, self.ctx, self.cfg = strategy, ctx, cfg
@@ -91,6 +91,8 @@ class Backend(ABC):
         if strategy not in cls.strategies:
             raise StrategyUnavailable(f"backend {cls.name} has no strategy {strategy!r}; "
                                       f"choose one of: {', '.join(cls.strategies)}")
+        if strategy in cls.fp32_only and cfg.precision != "fp32":
+            raise StrategyUnavailable(f"{cls.name} {strategy} {cls.fp32_only[strategy]}; use --precision fp32 with it")
         if cfg.precision == "fp16" and device != "cuda":
             raise StrategyUnavailable("fp16 needs loss scaling on a GPU; use --precision bf16 (or fp32) on the CPU")
         sizes = cls.model_parallel.get(strategy, ())

@@ -18,7 +18,7 @@ class FairScaleBackend(Backend):
     strategies: ClassVar[tuple[str, ...]] = ("oss", "fsdp", "pipe", "tp")
     model_parallel: ClassVar[dict[str, tuple[str, ...]]] = {"tp": ("tp",)}
     flattening: ClassVar[tuple[str, ...]] = ("oss", "fsdp")
-    fp32_only: ClassVar[tuple[str, ...]] = ("pipe",)  # its stages run in worker threads, out of autocast's reach
+    fp32_only: ClassVar[dict[str, str]] = {"pipe": "runs its stages in worker threads, where autocast does not reach"}
 
     def __init__(self, strategy: str, ctx, cfg: TrainConfig) -> None:
         super().__init__(strategy, ctx, cfg)
@@ -34,9 +34,6 @@ class FairScaleBackend(Backend):
             if cfg.nproc * cfg.nnodes > 1:
                 raise StrategyUnavailable("fairscale pipe is single-process pipeline parallelism across this "
                                           "machine's GPUs (or two CPU stages); run it with --nproc 1")
-            if strategy in cls.fp32_only and cfg.precision != "fp32":
-                raise StrategyUnavailable("fairscale pipe runs its stages in worker threads, where autocast does not "
-                                          "reach; use --precision fp32 with it")
         if strategy == "tp":
             world = cfg.nproc * cfg.nnodes
             if cfg.tp < 2 or world % cfg.tp:
