@@ -83,8 +83,9 @@ def http_table(task: str, ckpt, runtimes: list[str], concurrency: list[int], sec
     return table
 
 
-def api_bench_arguments(doc: str, task: str, port: int):
-    """The options every API bench takes (a checkpoint, seconds per row, concurrencies, runtimes, a port)."""
+def api_bench_arguments(doc: str, task: str, port: int, many: int | None = None):
+    """The options every API bench takes (a checkpoint, seconds per row, concurrencies, runtimes, a port), and
+    --many (series or items in one request) where the API takes many."""
     import argparse
     from pathlib import Path
 
@@ -94,6 +95,8 @@ def api_bench_arguments(doc: str, task: str, port: int):
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--runtimes", nargs="+", default=["onnx", "torch"])
     parser.add_argument("--port", type=int, default=port)
+    if many is not None:
+        parser.add_argument("--many", type=int, default=many, help="series or items in one request")
     return parser.parse_args()
 
 

@@ -103,10 +103,14 @@ def monitor_metrics(url: str) -> dict[str, float]:
     with urllib.request.urlopen(url, timeout=5) as response:
         lines = [line for line in response.read().decode().splitlines() if line and not line.startswith("#")]
     values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines}
-    p99 = values.get('modelyard_monitor_event_to_alert_seconds{quantile="0.99"}', float("nan"))
+    def p99_ms(name: str) -> float:
+        return 1000 * values.get(f'modelyard_monitor_{name}_seconds{{quantile="0.99"}}', float("nan"))
+
+    lag = sum(v for k, v in values.items() if k.startswith("modelyard_monitor_consumer_lag"))
     return {"metric series": len(lines), "engines monitored": values.get("modelyard_monitor_engines", float("nan")),
             "messages scored": values.get("modelyard_monitor_messages_total", float("nan")),
-            "event->alert p99 ms": 1000 * p99}
+            "event->scored p99 ms": p99_ms("event_to_scored"), "event->alert p99 ms": p99_ms("event_to_alert"),
+            "consumer lag": lag}
 
 
 def start(command: list[str], log: Path) -> subprocess.Popen:
@@ -146,6 +150,8 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=60.0, help="seconds between samples")
     parser.add_argument("--rate", type=float, default=1000.0, help="replay messages per second")
     parser.add_argument("--demo", type=Path, default=REPO / "runs" / "demo", help="the demo's checkpoints")
+    parser.add_argument("--apis", default="turbofan,news,image,sales,generator",
+                        help="the APIs served beside the stream (comma-separated; 'none': the stream alone)")
     parser.add_argument("--keep-records", type=int, help="the broker's retention (default: the broker's)")
     parser.add_argument("--warmup", type=float, default=6.0,
                         help="minutes left out of the slopes (the monitor's fleet grows until it forgets, 5 min)")
@@ -156,6 +162,7 @@ def main() -> None:
     turbofan, data = checkpoint(args.demo / "turbofan-monitor", work)
     apis = {"turbofan": turbofan, **{task: args.demo / task for task in ("news", "image", "sales", "generator")
                                      if (args.demo / task / "manifest.json").is_file()}}
+    apis = {task: ckpt for task, ckpt in apis.items() if task in args.apis.split(",")}
     kafka, metrics = free_port(), free_port()
     bootstrap, metrics_url = f"127.0.0.1:{kafka}", f"http://127.0.0.1:{metrics}/metrics"
     broker_dir = work / "broker"

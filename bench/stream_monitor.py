@@ -114,8 +114,8 @@ def main() -> None:
             time.sleep(3.0)  # joined the group
             result = replay(broker.bootstrap_servers, rows, rate=args.rate, progress=False)
             thread.join()
-            scored = np.array(monitor.stats.scored_latencies) * 1000
-            alerted = np.array(monitor.stats.latencies) * 1000
+            scored = monitor.stats.scored_latencies.values() * 1000
+            alerted = monitor.stats.latencies.values() * 1000
             table.add_row(f"event -> scored at {args.rate:.0f}/s", str(len(scored)), f"{result.seconds:.1f}",
                           f"{result.messages / result.seconds:.0f}", f"{np.percentile(scored, 50):.1f}",
                           f"{np.percentile(scored, 99):.1f}", "-")

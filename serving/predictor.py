@@ -83,9 +83,9 @@ class CheckpointPredictor:
         self.runner = ModelRunner(self.ckpt, self.manifest, runtime, list(self.inputs), self.around_model)
 
     @classmethod
-    def from_env(cls) -> CheckpointPredictor:
-        """On the checkpoint and runtime `modelyard serve` hands its service process."""
-        return cls(os.environ["MODELYARD_CHECKPOINT"], os.environ.get("MODELYARD_RUNTIME", "onnx"))
+    def from_env(cls, **options: Any) -> CheckpointPredictor:
+        """On the checkpoint and runtime `modelyard serve` hands its service process (and a task's own options)."""
+        return cls(os.environ["MODELYARD_CHECKPOINT"], os.environ.get("MODELYARD_RUNTIME", "onnx"), **options)
 
     def around_model(self, model: Any) -> Any:
         """For the torch runtime: what the export put around the model in the ONNX graph (e.g. test-time averaging),

@@ -1,6 +1,11 @@
 """Sales forecasts from a verified checkpoint: for a series the model knows (its history is stored with the
 checkpoint), or for a posted history of another one; on ONNX Runtime (default) or torch.
 
+For the known series the answer comes from the evaluation report's best row on the validation days (the network, a
+baseline or an ensemble: the evaluation stored every row's forecast of the days after the data) or the row asked
+for; a posted history is forecast by the network, the one model that needs no fitting per series. Each model's
+intervals come from its own conformal calibration (training.metrics.intervals).
+
 The checkpoint holds every series' ids, sales and prices, and the calendar's covariates up to the calendar's end,
 so a forecast needs no data folder; a posted history must fall within that calendar (events and SNAP days are known
 only there).
@@ -9,6 +14,8 @@ only there).
 from __future__ import annotations
 
 import datetime as dt
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +27,11 @@ from serving.predictor import CheckpointPredictor
 from serving.refusal import Refused
 from training.checkpoint import verify_file
 from training.data.m5_features import ID_FIELDS, IdVocabulary, series_covariates
+from training.metrics import intervals
 
 HISTORY_FILE, SERIES_FILE = "history.safetensors", "series.csv"
+SERVED_FILE, FORECASTS_FILE = "served_models.json", "forecasts.safetensors"
+DEFAULT_LEVELS = (80,)  # interval levels (%) when a caller names none
 
 
 @dataclass
@@ -32,16 +42,29 @@ class PostedSeries:
     ids: dict[str, str | None] | None = None  # item_id, dept_id, cat_id, store_id, state_id (any may be missing)
 
 
+@dataclass
+class SeriesInputs:
+    past: np.ndarray  # (context,) sales, zeros before the history
+    past_alive: np.ndarray
+    past_covariates: np.ndarray  # (context, covariates)
+    future_covariates: np.ndarray  # (horizon, covariates)
+    ids: np.ndarray  # (5,) hierarchy id codes
+    first_date: dt.date  # of the days forecast
+    days: int  # of history given
+    read_days: int  # of those read
+
+
 class SalesPredictor(CheckpointPredictor):
     task, inputs = "sales", ("past_sales", "past_alive", "past_covariates", "future_covariates", "ids")
 
-    def __init__(self, ckpt: Path | str, runtime: str = "onnx") -> None:
+    def __init__(self, ckpt: Path | str, runtime: str = "onnx", model: str = "best") -> None:
         from safetensors.numpy import load_file
 
         super().__init__(ckpt, runtime)
         manifest, pre = self.manifest, self.pre
         self.context, self.horizon = int(pre["context"]), int(pre["horizon"])
-        self.interval = pre.get("interval")  # quantiles of the validation errors, per day ahead
+        # the conformal calibration (training.metrics.intervals); absent from checkpoints made before it
+        self.interval = pre.get("interval") if "grid" in pre.get("interval", {}) else None
         self.first_date = dt.date.fromisoformat(pre["first_date"])
         self.first_day, self.calendar_days = int(pre["first_day"]), int(pre["calendar_days"])
         arrays = load_file(str(verify_file(self.ckpt, manifest, HISTORY_FILE)))
@@ -53,6 +76,28 @@ class SalesPredictor(CheckpointPredictor):
         self.index = {sid: i for i, sid in enumerate(self.series["id"])}
         # also by "ITEM_STORE", the id without the file's _validation/_evaluation suffix
         self.index.update({f"{r.item_id}_{r.store_id}": i for i, r in enumerate(self.series.itertuples())})
+        self.network = str(manifest.training["task_options"]["model"])
+        self.stored: dict[str, np.ndarray] = {}  # the evaluation's forecasts of the days after the data, per row
+        self.served = self._served_models()
+        self.model = self._choose(model)
+
+    def _served_models(self) -> dict[str, Any]:
+        """The evaluation's rows the API can serve for known series (training.tasks.sales.write_served_models);
+        only the network before the checkpoint is evaluated."""
+        from safetensors.numpy import load_file
+
+        if SERVED_FILE not in self.manifest.files:
+            return {"best": self.network, "network": self.network, "models": {self.network: {"kind": "network"}}}
+        served = json.loads(verify_file(self.ckpt, self.manifest, SERVED_FILE).read_text())
+        self.stored = load_file(str(verify_file(self.ckpt, self.manifest, FORECASTS_FILE)))
+        return served
+
+    def _choose(self, model: str) -> str:
+        chosen = self.served["best"] if model == "best" else model
+        if chosen not in self.served["models"]:
+            raise ValueError(f"--model {model}: not one of the evaluation's rows ({', '.join(self.served['models'])}"
+                             f" or best){'' if SERVED_FILE in self.manifest.files else '; run modelyard evaluate'}")
+        return chosen
 
     @property
     def last_date(self) -> dt.date:
@@ -65,18 +110,31 @@ class SalesPredictor(CheckpointPredictor):
         first = self.last_date - dt.timedelta(days=len(sales) - 1)
         return [(first + dt.timedelta(days=k)).isoformat() for k in range(len(sales))], sales.tolist()
 
-    def forecast_known(self, series_id: str, horizon: int) -> dict[str, Any]:
-        if series_id not in self.index:
-            example = self.series["id"].iloc[0]
-            raise Refused(f"unknown series_id {series_id!r}: not one of the {len(self.series):,} series this model "
-                          f"knows (e.g. {example!r})", ["series_id"])
-        i = self.index[series_id]
-        sales, prices = self.sales[i], self.prices[i]
-        start = self.first_day - 1  # calendar index of the first sales day
-        result = self._forecast(sales, prices, start, self.codes[i:i + 1], self.series["state_id"].iloc[i], horizon)
-        return {"series_id": self.series["id"].iloc[i], **result}
+    def forecast_known(self, series_id: str, horizon: int, levels: Sequence[float] = DEFAULT_LEVELS
+                       ) -> dict[str, Any]:
+        return self.forecast_many([series_id], horizon, levels, field="series_id")[0]
 
-    def forecast_posted(self, posted: PostedSeries, horizon: int) -> dict[str, Any]:
+    def forecast_many(self, series_ids: Sequence[str], horizon: int, levels: Sequence[float] = DEFAULT_LEVELS,
+                      field: str = "series_ids") -> list[dict[str, Any]]:
+        """Known series by id, in one model call (`field`: where the ids are in the request, for a refusal)."""
+        unknown = [sid for sid in series_ids if sid not in self.index]
+        if unknown:
+            example = self.series["id"].iloc[0]
+            shown = ", ".join(repr(sid) for sid in unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3
+                                                                    else "")
+            raise Refused(f"unknown series_id {shown}: not among the {len(self.series):,} series this model knows "
+                          f"(e.g. {example!r})", [field])
+        rows = [self.index[sid] for sid in series_ids]
+        start = self.first_day - 1  # calendar index of the first sales day
+        inputs = [self._inputs(self.sales[i], self.prices[i], start, self.codes[i:i + 1],
+                               self.series["state_id"].iloc[i]) for i in rows]
+        # the chosen row's forecast of the days after the data, made by the evaluation, or the network's now
+        point = self.stored[self.model][rows] if self.model != self.network else None
+        answers = self._forecast(inputs, horizon, levels, self.model, point)
+        return [{"series_id": self.series["id"].iloc[i], **answer} for i, answer in zip(rows, answers, strict=True)]
+
+    def forecast_posted(self, posted: PostedSeries, horizon: int, levels: Sequence[float] = DEFAULT_LEVELS
+                        ) -> dict[str, Any]:
         sales = np.asarray(posted.sales, dtype=np.float32)
         start = (posted.start_date - self.first_date).days  # calendar index of the history's first day
         if start < 0:
@@ -92,8 +150,8 @@ class SalesPredictor(CheckpointPredictor):
             raise Refused("the history has no sales at all: nothing to forecast from", ["history", "sales"])
         prices = self._posted_prices(posted.prices, len(sales), start)
         ids = pd.DataFrame([{field: (posted.ids or {}).get(field) for field in ID_FIELDS}])
-        result = self._forecast(sales, prices, start, self.vocab.encode(ids), ids["state_id"].iloc[0], horizon)
-        return {"series_id": None, **result}
+        inputs = self._inputs(sales, prices, start, self.vocab.encode(ids), ids["state_id"].iloc[0])
+        return {"series_id": None, **self._forecast([inputs], horizon, levels, self.network)[0]}
 
     def _posted_prices(self, prices: list[float] | None, days: int, start: int) -> np.ndarray:
         """Daily prices from the history's first day to the calendar's end: the posted ones, carried forward;
@@ -108,9 +166,9 @@ class SalesPredictor(CheckpointPredictor):
         out[:len(prices)] = prices
         return pd.Series(out).ffill().to_numpy(dtype=np.float32)
 
-    def _forecast(self, sales: np.ndarray, prices: np.ndarray, start: int, codes: np.ndarray,
-                  state: str | None, horizon: int) -> dict[str, Any]:
-        """Forecast the `horizon` days after `sales`, whose first day is calendar index `start`."""
+    def _inputs(self, sales: np.ndarray, prices: np.ndarray, start: int, codes: np.ndarray,
+                state: str | None) -> SeriesInputs:
+        """The model's inputs for forecasting the days after `sales`, whose first day is calendar index `start`."""
         days = len(sales)
         calendar = {k: v[start:start + len(prices)] for k, v in self.calendar.items()}
         covariates = series_covariates(calendar, prices[None, :], [state or ""])[0]
@@ -124,21 +182,32 @@ class SalesPredictor(CheckpointPredictor):
         future = np.zeros((self.horizon, covariates.shape[1]), dtype=np.float32)
         ahead = covariates[days:days + self.horizon]
         future[:len(ahead)] = ahead
-        output = self.runner(past_sales=past[None], past_alive=past_alive[None], past_covariates=past_cov[None],
-                             future_covariates=future[None], ids=codes.astype(np.int64))[0]
-        first = self.first_date + dt.timedelta(days=start + days)
-        point = np.maximum(output[:horizon], 0.0)
-        return {"dates": [(first + dt.timedelta(days=k)).isoformat() for k in range(horizon)],
-                "forecast": [round(float(v), 4) for v in point],
-                "quantiles": self._quantiles(point, past, past_alive),
-                "history_days": int(days), "read_days": int(take)}
+        return SeriesInputs(past, past_alive, past_cov, future, codes[0].astype(np.int64),
+                            self.first_date + dt.timedelta(days=start + days), days, take)
 
-    def _quantiles(self, point: np.ndarray, past: np.ndarray, alive: np.ndarray) -> dict[str, list[float]] | None:
-        """The interval bounds around `point`: the validation error quantiles times the window's level (as the
-        network measures it: the mean over on-sale days, at least one unit a day)."""
-        if not self.interval:
-            return None
-        level = max(1.0, float((past * alive).sum() / max(alive.sum(), 1.0)))
-        quantiles = np.asarray(self.interval["scaled_error_quantiles"])[:len(point)]
-        return {str(q): [round(float(v), 4) for v in np.maximum(point + quantiles[:, i] * level, 0.0)]
-                for i, q in enumerate(self.interval["levels"])}
+    def _forecast(self, inputs: list[SeriesInputs], horizon: int, levels: Sequence[float], model: str,
+                  point: np.ndarray | None = None) -> list[dict[str, Any]]:
+        """Per series in `inputs` its dates, forecast and interval bounds from `model`: the network's, in one call,
+        unless its `point` forecasts (series, 28) are given."""
+        if point is None:
+            point = self.runner(past_sales=np.stack([x.past for x in inputs]),
+                                past_alive=np.stack([x.past_alive for x in inputs]),
+                                past_covariates=np.stack([x.past_covariates for x in inputs]),
+                                future_covariates=np.stack([x.future_covariates for x in inputs]),
+                                ids=np.stack([x.ids for x in inputs]))
+        point = np.maximum(point[:, :horizon], 0.0)
+        calibration = self.interval if model == self.network else self.served["models"][model]["calibration"]
+        bounds = {}
+        if calibration and levels:
+            scale = np.array([window_level(x.past, x.past_alive) for x in inputs])
+            bounds = intervals.bounds(point, scale, calibration, levels)
+        return [{"model": model, "dates": [(x.first_date + dt.timedelta(days=k)).isoformat() for k in range(horizon)],
+                 "forecast": [round(float(v), 4) for v in point[i]],
+                 "quantiles": {q: [round(float(v), 4) for v in b[i]] for q, b in bounds.items()} or None,
+                 "history_days": int(x.days), "read_days": int(x.read_days)} for i, x in enumerate(inputs)]
+
+
+def window_level(past: np.ndarray, alive: np.ndarray) -> float:
+    """The series' level in the window the network reads, as it measures it (training.models.sales.window_scale):
+    the mean over on-sale days, at least one unit a day."""
+    return max(1.0, float((past * alive).sum() / max(alive.sum(), 1.0)))

@@ -2,7 +2,9 @@
 
 Name a series the model knows (`{"series_id": "FOODS_3_090_CA_3_validation", "horizon": 28}`; the id without its
 `_validation` suffix works too), or post the history of another one (`{"history": {"sales": [...], "start_date":
-"2016-01-01"}, "horizon": 14}`, optionally with daily `prices` and its hierarchy ids). Every refusal, bad fields and
+"2016-01-01"}, "horizon": 14}`, optionally with daily `prices` and its hierarchy ids); `level: [80, 95]` asks for
+those intervals. POST /forecast_many forecasts up to --max-series known series (`series_ids`) in one model call.
+Every refusal, bad fields and
 requests the model cannot answer alike (an unknown id, dates past the calendar), is HTTP 400 with the reason in
 `detail`. Settings come from MODELYARD_CHECKPOINT / MODELYARD_RUNTIME and OPTIONS, which `modelyard serve` sets.
 """
@@ -21,12 +23,19 @@ from serving.settings import read_settings
 from training.options import Option
 
 SERVICE, ROUTE = "SalesForecaster", "/forecast"
-OPTIONS = (Option("max_history_days", int, 4000, "most days of posted history in one request", minimum=28),)
-MAX_DAYS = read_settings(OPTIONS)["max_history_days"]
+OPTIONS = (Option("max_history_days", int, 4000, "most days of posted history in one request", minimum=28),
+           Option("max_series", int, 1000, "most series in one /forecast_many request", minimum=1),
+           Option("model", str, "best", "which of the evaluation report's rows answers for the known series: best "
+                                        "(the lowest validation WRMSSE scored out of sample), or a row's name"))
+SETTINGS = read_settings(OPTIONS)
+MAX_DAYS, MAX_SERIES = SETTINGS["max_history_days"], SETTINGS["max_series"]
 
 Units = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
 Price = Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)]
 Id = Annotated[str, Field(min_length=1, max_length=64)]
+Horizon = Annotated[int, Field(ge=1, le=28, strict=True)]
+Levels = Annotated[list[Annotated[int, Field(ge=1, le=99, strict=True)]], Field(
+    max_length=10, description="prediction interval levels in percent (80: the 10% and 90% quantiles)")]
 
 
 class History(BaseModel):
@@ -44,13 +53,20 @@ class History(BaseModel):
 
 class Forecast(BaseModel):
     series_id: str | None = Field(description="the known series forecast, or null for a posted history")
+    model: str = Field(description="the model or ensemble that answered (a posted history: always the network)")
     dates: list[str] = Field(description="ISO dates of the days forecast")
     forecast: list[float] = Field(description="unit sales forecast per day")
-    quantiles: dict[str, list[float]] | None = Field(description="prediction interval bounds per day by level "
-                                                                 "(\"0.1\", \"0.9\": an 80% interval), from the "
-                                                                 "model's validation errors; null without them")
+    quantiles: dict[str, list[float]] | None = Field(description="prediction interval bounds per day by quantile: "
+                                                                 "level L gives (100 - L)/200 and (100 + L)/200 "
+                                                                 "(\"0.1\", \"0.9\": the 80% interval), calibrated "
+                                                                 "on rolling validation forecasts; null for a "
+                                                                 "checkpoint without a calibration or no levels")
     history_days: int = Field(description="days of history available")
     read_days: int = Field(description="of those, the days the model read")
+
+
+class Forecasts(BaseModel):
+    forecasts: list[Forecast] = Field(description="one per series asked, in the order asked")
 
 
 @document_truthfully
@@ -59,12 +75,13 @@ class SalesForecaster:
     def __init__(self) -> None:
         from serving.sales_predictor import SalesPredictor
 
-        self.predictor = SalesPredictor.from_env()
+        self.predictor = SalesPredictor.from_env(model=SETTINGS["model"])
 
     @bentoml.api(route="/forecast")
-    def forecast(self, series_id: Id | None = None, history: History | None = None,
-                 horizon: Annotated[int, Field(ge=1, le=28, strict=True)] = 28) -> Forecast:
-        """Forecast a known series (`series_id`) or a posted `history` (give exactly one) `horizon` days ahead."""
+    def forecast(self, series_id: Id | None = None, history: History | None = None, horizon: Horizon = 28,
+                 level: Levels = [80]) -> Forecast:  # noqa: B006 (pydantic copies defaults)
+        """Forecast a known series (`series_id`) or a posted `history` (give exactly one) `horizon` days ahead,
+        with an interval at each `level`."""
         from serving.sales_predictor import PostedSeries
 
         if (series_id is None) == (history is None):
@@ -72,9 +89,18 @@ class SalesForecaster:
                           ["series_id"]).as_validation_error()
         try:
             if series_id is not None:
-                return Forecast(**self.predictor.forecast_known(series_id, horizon))
+                return Forecast(**self.predictor.forecast_known(series_id, horizon, level))
             ids = history.model_dump(include={"item_id", "dept_id", "cat_id", "store_id", "state_id"})
             posted = PostedSeries(history.sales, history.start_date, history.prices, ids)
-            return Forecast(**self.predictor.forecast_posted(posted, horizon))
+            return Forecast(**self.predictor.forecast_posted(posted, horizon, level))
+        except Refused as exc:
+            raise exc.as_validation_error() from None
+
+    @bentoml.api(route="/forecast_many")
+    def forecast_many(self, series_ids: Annotated[list[Id], Field(min_length=1, max_length=MAX_SERIES)],
+                      horizon: Horizon = 28, level: Levels = [80]) -> Forecasts:  # noqa: B006
+        """Forecast many known series in one model call, in the order asked."""
+        try:
+            return Forecasts(forecasts=self.predictor.forecast_many(series_ids, horizon, level))
         except Refused as exc:
             raise exc.as_validation_error() from None

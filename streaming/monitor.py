@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,13 +81,39 @@ class EngineWindow:
             out[window - count:] = self._rows[:count]
 
 
+class RecentSamples:
+    """The samples of the last `window_s` seconds (at most `cap` of them, the newest), for quantiles that say how
+    the monitor does now, as a Prometheus summary's sliding window does, rather than over its whole life."""
+
+    def __init__(self, window_s: float = 300.0, cap: int = 50_000, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self.window_s, self.clock = window_s, clock
+        self._samples: deque[tuple[float, float]] = deque(maxlen=cap)
+
+    def add(self, values: Iterable[float]) -> None:
+        """From one thread only; readers (the /metrics thread) only copy."""
+        now = self.clock()
+        self._samples.extend((now, v) for v in values)
+        while self._samples and self._samples[0][0] < now - self.window_s:
+            self._samples.popleft()
+
+    def values(self) -> np.ndarray:
+        horizon = self.clock() - self.window_s
+        return np.array([v for t, v in list(self._samples) if t >= horizon])
+
+    def quantiles(self, qs: Sequence[float]) -> list[float] | None:
+        """The quantiles of the samples in the window, or None when it holds none."""
+        values = self.values()
+        return np.quantile(values, qs).tolist() if len(values) else None
+
+
 @dataclass
 class MonitorStats:
     messages: int = 0
     alerts: int = 0
     dlq: int = 0
-    latencies: deque = field(default_factory=lambda: deque(maxlen=5000))  # event time -> alert produced (s)
-    scored_latencies: deque = field(default_factory=lambda: deque(maxlen=50_000))  # event time -> scored (s)
+    latencies: RecentSamples = field(default_factory=RecentSamples)  # event time -> alert produced (s)
+    scored_latencies: RecentSamples = field(default_factory=RecentSamples)  # event time -> scored (s)
     lag: dict[int, int] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
 
@@ -285,7 +312,7 @@ class TurbofanMonitor:
                 self.stats.messages += 1
         scores = self.predictor.score(windows)  # one model call per poll
         now = time.time()
-        self.stats.scored_latencies.extend(now - r.event_time for r, _, silent, _ in readings if not silent)
+        self.stats.scored_latencies.add(now - r.event_time for r, _, silent, _ in readings if not silent)
         for (reading, _, silent, _), score in zip(readings, scores.tolist(), strict=True):
             alert = self.alerts.update(reading.engine_id, reading.cycle, score, reading.event_time)
             self.latest[reading.engine_id] = {"cycle": reading.cycle, "score": score, "event_time": reading.event_time,
@@ -300,7 +327,7 @@ class TurbofanMonitor:
                    "detected_at": now, "checkpoint": str(self.settings.checkpoint)}
         self.producer.send(TOPICS["alerts"], key=alert.key.encode(), value=json.dumps(payload).encode())
         self.stats.alerts += 1
-        self.stats.latencies.append(now - alert.event_time)
+        self.stats.latencies.add([now - alert.event_time])
 
     def _dead_letter(self, record, reason: str) -> None:
         from kafka import TopicPartition
@@ -371,9 +398,9 @@ class TurbofanMonitor:
 
     def summary(self) -> str:
         elapsed = max(time.monotonic() - self.stats.started, 1e-9)
-        latency = np.percentile(self.stats.latencies, [50, 99]) * 1000 if self.stats.latencies else [np.nan] * 2
+        latency = np.array(self.stats.latencies.quantiles([0.5, 0.99]) or [np.nan] * 2) * 1000
         return (f"messages {self.stats.messages} ({self.stats.messages / elapsed:.0f}/s)  alerts {self.stats.alerts}"
-                f"  dlq {self.stats.dlq}  event->alert p50 {latency[0]:.0f} ms p99 {latency[1]:.0f} ms  "
+                f"  dlq {self.stats.dlq}  event->alert p50 {latency[0]:.0f} ms p99 {latency[1]:.0f} ms (5 min)  "
                 f"lag {sum(self.stats.lag.values())}")
 
 
@@ -398,13 +425,13 @@ def serve_metrics(monitor: TurbofanMonitor, port: int, host: str = "127.0.0.1") 
                              "above" if monitor.rule.alarm_when_high else "below",
                              str(monitor.predictor.detector.get("alert_rul", ""))], monitor.rule.threshold)
             yield rule
-            latency = SummaryMetricFamily("modelyard_monitor_event_to_alert_seconds",
-                                          "sensor event time to alert produced", labels=["quantile"])
-            if stats.latencies:
-                for q in (0.5, 0.99):
-                    latency.add_sample("modelyard_monitor_event_to_alert_seconds", {"quantile": str(q)},
-                                       float(np.quantile(stats.latencies, q)))
-            yield latency
+            for name, samples, what in (("event_to_alert", stats.latencies, "sensor event time to alert produced"),
+                                        ("event_to_scored", stats.scored_latencies, "sensor event time to scored")):
+                summary = SummaryMetricFamily(f"modelyard_monitor_{name}_seconds", f"{what}, over the last "
+                                              f"{samples.window_s:g} s", labels=["quantile"])
+                for q, value in zip((0.5, 0.99), samples.quantiles([0.5, 0.99]) or [], strict=False):
+                    summary.add_sample(f"modelyard_monitor_{name}_seconds", {"quantile": str(q)}, value)
+                yield summary
             lag = GaugeMetricFamily("modelyard_monitor_consumer_lag", "messages behind, per partition",
                                     labels=["partition"])
             for partition, behind in sorted(stats.lag.items()):

@@ -32,8 +32,12 @@ def test_report_compares_the_network_with_baselines_and_ensembles(sales_ckpt):
     weights = report["ensemble_weights"]["ensemble_fitted"]
     assert sum(weights.values()) == pytest.approx(1.0) and all(w > 0 for w in weights.values())
     assert "renormalised" in report["weights_note"]
-    interval = report["network_interval"]
-    assert interval["nominal_coverage"] == 0.8 and 0.0 < interval["test_coverage"] <= 1.0
+    interval = report["network_interval"]  # conformal, from the 28 origins of the validation window
+    covered = interval["test_coverage"]
+    assert list(covered) == ["50", "80", "95"] and 0.0 < covered["50"] <= covered["80"] <= covered["95"] <= 1.0
+    data = sales.load_data(Path(json.loads((sales_ckpt / "manifest.json").read_text())["training"]["data_dir"]))
+    started = int((data.alive[:, data.val_start - 1] > 0).sum())  # every day ahead from each origin before the test
+    assert interval["calibration_errors_per_week"] == [175 * started, 126 * started, 77 * started, 28 * started]
     for plot in report["plots"]:
         assert (sales_ckpt / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {"report.json", "forecasts.png", "history.safetensors", "series.csv", "model.onnx"} <= set(

@@ -2,12 +2,14 @@
 every kind of bad request, its OpenAPI document, and the Gradio "Sales" tab drawing a forecast in Chromium."""
 
 import datetime as dt
+import json
 
+import numpy as np
 import pytest
 
 from serving.sales_predictor import PostedSeries, SalesPredictor
 from serving.server import start_server, stop_server, wait_ready
-from tests.conftest import assert_api_honours_its_document, free_port, post, running_app
+from tests.conftest import assert_api_honours_its_document, free_port, post, run_cli, running_app
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +33,84 @@ def test_a_known_series_is_forecast_from_its_stored_history(api, sales_ckpt):
     expected = predictor.forecast_known(series["id"], 10)["forecast"]
     assert body["forecast"] == pytest.approx(expected, abs=1e-3)  # ONNX over HTTP = torch in-process
     assert all(v >= 0 for v in body["forecast"])
-    low, high = body["quantiles"]["0.1"], body["quantiles"]["0.9"]  # the 80% interval from validation errors
+    low, high = body["quantiles"]["0.1"], body["quantiles"]["0.9"]  # the 80% interval unless others are asked
+    assert list(body["quantiles"]) == ["0.1", "0.9"]
     assert len(low) == 10 and all(0 <= a <= b for a, b in zip(low, high, strict=True)) and low != high
+
+
+def test_intervals_at_the_levels_asked_are_nested(api, sales_ckpt):
+    series = SalesPredictor(sales_ckpt, "torch").series["id"].iloc[1]
+    status, body = post(f"{api}/forecast", {"series_id": series, "horizon": 28, "level": [95, 50, 80]})
+    assert status == 200, body
+    bounds = body["quantiles"]
+    assert list(bounds) == ["0.025", "0.1", "0.25", "0.75", "0.9", "0.975"]
+    for inner, outer in (("0.1", "0.025"), ("0.25", "0.1")):
+        assert all(0 <= o <= i for i, o in zip(bounds[inner], bounds[outer], strict=True))
+        assert sum(bounds[outer]) < sum(bounds[inner]) or not any(bounds[inner])
+    for inner, outer in (("0.9", "0.975"), ("0.75", "0.9")):
+        assert all(i <= o for i, o in zip(bounds[inner], bounds[outer], strict=True))
+        assert sum(bounds[outer]) > sum(bounds[inner])
+    assert post(f"{api}/forecast", {"series_id": series, "level": []})[1]["quantiles"] is None
+
+
+def test_many_series_in_one_request_answer_as_one_at_a_time(api, sales_ckpt):
+    ids = SalesPredictor(sales_ckpt, "torch").series["id"].tolist()
+    asked = [ids[2], ids[0], ids[2], *ids[3:6]]  # in any order, repeats answered again
+    status, body = post(f"{api}/forecast_many", {"series_ids": asked, "horizon": 14, "level": [80, 95]})
+    assert status == 200, body
+    assert [f["series_id"] for f in body["forecasts"]] == asked
+    for sid, many in zip(asked, body["forecasts"], strict=True):
+        one = post(f"{api}/forecast", {"series_id": sid, "horizon": 14, "level": [80, 95]})[1]
+        assert many["forecast"] == pytest.approx(one["forecast"], abs=1e-4)
+        assert many["quantiles"]["0.975"] == pytest.approx(one["quantiles"]["0.975"], abs=1e-4)
+        assert many["dates"] == one["dates"]
+
+
+def test_known_series_get_the_reports_best_row_or_the_row_asked_for(api, sales_ckpt, tmp_path):
+    report = json.loads((sales_ckpt / "report.json").read_text())
+    scored_out_of_sample = [row for row in report["models"] if row["model"] != "ensemble_fitted"]
+    best = min(scored_out_of_sample, key=lambda row: row["val_wrmsse"])["model"]
+    assert report["served"]["model"] == best and set(report["served"]["test_coverage"]) == {"50", "80", "95"}
+    predictor = SalesPredictor(sales_ckpt, "torch")
+    sid = predictor.series["id"].iloc[0]
+    assert post(f"{api}/forecast", {"series_id": sid})[1]["model"] == best
+    start = predictor.last_date - dt.timedelta(days=99)
+    posted = {"history": {"sales": predictor.sales[0, -100:].tolist(), "start_date": start.isoformat()}}
+    assert post(f"{api}/forecast", posted)[1]["model"] == "lstm"  # a history no baseline was fitted on
+    # a row asked for by name: seasonal naive repeats the series' last week
+    port, log = free_port(), tmp_path / "naive.log"
+    process = start_server("sales", sales_ckpt, port, "onnx", options={"model": "seasonal_naive"}, log=log)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", process, log=log)
+        status, body = post(f"http://127.0.0.1:{port}/forecast", {"series_id": sid, "level": [80]})
+    finally:
+        stop_server(process)
+    assert status == 200 and body["model"] == "seasonal_naive", body
+    assert body["forecast"] == pytest.approx(np.tile(predictor.sales[0, -7:], 4), abs=1e-3)
+    assert all(lo <= f <= hi for lo, f, hi in zip(body["quantiles"]["0.1"], body["forecast"], body["quantiles"]["0.9"],
+                                                  strict=True))
+
+
+def test_serving_a_row_the_report_does_not_have_is_refused_at_start(sales_ckpt):
+    result = run_cli("serve", "sales", "--checkpoint", sales_ckpt, "--port", str(free_port()), "--model", "nope")
+    assert result.returncode != 0
+    assert "--model nope: not one of the evaluation's rows" in result.stderr and "seasonal_naive" in result.stderr
+
+
+@pytest.mark.parametrize(("body", "where", "fragment"), [
+    ({"series_ids": ["NOPE_1", "NOPE_2"]}, ["series_ids"], "unknown series_id 'NOPE_1', 'NOPE_2'"),
+    ({"series_ids": []}, ["series_ids"], "at least 1 item"),
+    ({"series_ids": ["x"] * 1001}, ["series_ids"], "at most 1000 items"),
+    ({"series_ids": ["x"], "level": [100]}, ["level", 0], "less than or equal to 99"),
+    ({"series_ids": ["x"], "level": [80.5]}, ["level", 0], "valid integer"),
+])
+def test_bad_many_series_requests_get_400_with_where_and_why(api, body, where, fragment):
+    import json
+
+    status, text = post(f"{api}/forecast_many", body)
+    assert status == 400, text
+    detail = json.loads(text)["detail"][0]
+    assert detail["loc"][-len(where):] == where and fragment in detail["msg"], detail
 
 
 def test_a_posted_history_is_forecast(api, sales_ckpt):
@@ -54,6 +132,8 @@ def test_a_posted_history_is_forecast(api, sales_ckpt):
     ({}, ["series_id"], "exactly one of series_id"),
     ({"series_id": "x", "horizon": 29}, ["horizon"], "less than or equal to 28"),
     ({"series_id": "x", "horizon": 0}, ["horizon"], "greater than or equal to 1"),
+    ({"series_id": "x", "level": [0]}, ["level", 0], "greater than or equal to 1"),
+    ({"series_id": "x", "level": list(range(1, 12))}, ["level"], "at most 10 items"),
     ({"history": {"sales": [1.0] * 10, "start_date": "2015-01-01"}}, ["history", "sales"], "at least 28"),
     ({"history": {"sales": [1.0] * 40 + [-1.0], "start_date": "2015-01-01"}}, ["history", "sales", 40],
      "greater than or equal to 0"),
@@ -101,6 +181,8 @@ def test_gradio_sales_tab_draws_history_and_forecast_in_a_headless_browser(sales
     assert drawn["history"] >= SHOWN_DAYS - 1 and drawn["forecast"] == predictor.horizon - 1, drawn
     assert drawn["interval"], "the 80% interval is shaded"
     assert drawn["title"] == f"{item} at {store}", drawn
+    served = json.loads((sales_ckpt / "report.json").read_text())["served"]["model"]
+    assert drawn["legend"].startswith(f"forecast by {served} ("), drawn  # says which model answered
     assert any("-" in tick for tick in drawn["x_ticks"]), drawn  # dates on a time axis, not categories
     assert len(drawn["table_rows"]) >= 1
 
@@ -108,7 +190,7 @@ def test_gradio_sales_tab_draws_history_and_forecast_in_a_headless_browser(sales
 # What the chart draws, read from its SVG: segments of the history and forecast lines, the x ticks, the title.
 CHART_SCRIPT = """
 const svg = document.querySelector('#sales-chart svg');
-const result = {history: 0, forecast: 0, interval: false, x_ticks: [], title: '', table_rows: []};
+const result = {history: 0, forecast: 0, interval: false, x_ticks: [], title: '', legend: '', table_rows: []};
 if (!svg) return result;
 const segments = id => {
   const path = svg.querySelector(`g[id="${id}"] path`);
@@ -119,6 +201,7 @@ result.forecast = segments('sales-forecast');
 result.interval = !!svg.querySelector('g[id="sales-interval"] path');
 result.x_ticks = [...svg.querySelectorAll('g[id^="xtick_"] text')].map(t => t.textContent);
 result.title = [...svg.querySelectorAll('text')].map(t => t.textContent).find(t => t.includes(' at ')) || '';
+result.legend = [...svg.querySelectorAll('text')].map(t => t.textContent).find(t => t.startsWith('forecast by')) || '';
 result.table_rows = [...document.querySelectorAll('#sales-table tbody tr')].map(r => r.textContent);
 return result;
 """
@@ -129,6 +212,6 @@ def test_bentomls_client_lists_and_calls_the_route(api, sales_ckpt):
 
     series = SalesPredictor(sales_ckpt, "torch").series.iloc[0]["id"]
     with bentoml.SyncHTTPClient(api) as client:
-        assert list(client.endpoints) == ["forecast"]
+        assert list(client.endpoints) == ["forecast", "forecast_many"]
         answer = client.forecast(series_id=series, horizon=7)
     assert answer["forecast"] == post(f"{api}/forecast", {"series_id": series, "horizon": 7})[1]["forecast"]

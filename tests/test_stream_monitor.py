@@ -16,7 +16,7 @@ import pytest
 from serving.predictor import TurbofanPredictor
 from streaming.alerts import AlertRule, AlertStateMachine
 from streaming.broker import PARTITIONS, TOPICS, EmbeddedBroker, ensure_topics
-from streaming.monitor import MonitorSettings, TurbofanMonitor
+from streaming.monitor import MonitorSettings, RecentSamples, TurbofanMonitor
 from streaming.replay import load_replay, replay
 from tests.conftest import REPO, free_port, running_app, wait_for
 from training.data.cmapss import SENSORS, SETTINGS, windows_per_cycle
@@ -165,8 +165,9 @@ def alerts_equal_offline_alarms_and_poison_goes_to_the_dlq(broker, turbofan_ckpt
     assert metrics["modelyard_monitor_alerts_total"] == len(expected_alerts)
     lag = {labels: value for labels, value in metrics.items() if labels.startswith("modelyard_monitor_consumer_lag")}
     assert len(lag) == 4 and set(lag.values()) == {0.0}, lag  # every partition read to its end
-    p50, p99 = (metrics[f'modelyard_monitor_event_to_alert_seconds{{quantile="{q}"}}'] for q in ("0.5", "0.99"))
-    assert 0 < p50 <= p99 < 60
+    for name in ("event_to_alert", "event_to_scored"):
+        p50, p99 = (metrics[f'modelyard_monitor_{name}_seconds{{quantile="{q}"}}'] for q in ("0.5", "0.99"))
+        assert 0 < p50 <= p99 < 60
     dead = read_topic(broker.bootstrap_servers, TOPICS["dlq"])
     reasons = sorted(dict(r.headers)["error"].decode() for r in dead)
     assert len(dead) == 4 and any("not JSON" in r for r in reasons) and any("out-of-order" in r for r in reasons)
@@ -440,3 +441,21 @@ def check_forgotten(running, broker, units, a, b, expected_alerts, metrics_port)
     engines = {line.split('engine="')[1].split('"')[0] for line in text.splitlines()
                if line.startswith("modelyard_monitor_engine_score{")}
     assert engines == {str(a_id)} and "modelyard_monitor_engines 1.0" in text
+
+
+def test_latency_quantiles_cover_only_the_recent_window():
+    """A monitor that was slow an hour ago reports how it does now: the summary is a sliding window."""
+    now = [0.0]
+    samples = RecentSamples(window_s=300, cap=1000, clock=lambda: now[0])
+    assert samples.quantiles([0.5]) is None
+    samples.add([10.0] * 100)  # a slow start
+    now[0] = 200.0
+    samples.add([0.1] * 100)
+    assert samples.quantiles([0.99])[0] == pytest.approx(10.0)  # both still in the window
+    now[0] = 301.0
+    samples.add([])
+    assert samples.quantiles([0.5, 0.99]) == pytest.approx([0.1, 0.1])  # the slow start has left it
+    samples.add([0.2] * 2000)
+    assert len(samples.values()) == 1000  # and it never holds more than its cap
+    now[0] = 602.0
+    assert samples.quantiles([0.5]) is None

@@ -44,7 +44,7 @@ def forecast_chart(dates: list[str], sales: list[float], forecast: dict[str, Any
         if forecast is not None:
             ahead = np.array(forecast["dates"], dtype="datetime64[D]")
             ax.plot(ahead, forecast["forecast"], color="#2471a3", marker=".", markersize=4, linewidth=1.6,
-                    label=f"forecast ({len(ahead)} days)", gid="sales-forecast")
+                    label=f"forecast by {forecast['model']} ({len(ahead)} days)", gid="sales-forecast")
             bounds = forecast.get("quantiles") or {}
             levels = sorted(bounds, key=float)
             if len(levels) >= 2:  # the widest interval the API gives

@@ -9,10 +9,13 @@ from scipy.optimize import nnls
 
 from training.metrics.wrmsse import WRMSSE
 
+IN_SAMPLE = ("ensemble_fitted",)  # judged on the validation days that fitted it
+
 
 def _combine(forecasts: dict[str, dict[str, np.ndarray]], weights: dict[str, float]) -> dict[str, np.ndarray]:
+    """Every split the members forecast ("val", "test", and "future" where the evaluation made one)."""
     return {split: sum(w * forecasts[name][split] for name, w in weights.items())
-            for split in ("val", "test")}
+            for split in next(iter(forecasts.values()))}
 
 
 def series_weights(metric: WRMSSE) -> np.ndarray:

@@ -10,6 +10,7 @@ their ensembles, with plots).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,17 +21,19 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from training.checkpoint import CheckpointManifest, record_files, save_checkpoint, write_report
+from training.checkpoint import CheckpointManifest, record_files, save_checkpoint, write_json_atomic, write_report
 from training.config import TrainConfig
 from training.data.m5 import M5Data, load_m5
 from training.data.m5_features import COVARIATES, HORIZON, IdVocabulary, day_covariates
 from training.engine.trainer import FitResult, TrainingJob
+from training.metrics import intervals
 from training.metrics.wrmsse import WRMSSE
 from training.models import build_model, load_model
 from training.models.sales import window_scale
 from training.tasks.specs.sales import SPEC
 
 HISTORY_FILE, SERIES_FILE = "history.safetensors", "series.csv"
+SERVED_FILE, FORECASTS_FILE = "served_models.json", "forecasts.safetensors"  # written by evaluate
 DEFAULTS = {"batch_size": 128, "epochs": 20, "lr": 2e-3, "weight_decay": 1e-4, "warmup_steps": 20}
 
 
@@ -194,7 +197,7 @@ def save(cfg: TrainConfig, data: SalesData, config: dict[str, Any], result: FitR
                        "context": config["context"], "first_day": m5.first_day,
                        "first_date": str(m5.calendar["date"].iloc[0].date()),
                        "last_sales_day": m5.first_day + m5.days - 1, "calendar_days": len(m5.calendar),
-                       "interval": interval_from_validation(data, config, result.best_state)},
+                       "interval": interval_calibration(data, config, result.best_state)},
         training=result.record(cfg, data_fingerprint=m5.fingerprint, series=len(m5.ids), days=m5.days,
                                train_windows=data.windows, history=result.history),
         metrics=result.best_metrics)
@@ -205,7 +208,7 @@ def save(cfg: TrainConfig, data: SalesData, config: dict[str, Any], result: FitR
     return out
 
 
-INTERVAL_LEVELS = (0.1, 0.9)  # an 80% prediction interval
+REPORTED_LEVELS = (50, 80, 95)  # interval levels (%) whose test coverage the report gives
 
 
 def origin_scale(data: SalesData, origin: int, context: int) -> np.ndarray:
@@ -215,29 +218,30 @@ def origin_scale(data: SalesData, origin: int, context: int) -> np.ndarray:
     return level[:, 0].numpy()
 
 
-def interval_from_validation(data: SalesData, config: dict[str, Any], state: dict[str, torch.Tensor]) -> dict:
-    """Empirical quantiles of the validation errors, in units of each window's level, per week ahead (errors grow
-    with the horizon; a week pools 7 days x every series, enough for stable quantiles on few series). An interval is
-    the forecast plus these times the series' level, floored at zero. The test days check its coverage."""
+def calibration_errors(predict: Callable[[int], np.ndarray], data: SalesData, context: int) -> list[np.ndarray]:
+    """Scaled errors per week ahead of forecasts from each of the 28 origins in the validation window, every day
+    ahead that stays before the test days (day 1 from 28 origins, day 28 from one): days the network never trained
+    on, more of them than the one validation forecast gives. `predict(origin)` is (series, 28)."""
+    by_week: list[list[np.ndarray]] = [[] for _ in range(HORIZON // 7)]
+    for origin in range(data.val_start - 1, data.test_start - 1):
+        ahead = min(HORIZON, data.test_start - 1 - origin)
+        errors = (data.m5.sales[:, origin + 1:origin + 1 + ahead] - predict(origin)[:, :ahead]) \
+            / origin_scale(data, origin, context)[:, None]
+        started = data.alive[:, origin] > 0
+        for day in range(ahead):
+            by_week[day // 7].append(errors[started, day])
+    return [np.concatenate(week) for week in by_week]
+
+
+def interval_calibration(data: SalesData, config: dict[str, Any], state: dict[str, torch.Tensor]) -> dict:
+    """The network's conformal calibration (training.metrics.intervals); the test days check its coverage."""
     model = build_model(config)
     model.load_state_dict(state)
-    origin = data.val_start - 1
+    model.eval()
     with torch.no_grad():
-        predicted = forecast(model.eval(), data, origin, config["context"])
-    errors = (data.m5.sales[:, data.val_start:data.test_start] - predicted) / origin_scale(data, origin,
-                                                                                            config["context"])[:, None]
-    started = data.alive[:, origin] > 0
-    weeks = [np.quantile(errors[started][:, 7 * w:7 * w + 7], INTERVAL_LEVELS) for w in range(HORIZON // 7)]
-    per_day = [weeks[day // 7].tolist() for day in range(HORIZON)]
-    return {"levels": list(INTERVAL_LEVELS), "scaled_error_quantiles": per_day,
-            "method": "validation errors over the window level, quantiles per week ahead"}
-
-
-def interval_bounds(point: np.ndarray, scale: np.ndarray, interval: dict) -> dict[str, np.ndarray]:
-    """{level: (series, horizon)} bounds around `point` forecasts (series, horizon) with levels `scale` (series,)."""
-    quantiles = np.asarray(interval["scaled_error_quantiles"])[:point.shape[1]]  # (horizon, levels)
-    return {str(level): np.maximum(point + quantiles[None, :, i] * scale[:, None], 0.0)
-            for i, level in enumerate(interval["levels"])}
+        errors = calibration_errors(lambda origin: forecast(model, data, origin, config["context"]), data,
+                                    config["context"])
+    return intervals.calibrate(errors)
 
 
 def calendar_arrays(calendar: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -266,12 +270,12 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     with torch.no_grad():
         network = {"val": forecast(model, data, data.val_start - 1, context),
-                   "test": forecast(model, data, data.test_start - 1, context)}
+                   "test": forecast(model, data, data.test_start - 1, context),
+                   "future": forecast(model, data, data.m5.days - 1, context)}
     inference_seconds = time.perf_counter() - start
     name = trained["task_options"]["model"]
-    bounds = interval_bounds(network["test"], origin_scale(data, data.test_start - 1, context), pre["interval"])
-    low, high = bounds[str(pre["interval"]["levels"][0])], bounds[str(pre["interval"]["levels"][-1])]
-    coverage = float(((test_actual >= low) & (test_actual <= high)).mean())
+    bounds = intervals.bounds(network["test"], origin_scale(data, data.test_start - 1, context), pre["interval"],
+                              REPORTED_LEVELS)
     forecasts = {name: network}
     seconds = {name: trained["train_seconds"]}
     for baseline, (result, spent) in run_baselines(selected_baselines(trained["task_options"]["baselines"]),
@@ -290,6 +294,7 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
                       "train_seconds": round(seconds.get(label, 0.0), 2) if label in seconds else None})
     table.sort(key=lambda row: row["wrmsse"])
     best = table[0]
+    served = write_served_models(ckpt, data, results, table, name, pre["interval"], context)
     days = data.m5.first_day + np.arange(data.m5.days)
     report: dict[str, Any] = {
         "task": SPEC.name, "subset": f"{len(data.m5.ids)} series", "series": len(data.m5.ids), "data": data.m5.source,
@@ -304,21 +309,53 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
         "ensemble_note": ("ensemble_fitted's weights were fitted on the validation days, so its val_wrmsse is "
                           "in-sample; ensemble_best3 averages the three best models on the validation days"),
         "network_inference_seconds": round(inference_seconds, 3),
-        "network_interval": {"levels": pre["interval"]["levels"], "test_coverage": coverage,
-                             "nominal_coverage": round(pre["interval"]["levels"][-1] - pre["interval"]["levels"][0],
-                                                       3)},
+        "served": served,
+        "network_interval": {"method": pre["interval"]["method"],
+                             "calibration_errors_per_week": pre["interval"]["errors_per_week"],
+                             "test_coverage": intervals.coverage(test_actual, bounds, REPORTED_LEVELS)},
     }
     chosen = plot_series_choice(test_metric)
     history_start = max(0, data.test_start - 112)
     shown = list(dict.fromkeys([best["model"], name, *(["seasonal_naive"] if "seasonal_naive" in results else [])]))
     plots = [plot_forecasts(ckpt / "forecasts.png", data, {k: results[k]["test"] for k in shown}, chosen,
-                            history_start, band=(name, low, high)),
+                            history_start, band=(name, bounds["0.1"], bounds["0.9"])),
              plot_levels(ckpt / "wrmsse_levels.png",
                          {row["model"]: test_metric.per_level(test_actual, results[row["model"]]["test"])
                           for row in table[:6]})]
     report["plots"] = [p.name for p in plots]
     return write_report(ckpt, manifest, report, {"best_wrmsse": report["best_wrmsse"],
-                                                 "wrmsse": report["network_wrmsse"]})
+                                                 "wrmsse": report["network_wrmsse"]},
+                        files=[SERVED_FILE, FORECASTS_FILE])
+
+
+def write_served_models(ckpt: Path, data: SalesData, results: dict[str, dict[str, np.ndarray]], table: list[dict],
+                        network: str, network_calibration: dict, context: int) -> dict[str, Any]:
+    """What the API serves for the known series besides the live network: every report row's forecast of the 28
+    days after the data (FORECASTS_FILE) and its interval calibration, and which row is best on the validation
+    days among those scored out of sample (SERVED_FILE). The network keeps its rolling-origin calibration; the
+    others are calibrated on their one validation forecast (7 days x series per week ahead). Returns the served
+    row's summary for the report, with its interval coverage on the test days."""
+    from safetensors.numpy import save_file
+
+    from training.metrics.ensembles import IN_SAMPLE
+
+    origin = data.val_start - 1
+    started = data.alive[:, origin] > 0
+    errors = {label: (data.m5.sales[:, data.val_start:data.test_start] - result["val"])
+              / origin_scale(data, origin, context)[:, None] for label, result in results.items()}
+    models = {row["model"]: {"kind": row["kind"], "val_wrmsse": row["val_wrmsse"], "calibration": (
+        network_calibration if row["model"] == network else intervals.calibrate(
+            [errors[row["model"]][started, 7 * w:7 * w + 7].ravel() for w in range(HORIZON // 7)]))}
+        for row in table}
+    best = min((row for row in table if row["model"] not in IN_SAMPLE), key=lambda row: row["val_wrmsse"])["model"]
+    save_file({label: np.ascontiguousarray(results[label]["future"], dtype=np.float32) for label in models},
+              str(ckpt / FORECASTS_FILE))
+    write_json_atomic(ckpt / SERVED_FILE, {"best": best, "network": network, "models": models})
+    test_bounds = intervals.bounds(results[best]["test"], origin_scale(data, data.test_start - 1, context),
+                                   models[best]["calibration"], REPORTED_LEVELS)
+    return {"model": best, "val_wrmsse": models[best]["val_wrmsse"],
+            "why": "lowest validation WRMSSE of the rows scored out of sample (not " + ", ".join(IN_SAMPLE) + ")",
+            "test_coverage": intervals.coverage(data.m5.sales[:, data.test_start:], test_bounds, REPORTED_LEVELS)}
 
 
 def plot_series_choice(metric: WRMSSE, count: int = 3) -> list[int]:
