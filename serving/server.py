@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +26,21 @@ from training.tasks.specs import task_specs
 
 class ServerFailed(RuntimeError):
     pass
+
+
+def startup_failure(log: Path | None, offset: int = 0) -> str | None:
+    """The error that stopped the service's startup (the last `SomeError: message` line before BentoML's
+    STARTUP_FAILED) in what the log gained after `offset` bytes, or None while none is logged."""
+    if log is None or not log.is_file():
+        return None
+    with open(log, "rb") as file:
+        file.seek(offset)
+        lines = file.read().decode(errors="replace").splitlines()
+    failed = next((i for i, line in enumerate(lines) if STARTUP_FAILED in line), None)
+    if failed is None:
+        return None
+    errors = [line for line in lines[:failed] if re.match(r"^[\w.]+(Error|Exception): ", line)]
+    return errors[-1] if errors else lines[failed].strip()
 
 
 def served_tasks() -> list[str]:
@@ -56,13 +72,21 @@ def start_server(task: str, ckpt: Path, port: int, runtime: str = "onnx", host: 
                             start_new_session=True)
 
 
+STARTUP_FAILED = "Application startup failed"  # what BentoML logs when a service's __init__ raised; it keeps running
+
+
 def wait_ready(url: str, process: subprocess.Popen, timeout: float = 120.0, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
+    offset = log.stat().st_size if log is not None and log.is_file() else 0  # the log is appended to across runs
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log and log.is_file() else []
             raise ServerFailed(f"the service exited with code {process.returncode}" +
                                (f": {tail[0]}" if tail else ""))
+        failure = startup_failure(log, offset)
+        if failure is not None:
+            stop_server(process)
+            raise ServerFailed(f"the service could not start: {failure}")
         try:
             with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
                 if response.status == 200:

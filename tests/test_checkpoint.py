@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,6 +10,7 @@ from training.checkpoint import (
     CheckpointManifest,
     load_checkpoint,
     record_files,
+    save_arrays,
     save_checkpoint,
     verify_checkpoint,
 )
@@ -35,6 +37,16 @@ def test_tied_weights_are_saved_as_independent_tensors(tmp_path):
     shared = torch.randn(3, 3)
     out = save_checkpoint(tmp_path / "c", CheckpointManifest(task="t", model={}), {"x": shared, "y": shared})
     assert torch.equal(load_checkpoint(out)[1]["y"], shared)
+
+
+def test_numpy_arrays_in_any_memory_order_read_back_as_saved(tmp_path):
+    """A Fortran-ordered array (pandas' to_numpy of a wide frame: the M5 sales) once read back scrambled."""
+    from safetensors.numpy import load_file
+
+    wide = np.asfortranarray(np.arange(12, dtype=np.float32).reshape(3, 4))
+    save_arrays(tmp_path / "a.safetensors", {"wide": wide, "view": wide[:, 1:3]})
+    loaded = load_file(str(tmp_path / "a.safetensors"))
+    assert np.array_equal(loaded["wide"], wide) and np.array_equal(loaded["view"], wide[:, 1:3])
 
 
 def test_tampered_weights_are_refused_naming_the_file(ckpt):

@@ -44,6 +44,16 @@ def test_report_compares_the_network_with_baselines_and_ensembles(sales_ckpt):
         verify_checkpoint(sales_ckpt).files)
 
 
+def test_the_stored_history_is_the_data_the_model_was_trained_on(sales_ckpt):
+    """What the API forecasts from: every series' sales and prices as read (the real series load in Fortran order)."""
+    from safetensors.numpy import load_file
+
+    data = sales.load_data(Path(json.loads((sales_ckpt / "manifest.json").read_text())["training"]["data_dir"]))
+    history = load_file(str(sales_ckpt / sales.HISTORY_FILE))
+    assert np.array_equal(history["sales"], data.m5.sales)
+    assert np.array_equal(history["prices"], data.m5.prices, equal_nan=True)
+
+
 def test_evaluate_recomputes_the_test_metric_from_the_saved_model(sales_ckpt):
     manifest, weights = load_checkpoint(sales_ckpt)
     data = sales.load_data(Path(manifest.training["data_dir"]))

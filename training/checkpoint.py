@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel, Field, ValidationError
 from safetensors.torch import load_file, save_file
@@ -78,6 +79,17 @@ def save_weights(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(tmp))
     os.chmod(tmp, 0o644)  # safetensors creates 0600 files; a serving account must be able to read them
+    os.replace(tmp, path)
+
+
+def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Numpy arrays into a safetensors file, each in C order: safetensors.numpy writes an array's memory as it lies,
+    so a Fortran-ordered one (what pandas' to_numpy gives for a wide frame) would read back scrambled."""
+    from safetensors.numpy import save_file as save_numpy
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_numpy({name: np.ascontiguousarray(a) for name, a in arrays.items()}, str(tmp))
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 

@@ -21,7 +21,14 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from training.checkpoint import CheckpointManifest, record_files, save_checkpoint, write_json_atomic, write_report
+from training.checkpoint import (
+    CheckpointManifest,
+    record_files,
+    save_arrays,
+    save_checkpoint,
+    write_json_atomic,
+    write_report,
+)
 from training.config import TrainConfig
 from training.data.m5 import M5Data, load_m5
 from training.data.m5_features import COVARIATES, HORIZON, IdVocabulary, day_covariates
@@ -188,8 +195,6 @@ def build_job(cfg: TrainConfig) -> tuple[TrainingJob, SalesData, dict[str, Any]]
 def save(cfg: TrainConfig, data: SalesData, config: dict[str, Any], result: FitResult) -> Path:
     """The weights, and what serving forecasts from without the data folder: every series' ids, sales and prices,
     and the calendar's covariates (past the sales, to the calendar's end)."""
-    from safetensors.numpy import save_file
-
     m5 = data.m5
     manifest = CheckpointManifest(
         task=SPEC.name, model=config,
@@ -202,7 +207,7 @@ def save(cfg: TrainConfig, data: SalesData, config: dict[str, Any], result: FitR
                                train_windows=data.windows, history=result.history),
         metrics=result.best_metrics)
     out = save_checkpoint(Path(cfg.out), manifest, result.best_state)
-    save_file({"sales": m5.sales, "prices": m5.prices, **calendar_arrays(m5.calendar)}, str(out / HISTORY_FILE))
+    save_arrays(out / HISTORY_FILE, {"sales": m5.sales, "prices": m5.prices, **calendar_arrays(m5.calendar)})
     m5.ids.to_csv(out / SERIES_FILE, index=False)
     record_files(out, manifest, [HISTORY_FILE, SERIES_FILE])
     return out
@@ -335,8 +340,6 @@ def write_served_models(ckpt: Path, data: SalesData, results: dict[str, dict[str
     days among those scored out of sample (SERVED_FILE). The network keeps its rolling-origin calibration; the
     others are calibrated on their one validation forecast (7 days x series per week ahead). Returns the served
     row's summary for the report, with its interval coverage on the test days."""
-    from safetensors.numpy import save_file
-
     from training.metrics.ensembles import IN_SAMPLE
 
     origin = data.val_start - 1
@@ -348,8 +351,7 @@ def write_served_models(ckpt: Path, data: SalesData, results: dict[str, dict[str
             [errors[row["model"]][started, 7 * w:7 * w + 7].ravel() for w in range(HORIZON // 7)]))}
         for row in table}
     best = min((row for row in table if row["model"] not in IN_SAMPLE), key=lambda row: row["val_wrmsse"])["model"]
-    save_file({label: np.ascontiguousarray(results[label]["future"], dtype=np.float32) for label in models},
-              str(ckpt / FORECASTS_FILE))
+    save_arrays(ckpt / FORECASTS_FILE, {label: results[label]["future"].astype(np.float32) for label in models})
     write_json_atomic(ckpt / SERVED_FILE, {"best": best, "network": network, "models": models})
     test_bounds = intervals.bounds(results[best]["test"], origin_scale(data, data.test_start - 1, context),
                                    models[best]["calibration"], REPORTED_LEVELS)

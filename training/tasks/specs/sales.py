@@ -50,8 +50,8 @@ SPEC = TaskSpec(
     predictor="serving.sales_predictor:SalesPredictor",
     tab="apps.tabs.sales",
     options=OPTIONS,
-    limits=("Forecasting 28 days of daily unit sales for item-store series in the M5 (Walmart) format, with an 80% "
-            "interval. It knows the calendar (events, SNAP days) and prices, not promotions or stock-outs; a series it "
-            "was not trained on needs its history posted."),
+    limits=("Forecasting 28 days of daily unit sales for item-store series in the M5 (Walmart) format, with "
+            "prediction intervals at the levels asked (80% by default). It knows the calendar (events, SNAP days) "
+            "and prices, not promotions or stock-outs; a series it was not trained on needs its history posted."),
     demo_runs=demo_runs,
 )
