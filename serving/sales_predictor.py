@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,39 @@ class PostedSeries:
     start_date: dt.date
     prices: list[float] | None = None  # the history's days, optionally followed by the forecast days'
     ids: dict[str, str | None] | None = None  # item_id, dept_id, cat_id, store_id, state_id (any may be missing)
+    series_id: str | None = None  # the caller's name for it, answered back
+
+
+Locator = Callable[[str], list]  # a posted series' field -> where it is in the request
+LONG_FIELDS = {"start_date": "ds", "sales": "y"}  # a history's fields as the long shape names them
+
+
+def long_histories(unique_ids: Sequence[str], days: Sequence[dt.date], values: Sequence[float],
+                   min_days: int) -> tuple[list[PostedSeries], list[Locator]]:
+    """Histories from rows in the long shape Nixtla's libraries use (unique_id, ds, y), grouped by unique_id in
+    order of first appearance, each a run of consecutive days in any row order; and where each series is in the
+    request. A series with a day given twice, a missing day or fewer than `min_days` days is refused."""
+    rows: dict[str, list[int]] = {}
+    for i, uid in enumerate(unique_ids):
+        rows.setdefault(uid, []).append(i)
+    posted, where = [], []
+    for uid, indices in rows.items():
+        indices.sort(key=lambda i: days[i])
+        dates = [days[i] for i in indices]
+        first = indices[0]
+        for before, after, i in zip(dates, dates[1:], indices[1:], strict=False):
+            if after == before:
+                raise Refused(f"series {uid!r}: {after} is given twice", ["histories", i, "ds"])
+            if after != before + dt.timedelta(days=1):
+                raise Refused(f"series {uid!r}: no values from {before + dt.timedelta(days=1)} to "
+                              f"{after - dt.timedelta(days=1)}; give every day (0 for a day without sales)",
+                              ["histories", i, "ds"])
+        if len(dates) < min_days:
+            raise Refused(f"series {uid!r}: {len(dates)} days; at least {min_days} are needed",
+                          ["histories", first, "unique_id"])
+        posted.append(PostedSeries([values[i] for i in indices], dates[0], series_id=uid))
+        where.append(lambda field, first=first: ["histories", first, LONG_FIELDS.get(field, field)])
+    return posted, where
 
 
 @dataclass
@@ -135,25 +168,38 @@ class SalesPredictor(CheckpointPredictor):
 
     def forecast_posted(self, posted: PostedSeries, horizon: int, levels: Sequence[float] = DEFAULT_LEVELS
                         ) -> dict[str, Any]:
+        return self.forecast_posted_many([posted], horizon, levels, [lambda field: ["history", field]])[0]
+
+    def forecast_posted_many(self, posted: Sequence[PostedSeries], horizon: int,
+                             levels: Sequence[float] = DEFAULT_LEVELS, where: Sequence[Locator] | None = None
+                             ) -> list[dict[str, Any]]:
+        """Posted histories, by the network in one call; `where[i]` locates series i's fields in the request (for
+        a refusal)."""
+        where = where or [lambda field, i=i: ["histories", i, field] for i in range(len(posted))]
+        inputs = [self._posted_inputs(series, horizon, loc) for series, loc in zip(posted, where, strict=True)]
+        answers = self._forecast(inputs, horizon, levels, self.network)
+        return [{"series_id": series.series_id, **answer} for series, answer in zip(posted, answers, strict=True)]
+
+    def _posted_inputs(self, posted: PostedSeries, horizon: int, loc: Locator) -> SeriesInputs:
         sales = np.asarray(posted.sales, dtype=np.float32)
         start = (posted.start_date - self.first_date).days  # calendar index of the history's first day
+        name = f"series {posted.series_id!r}: " if posted.series_id is not None else ""
         if start < 0:
-            raise Refused(f"{posted.start_date} is before the calendar's first day {self.first_date}",
-                          ["history", "start_date"])
+            raise Refused(f"{name}{posted.start_date} is before the calendar's first day {self.first_date}",
+                          loc("start_date"))
         end = start + len(sales) + horizon
         if end > self.calendar_days:
             last = self.first_date + dt.timedelta(days=self.calendar_days - 1)
             until = self.first_date + dt.timedelta(days=end - 1)
-            raise Refused(f"the forecast would run to {until}, past the calendar's last day {last}: events and SNAP "
-                          "days are known only within it", ["history", "start_date"])
+            raise Refused(f"{name}the forecast would run to {until}, past the calendar's last day {last}: events and "
+                          "SNAP days are known only within it", loc("start_date"))
         if not (sales > 0).any():
-            raise Refused("the history has no sales at all: nothing to forecast from", ["history", "sales"])
-        prices = self._posted_prices(posted.prices, len(sales), start)
+            raise Refused(f"{name}the history has no sales at all: nothing to forecast from", loc("sales"))
+        prices = self._posted_prices(posted.prices, len(sales), start, loc)
         ids = pd.DataFrame([{field: (posted.ids or {}).get(field) for field in ID_FIELDS}])
-        inputs = self._inputs(sales, prices, start, self.vocab.encode(ids), ids["state_id"].iloc[0])
-        return {"series_id": None, **self._forecast([inputs], horizon, levels, self.network)[0]}
+        return self._inputs(sales, prices, start, self.vocab.encode(ids), ids["state_id"].iloc[0])
 
-    def _posted_prices(self, prices: list[float] | None, days: int, start: int) -> np.ndarray:
+    def _posted_prices(self, prices: list[float] | None, days: int, start: int, loc: Locator) -> np.ndarray:
         """Daily prices from the history's first day to the calendar's end: the posted ones, carried forward;
         a constant price when none are posted (the model then reads no price changes)."""
         out = np.full(self.calendar_days - start, np.nan, dtype=np.float32)
@@ -162,7 +208,7 @@ class SalesPredictor(CheckpointPredictor):
             return out
         if len(prices) not in (days, days + self.horizon):
             raise Refused(f"{len(prices)} prices for {days} days of sales: give one per day of the history "
-                          f"(optionally {self.horizon} more for the days ahead)", ["history", "prices"])
+                          f"(optionally {self.horizon} more for the days ahead)", loc("prices"))
         out[:len(prices)] = prices
         return pd.Series(out).ffill().to_numpy(dtype=np.float32)
 

@@ -97,7 +97,41 @@ def test_serving_a_row_the_report_does_not_have_is_refused_at_start(sales_ckpt):
     assert "--model nope: not one of the evaluation's rows" in result.stderr and "seasonal_naive" in result.stderr
 
 
+def long_rows(uid: str, start: dt.date, sales: list[float]) -> list[dict]:
+    return [{"unique_id": uid, "ds": (start + dt.timedelta(days=k)).isoformat(), "y": y} for k, y in enumerate(sales)]
+
+
+def test_posted_histories_in_the_long_shape_answer_as_one_posted_history_each(api, sales_ckpt):
+    predictor = SalesPredictor(sales_ckpt, "torch")
+    start = predictor.last_date - dt.timedelta(days=99)
+    histories = {f"store-{i}": predictor.sales[i, -100:].tolist() for i in (3, 1)}
+    rows = [row for uid, sales in histories.items() for row in long_rows(uid, start, sales)]
+    rows = rows[::-1]  # rows in any order: series answered in order of first appearance, days sorted
+    status, body = post(f"{api}/forecast_many", {"histories": rows, "horizon": 14})
+    assert status == 200, body
+    assert [f["series_id"] for f in body["forecasts"]] == ["store-1", "store-3"]
+    for answer in body["forecasts"]:
+        one = post(f"{api}/forecast", {"history": {"sales": histories[answer["series_id"]],
+                                                   "start_date": start.isoformat()}, "horizon": 14})[1]
+        assert answer["forecast"] == pytest.approx(one["forecast"], abs=1e-4) and answer["model"] == "lstm"
+        assert answer["quantiles"]["0.9"] == pytest.approx(one["quantiles"]["0.9"], abs=1e-4)
+
+
+GAP = long_rows("a", dt.date(2015, 1, 1), [1.0] * 20) + long_rows("a", dt.date(2015, 1, 25), [1.0] * 20)
+TWICE = long_rows("a", dt.date(2015, 1, 1), [1.0] * 40) + long_rows("a", dt.date(2015, 1, 5), [2.0])
+
+
 @pytest.mark.parametrize(("body", "where", "fragment"), [
+    ({"histories": GAP}, ["histories", 20, "ds"], "'a': no values from 2015-01-21 to 2015-01-24"),
+    ({"histories": TWICE}, ["histories", 40, "ds"], "'a': 2015-01-05 is given twice"),
+    ({"histories": long_rows("a", dt.date(2015, 1, 1), [1.0] * 40) + long_rows("b", dt.date(2015, 1, 1), [1.0] * 5)},
+     ["histories", 40, "unique_id"], "'b': 5 days; at least 28"),
+    ({"histories": long_rows("a", dt.date(2015, 1, 1), [0.0] * 40)}, ["histories", 0, "y"], "no sales at all"),
+    ({"histories": long_rows("a", dt.date(2001, 1, 1), [1.0] * 40)}, ["histories", 0, "ds"], "before the calendar"),
+    ({"histories": long_rows("a", dt.date(2015, 1, 1), [1.0] * 39 + [-1.0])}, ["histories", 39, "y"],
+     "greater than or equal to 0"),
+    ({"series_ids": ["x"], "histories": long_rows("a", dt.date(2015, 1, 1), [1.0] * 40)}, ["series_ids"],
+     "exactly one of series_ids"),
     ({"series_ids": ["NOPE_1", "NOPE_2"]}, ["series_ids"], "unknown series_id 'NOPE_1', 'NOPE_2'"),
     ({"series_ids": []}, ["series_ids"], "at least 1 item"),
     ({"series_ids": ["x"] * 1001}, ["series_ids"], "at most 1000 items"),

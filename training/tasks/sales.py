@@ -263,7 +263,6 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
     from training.baselines.forecasters import run_baselines
     from training.baselines.forecasters import selected as selected_baselines
     from training.metrics.ensembles import ensembles
-    from training.reports.sales_plots import plot_forecasts, plot_levels
 
     manifest, model = load_model(ckpt)
     trained, pre = manifest.training, manifest.preprocessing
@@ -288,16 +287,9 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
         forecasts[baseline], seconds[baseline] = result, spent
     combined = ensembles(forecasts, val_actual, val_metric)
     results = {**forecasts, **{k: v["forecast"] for k, v in combined.items()}}
-    table = []
-    for label, result in results.items():
-        error = result["test"] - test_actual
-        table.append({"model": label, "kind": "ensemble" if label in combined else
-                      ("network" if label == name else "baseline"),
-                      "wrmsse": test_metric(test_actual, result["test"]),
-                      "val_wrmsse": val_metric(val_actual, result["val"]),
-                      "rmse": float(np.sqrt((error ** 2).mean())), "mae": float(np.abs(error).mean()),
-                      "train_seconds": round(seconds.get(label, 0.0), 2) if label in seconds else None})
-    table.sort(key=lambda row: row["wrmsse"])
+    kinds = {label: "ensemble" if label in combined else "network" if label == name else "baseline"
+             for label in results}
+    table = score_table(data, results, kinds, seconds, val_metric, test_metric)
     best = table[0]
     served = write_served_models(ckpt, data, results, table, name, pre["interval"], context)
     days = data.m5.first_day + np.arange(data.m5.days)
@@ -319,18 +311,40 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
                              "calibration_errors_per_week": pre["interval"]["errors_per_week"],
                              "test_coverage": intervals.coverage(test_actual, bounds, REPORTED_LEVELS)},
     }
-    chosen = plot_series_choice(test_metric)
-    history_start = max(0, data.test_start - 112)
-    shown = list(dict.fromkeys([best["model"], name, *(["seasonal_naive"] if "seasonal_naive" in results else [])]))
-    plots = [plot_forecasts(ckpt / "forecasts.png", data, {k: results[k]["test"] for k in shown}, chosen,
-                            history_start, band=(name, bounds["0.1"], bounds["0.9"])),
-             plot_levels(ckpt / "wrmsse_levels.png",
-                         {row["model"]: test_metric.per_level(test_actual, results[row["model"]]["test"])
-                          for row in table[:6]})]
-    report["plots"] = [p.name for p in plots]
+    report["plots"] = [p.name for p in plot_report(ckpt, data, results, table, name, bounds, test_metric)]
     return write_report(ckpt, manifest, report, {"best_wrmsse": report["best_wrmsse"],
                                                  "wrmsse": report["network_wrmsse"]},
                         files=[SERVED_FILE, FORECASTS_FILE])
+
+
+def score_table(data: SalesData, results: dict[str, dict[str, np.ndarray]], kinds: dict[str, str],
+                seconds: dict[str, float], val_metric: WRMSSE, test_metric: WRMSSE) -> list[dict[str, Any]]:
+    """One row per model or ensemble, best test WRMSSE first."""
+    val_actual, test_actual = data.m5.sales[:, data.val_start:data.test_start], data.m5.sales[:, data.test_start:]
+    table = []
+    for label, result in results.items():
+        error = result["test"] - test_actual
+        table.append({"model": label, "kind": kinds[label], "wrmsse": test_metric(test_actual, result["test"]),
+                      "val_wrmsse": val_metric(val_actual, result["val"]),
+                      "rmse": float(np.sqrt((error ** 2).mean())), "mae": float(np.abs(error).mean()),
+                      "train_seconds": round(seconds[label], 2) if label in seconds else None})
+    return sorted(table, key=lambda row: row["wrmsse"])
+
+
+def plot_report(ckpt: Path, data: SalesData, results: dict[str, dict[str, np.ndarray]], table: list[dict],
+                network: str, bounds: dict[str, np.ndarray], test_metric: WRMSSE) -> list[Path]:
+    """forecasts.png (the best model, the network with its 80% interval, seasonal naive) and wrmsse_levels.png."""
+    from training.reports.sales_plots import plot_forecasts, plot_levels
+
+    test_actual = data.m5.sales[:, data.test_start:]
+    shown = list(dict.fromkeys([table[0]["model"], network,
+                                *(["seasonal_naive"] if "seasonal_naive" in results else [])]))
+    return [plot_forecasts(ckpt / "forecasts.png", data, {k: results[k]["test"] for k in shown},
+                           plot_series_choice(test_metric), max(0, data.test_start - 112),
+                           band=(network, bounds["0.1"], bounds["0.9"])),
+            plot_levels(ckpt / "wrmsse_levels.png",
+                        {row["model"]: test_metric.per_level(test_actual, results[row["model"]]["test"])
+                         for row in table[:6]})]
 
 
 def write_served_models(ckpt: Path, data: SalesData, results: dict[str, dict[str, np.ndarray]], table: list[dict],
