@@ -79,6 +79,42 @@ def test_evaluate_command_rewrites_report(trained):
     assert (out / "report.json").is_file() and "alert_f1" in result.stdout
 
 
+@pytest.mark.parametrize(("task", "tiny"), [
+    ("news", ["--max-length", "32", "--batch-size", "8"]),
+    ("image", ["--width", "8", "--batch-size", "32"]),
+    ("sales", ["--hidden", "8", "--context", "56", "--origin-stride", "28"]),
+    ("generator", ["--size", "tiny", "--block-size", "32", "--batch-size", "8"]),
+])
+def test_data_synth_writes_files_that_train_reads(tmp_path, task, tiny, tiny_encoders):
+    """`modelyard data synth TASK` writes the task's real file format: the training command reads it as it is."""
+    data, out = tmp_path / "data", tmp_path / "ckpt"
+    synth = run_cli_here("data", "synth", task, "--out", data)
+    assert synth.returncode == 0, synth.stderr
+    written = [path for path in data.rglob("*") if path.is_file()]
+    assert "wrote" in synth.stdout and written and all(path.stat().st_size > 0 for path in written), synth.stdout
+    model = ["--model", tiny_encoders["bert"]] if task == "news" else []
+    result = run_cli("train", task, "--out", out, "--data-dir", data, "--max-steps", "2", "--no-evaluate", *model,
+                     *tiny)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert verify_checkpoint(out).training["data_dir"] == str(data)
+
+
+def test_a_time_limit_is_kept_and_the_schedule_still_ends_at_its_floor(tmp_path, synthetic_cmapss):
+    """--time-limit (every demo run has one): the steps are planned to end within it, validation included, and the
+    cosine decay is planned to that end (it reaches its floor, a tenth of the peak) instead of being cut short."""
+    out, limit, peak = tmp_path / "ckpt", 8.0, 0.002
+    result = run_cli("train", "turbofan", "--out", out, "--data-dir", synthetic_cmapss, "--epochs", "10000",
+                     "--time-limit", str(limit), "--batch-size", "64", "--lr", str(peak))
+    assert result.returncode == 0, result.stderr[-3000:]
+    ran = verify_checkpoint(out).training
+    history = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert ran["epochs_run"] == len(history) < 10000 and not ran["stopped_early"]
+    spent = sum(record["epoch_seconds"] for record in history)  # training and validation, every epoch
+    assert limit * 0.7 <= spent <= limit * 1.15 + 0.5, spent  # planned at the pace so far: stated tolerance 15%
+    assert history[-1]["lr"] == pytest.approx(0.1 * peak, rel=0.02)  # the last step is at the schedule's floor
+    assert max(record["lr"] for record in history) > 0.5 * peak  # and it started from the peak
+
+
 @pytest.mark.parametrize(
     "extra",
     [["--model", "transformer", "--alert-rul", "40"], ["--objective", "reconstruction", "--window", "12"],

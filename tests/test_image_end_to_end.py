@@ -2,6 +2,7 @@
 gradient accumulation, transfer learning with a frozen body; tiny FastNets on generated CIFAR-10 keep it fast."""
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -86,7 +87,6 @@ def test_export_parity_with_the_test_time_averaging_in_the_graph(image_ckpt):
 def test_the_whitening_stem_decorrelates_patches_and_travels_in_the_checkpoint(image_ckpt):
     from torch.nn import functional as F
 
-    from training.engine.distributed import native_bf16
     from training.models.image import PatchWhitening
 
     generator = torch.Generator().manual_seed(0)
@@ -108,8 +108,11 @@ def test_the_whitening_stem_decorrelates_patches_and_travels_in_the_checkpoint(i
     manifest, weights = load_checkpoint(image_ckpt)  # what `modelyard train image` fitted and saved
     assert manifest.model["stem"] == "whiten" and weights["stem.0.weight"].shape == (24, 3, 2, 2)
     assert weights["stem.0.weight"].abs().sum() > 0
-    # trained without --precision: the recipe's bf16 where this CPU computes it natively
-    assert manifest.training["precision"] == ("bf16" if native_bf16("cpu") else "fp32")
+    # trained without --precision: the recipe's bf16 where this CPU computes it natively (its flags, read here
+    # rather than through the code's own probe)
+    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("flags")), [])
+    assert manifest.training["precision"] == ("bf16" if {"avx512_bf16", "amx_tile"} & set(flags) else "fp32")
 
 
 CPU_STRATEGIES = [("torch", "ddp"), ("torch", "fsdp"), ("colossalai", "ddp"), ("colossalai", "zero1"),
@@ -153,15 +156,23 @@ def test_two_ranks_shard_a_batchnorm_model_in_bf16(tmp_path, cifar_dir, backend,
 
 
 def test_bf16_autocast_and_sgd_adamw_defaults(tmp_path, cifar_dir):
-    for optimizer, lr in (("sgd", 0.1), ("adamw", 2e-3)):
-        out = tmp_path / optimizer
-        result = run_cli("train", "image", "--out", out, "--data-dir", cifar_dir, "--precision", "bf16",
+    """Each optimizer starts from its own default peak rate for this recipe (sgd 0.2, adamw 2e-3), read back from
+    the schedule: three steps without warmup log the third step's rate, a quarter of the peak (this recipe's cosine
+    decays to zero); and bf16 computes in bf16: the same seeded run in fp32 ends at another, close loss."""
+    third_step = 0.5 * (1 + math.cos(math.pi * 2 / 3))
+    losses = {}
+    for optimizer, peak, precision in (("sgd", 0.2, "bf16"), ("adamw", 2e-3, "bf16"), ("sgd", 0.2, "fp32")):
+        out = tmp_path / f"{optimizer}-{precision}"
+        result = run_cli("train", "image", "--out", out, "--data-dir", cifar_dir, "--precision", precision,
                          "--optimizer", optimizer, "--max-steps", "3", *TINY_IMAGE, "--no-evaluate")
         assert result.returncode == 0, result.stderr[-3000:]
         log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
         assert np.isfinite(log[-1]["train_loss"])
         assert verify_checkpoint(out).training["optimizer"] == optimizer
-        assert max(r["lr"] for r in log) <= lr  # that optimizer's own default peak rate
+        assert log[-1]["lr"] == pytest.approx(peak * third_step)
+        losses[optimizer, precision] = log[-1]["train_loss"]
+    bf16, fp32 = losses["sgd", "bf16"], losses["sgd", "fp32"]
+    assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=0.05)
 
 
 def test_gradient_accumulation_equals_a_larger_batch():
@@ -295,3 +306,23 @@ def test_compare_overlays_validation_curves(tmp_path, cifar_dir, image_ckpt):
     assert result.returncode == 0, result.stderr
     assert "accuracy" in result.stdout and (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert "adamw" in result.stdout and "inference_images_per_second" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1900)  # the global 600 s would cut its own longer waits short
+def test_the_demos_four_minute_fastnet_on_real_cifar10(tmp_path):
+    """The README's image headline for the demo's run: FastNet-32 trained for 4 minutes on the 45,000 real training
+    images (5,000 validate) reaches at least 0.85 on the 5,000 test images (README: 0.871 on AVX2, 0.878 in bf16 on
+    AVX-512 BF16); every class is learned (none under 0.6)."""
+    real = PRETRAINED.parent
+    if not (real / "train.tar").is_file():
+        pytest.skip("real CIFAR-10 images not available")
+    out = tmp_path / "fastnet"
+    result = run_cli("train", "image", "--out", out, "--data-dir", real, "--time-limit", "240", "--width", "32",
+                     timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["accuracy"] >= 0.85, report["accuracy"]
+    from training.data.cifar10 import CLASSES
+
+    assert min(report["per_class"][name]["recall"] for name in CLASSES) >= 0.6, report["per_class"]

@@ -18,6 +18,7 @@ from serving.predictor import NewsPredictor, load_predictor
 from serving.server import start_server, stop_server, wait_ready
 from tests.conftest import (
     REPO,
+    assert_api_honours_its_document,
     assert_clean_failure,
     free_port,
     post,
@@ -120,6 +121,10 @@ def test_operational_endpoints(api, path):
         assert response.status == 200
         if path == "/docs.json":
             assert "/classify" in json.loads(response.read())["paths"]
+
+
+def test_the_api_answers_what_its_openapi_document_declares(api):
+    assert_api_honours_its_document(api)  # every status and body as documented, refusals included; no 5xx
 
 
 def test_onnx_and_torch_runtimes_agree(ckpt):
