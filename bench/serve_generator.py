@@ -1,7 +1,9 @@
 """The generator API against llama.cpp, over HTTP, through one client: OpenAI's streamed /v1/completions, greedy,
 the same prompt and the same number of new tokens for every server. Per server: one stream's decode tokens/s and
-first-token latency (p50/p99), then N streams at once (total tokens/s, first token p50), and the server's peak
-resident memory (its whole process tree).
+first-token latency (p50/p99), then N streams at once (total tokens/s, first token p50), the first token of prompts
+never seen before, and the server's peak resident memory (its whole process tree). Both servers keep the keys and
+values of prompts they have seen (llama-cpp-python reuses the previous request's prefix, modelyard its prefix
+cache), so the repeated prompt's first token costs one token's decoding, and a new prompt's the whole prefill.
 
     python bench/serve_generator.py --checkpoint runs/demo/generator [--runtimes onnx torch] [--threads 1 2]
         [--peer llama.cpp --peer-python .venv-peers/bin/python] [--tokens 48] [--streams 1 8] [--rounds 3]
@@ -38,9 +40,9 @@ sys.path.insert(0, str(REPO))
 PROMPT = "= The River Thames =\n\nThe River Thames flows through"  # 12 tokens for SmolLM2
 
 
-async def one_stream(session, url: str, model: str, tokens: int) -> tuple[float, float, int]:
+async def one_stream(session, url: str, model: str, tokens: int, prompt: str = PROMPT) -> tuple[float, float, int]:
     """(seconds to the first token, seconds in all, tokens received) for one streamed completion."""
-    body = {"model": model, "prompt": PROMPT, "max_tokens": tokens, "temperature": 0, "stream": True}
+    body = {"model": model, "prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True}
     start = time.perf_counter()
     first, received = None, 0
     async with session.post(f"{url}/v1/completions", json=body) as response:
@@ -74,6 +76,17 @@ async def streams_at_once(url: str, model: str, count: int, tokens: int, rounds:
                 rates.append((received - 1) / max(seconds - first, 1e-9))
     return {"ttft_p50": 1000 * float(np.percentile(ttft, 50)), "ttft_p99": 1000 * float(np.percentile(ttft, 99)),
             "per_stream": float(np.median(rates)), "total": float(np.median(totals))}
+
+
+async def new_prompts_first_token(url: str, model: str, rounds: int) -> float:
+    """First-token p50 (ms) of prompts no earlier request started with (a different first token each), one at a
+    time: what a server with a prefix cache pays on a miss."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1200)) as session:
+        firsts = [(await one_stream(session, url, model, 1, f"{chr(ord('A') + i)}. {PROMPT}"))[0]
+                  for i in range(max(rounds, 5))]
+    return 1000 * float(np.median(firsts))
 
 
 @dataclass
@@ -125,9 +138,10 @@ def measure(name: str, process: subprocess.Popen, url: str, model: str, args) ->
     try:
         started = wait_ready(url, process)
         rows = {n: asyncio.run(streams_at_once(url, model, n, args.tokens, args.rounds)) for n in args.streams}
+        fresh = asyncio.run(new_prompts_first_token(url, model, args.rounds))
     finally:
         peak = memory.stop()
-    return {"name": name, "start_s": started, "rows": rows, "peak_mb": peak / 2**20}
+    return {"name": name, "start_s": started, "rows": rows, "fresh_ttft": fresh, "peak_mb": peak / 2**20}
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -207,7 +221,8 @@ def main() -> None:
     table = Table(title=f"generator over HTTP: streamed /v1/completions, {args.tokens} new tokens (greedy), prompt "
                         f"{PROMPT!r}, {args.rounds} rounds; checkpoint: {described}")
     for column in ("server", "ready after s", "peak RSS MB", "1 stream tokens/s", "first token p50 ms",
-                   "first token p99 ms", *(f"{n} streams total tokens/s" for n in args.streams[1:]),
+                   "first token p99 ms", "first token p50 ms, new prompt",
+                   *(f"{n} streams total tokens/s" for n in args.streams[1:]),
                    *(f"{n} streams first token p50 ms" for n in args.streams[1:])):
         table.add_column(column, justify="right")
     for result in results:
@@ -215,6 +230,7 @@ def main() -> None:
         one = rows[args.streams[0]]
         table.add_row(result["name"], f"{result['start_s']:.1f}", f"{result['peak_mb']:.0f}",
                       f"{one['per_stream']:.1f}", f"{one['ttft_p50']:.1f}", f"{one['ttft_p99']:.1f}",
+                      f"{result['fresh_ttft']:.1f}",
                       *(f"{rows[n]['total']:.1f}" for n in args.streams[1:]),
                       *(f"{rows[n]['ttft_p50']:.0f}" for n in args.streams[1:]))
     console.print(table)

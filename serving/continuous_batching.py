@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import torch
 
 from serving.decoding import Decoding, TextStream, TokenChooser, prompt_logprobs, token_logprob
+from serving.prefix_cache import PrefixCache
 
 
 class BatchDecoder(Protocol):
@@ -29,10 +30,17 @@ class BatchDecoder(Protocol):
 
     def prefill(self, prompts: list[list[int]], every_position: bool = False) -> tuple[list[torch.Tensor], Any]:
         """Logits per prompt ((1, vocab) for its last position, (len, vocab) for each with `every_position`) and
-        the new rows' cache, to `join`."""
+        the new rows' cache, for `join`."""
 
-    def join(self, rows: Any) -> None:
-        """Append prefilled rows to the running ones."""
+    def resume(self, cached: Any, length: int, prompt: list[int]) -> tuple[list[torch.Tensor], Any]:
+        """`prefill` of one prompt whose first `length` tokens are those of `cached` (from `cached_row`): only the
+        rest goes through the model."""
+
+    def cached_row(self, rows: Any, index: int) -> tuple[Any, int]:
+        """A copy of prefilled row `index`'s cache (its prompt's positions), for `resume`, and its size in bytes."""
+
+    def join(self, prefilled: list[Any]) -> None:
+        """Append the rows of these prefills (or resumes) to the running ones, in order."""
 
     def step(self, tokens: list[int]) -> torch.Tensor:
         """Feed one token per running row; the next-token logits, (rows, vocab)."""
@@ -76,6 +84,7 @@ class _Running:
         self.seen = torch.tensor(generation.prompt_ids, dtype=torch.long)
         self.last = generation.prompt_ids[-1]
         self.new_tokens = 0
+        self.cached_tokens = 0  # prompt tokens taken from the prefix cache
         self.finish: str | None = None
         self.first_token_at: float | None = None
         if generation.decoding.max_new_tokens == 0:
@@ -106,6 +115,7 @@ class _Running:
         g = self.generation
         first = self.first_token_at or time.perf_counter()
         return {"text": self.text.text, "finish_reason": self.finish, "prompt_tokens": len(g.prompt_ids),
+                "cached_tokens": self.cached_tokens,
                 "generated_tokens": self.new_tokens,
                 "time_to_first_token_ms": round(1000 * (first - g.submitted), 1),
                 "seconds": round(time.perf_counter() - g.submitted, 4)}
@@ -117,12 +127,13 @@ class ContinuousBatcher:
     and `on_schedule(running, waiting)` whenever those numbers change (the service reports both on /metrics)."""
 
     def __init__(self, decoder: BatchDecoder, tokenizer, stop_ids: set[int], max_batch: int = 16,
-                 on_finished: Callable[[dict[str, Any]], None] | None = None,
+                 prefix_cache_bytes: int = 64 << 20, on_finished: Callable[[dict[str, Any]], None] | None = None,
                  on_schedule: Callable[[int, int], None] | None = None) -> None:
         self.decoder, self.tokenizer, self.max_batch = decoder, tokenizer, max_batch
         self.on_finished, self.on_schedule = on_finished, on_schedule
         self._scheduled = (0, 0)
         self.stop_ids = set(stop_ids)
+        self.prefixes = PrefixCache(prefix_cache_bytes)
         self.incoming: queue.Queue[Generation] = queue.Queue()
         self.running: list[_Running] = []
         self.steps = 0  # decode forward passes so far
@@ -180,8 +191,9 @@ class ContinuousBatcher:
 
     def _admit(self, generations: list[Generation]) -> None:
         """Prefill the prompts that arrived together in one forward pass, which also gives each its first token, and
-        join them to the running batch. A prompt whose logprobs are echoed is prefilled alone: its logits at every
-        position are (length x vocabulary) large."""
+        join them to the running batch. A prompt that starts like a cached one resumes from that cache alone; a
+        prompt whose logprobs are echoed is prefilled alone: its logits at every position are (length x vocabulary)
+        large."""
         rows = []
         for generation in generations:
             row = _Running(generation, self.tokenizer, self.stop_ids)
@@ -190,28 +202,48 @@ class ContinuousBatcher:
                 self._done(row)
             else:
                 rows.append(row)
-        plain = [r for r in rows if not r.generation.decoding.echo]
-        for group in ([plain] if plain else []) + [[r] for r in rows if r.generation.decoding.echo]:
-            self._prefill(group)
+        fresh, prefilled = [], []
+        for row in rows:
+            found = None if row.generation.decoding.echo else self.prefixes.longest(row.generation.prompt_ids)
+            if found is None:
+                fresh.append(row)
+            else:
+                prefilled.append(self._prefill([row], found))
+        plain = [r for r in fresh if not r.generation.decoding.echo]
+        for group in ([plain] if plain else []) + [[r] for r in fresh if r.generation.decoding.echo]:
+            prefilled.append(self._prefill(group))
+        prefilled = [p for p in prefilled if p is not None]
+        if prefilled:  # joined at once: each join copies the running rows' cache
+            self.decoder.join([cache for cache, _ in prefilled])
+            self.running += [row for _, group in prefilled for row in group]
 
     @torch.inference_mode()
-    def _prefill(self, rows: list[_Running]) -> None:
+    def _prefill(self, rows: list[_Running],
+                 cached: tuple[Any, int] | None = None) -> tuple[Any, list[_Running]] | None:
+        """The rows' prompts through the model (after `cached`, a prefix cache hit, for a single row), their first
+        tokens taken; their cache and the rows, or None when the model failed (the rows are told)."""
         echo = rows[0].generation.decoding.echo
+        prompts = [r.generation.prompt_ids for r in rows]
         try:
-            logits, cache = self.decoder.prefill([r.generation.prompt_ids for r in rows], every_position=echo)
-            for row, row_logits in zip(rows, logits, strict=True):
+            if cached is None:
+                logits, cache = self.decoder.prefill(prompts, every_position=echo)
+            else:
+                logits, cache = self.decoder.resume(*cached, prompts[0])
+                rows[0].cached_tokens = cached[1]
+            for i, (row, row_logits) in enumerate(zip(rows, logits, strict=True)):
                 decoding = row.generation.decoding
                 if echo:
                     row.generation.send("prompt", prompt_logprobs(row_logits, row.generation.prompt_ids,
                                                                   decoding.logprobs or 0))
+                if self.prefixes.max_bytes and prompts[i] not in self.prefixes:
+                    self.prefixes.add(prompts[i], *self.decoder.cached_row(cache, i))
                 if row.finish is None:
                     row.take(row_logits[-1])
         except Exception as exc:  # noqa: BLE001 - report to the callers, keep serving the others
             for row in rows:
                 row.generation.send("error", f"{type(exc).__name__}: {exc}")
-            return
-        self.decoder.join(cache)
-        self.running += rows
+            return None
+        return cache, rows
 
     @torch.inference_mode()
     def _decode_step(self) -> None:

@@ -43,6 +43,8 @@ OPTIONS = (Option("max_new_tokens", int, 256, "most tokens one request may ask f
            Option("max_batch", int, 16, "sequences decoded together in one forward pass", minimum=1),
            Option("threads", int, None, "threads decoding (default: every core on the onnx runtime, every core but "
                                         "one on torch)", minimum=1),
+           Option("prefix_cache_mb", int, 64, "memory for the key/value caches of recent prompts, which a prompt "
+                                              "starting the same way resumes from (0: off)", minimum=0),
            Option("served_model_name", str, None, "the model id of OpenAI's API (default: the checkpoint folder's "
                                                   "name; `generator` is always an alias)"),
            Option("api_key", str, None, "when set, OpenAI's routes want `Authorization: Bearer KEY`"))
@@ -174,6 +176,7 @@ class GeneratorService:
         self.runtime = Runtime(checkpoint, runtime=os.environ.get("MODELYARD_RUNTIME"),
                                max_batch=SETTINGS["max_batch"], max_concurrent=SETTINGS["max_concurrent"],
                                max_prompt_tokens=SETTINGS["max_prompt_tokens"], threads=SETTINGS["threads"],
+                               prefix_cache_mb=SETTINGS["prefix_cache_mb"],
                                on_finished=self.metrics.finished, on_schedule=self.metrics.scheduled)
         self.openai = oai.OpenAIServer(self.runtime, MODEL_IDS, MAX_NEW,
                                        created=int(Path(checkpoint, "manifest.json").stat().st_mtime))
@@ -254,6 +257,9 @@ class _Metrics:
         # vLLM's names (after its `vllm:` prefix), for the dashboards and alerts written for them
         self.prompt_tokens = prom.Counter("modelyard:prompt_tokens", "prompt tokens prefilled")
         self.generation_tokens = prom.Counter("modelyard:generation_tokens", "tokens generated")
+        self.prefix_queries = prom.Counter("modelyard:prefix_cache_queries", "prompt tokens looked up in the prefix "
+                                                                             "cache")
+        self.prefix_hits = prom.Counter("modelyard:prefix_cache_hits", "prompt tokens found in the prefix cache")
         self.running = prom.Gauge("modelyard:num_requests_running", "generations in the running batch",
                                   multiprocess_mode="livemax")
         self.waiting = prom.Gauge("modelyard:num_requests_waiting", "generations waiting for a place in the batch",
@@ -269,6 +275,8 @@ class _Metrics:
         self.generation_tokens.inc(summary["generated_tokens"])
         if summary["finish_reason"] != "cancelled" or summary["generated_tokens"]:
             self.prompt_tokens.inc(summary["prompt_tokens"])
+            self.prefix_queries.inc(summary["prompt_tokens"])
+            self.prefix_hits.inc(summary["cached_tokens"])
         if summary["generated_tokens"]:
             self.first.observe(summary["time_to_first_token_ms"] / 1000)
             self.ttft.observe(summary["time_to_first_token_ms"] / 1000)

@@ -55,15 +55,30 @@ class OnnxDecoder:
         rows = [torch.from_numpy(logits[i, :n] if every_position else logits[i]) for i, n in enumerate(lengths)]
         return rows, (present, lengths)
 
-    def join(self, rows: Any) -> None:
+    def resume(self, cached: Any, length: int, prompt: list[int]) -> tuple[list[torch.Tensor], Any]:
+        past = [np.ascontiguousarray(layer[:, :, :length]) for layer in cached]
+        feeds = {"input_ids": np.array([prompt[length:]], dtype=np.int64),
+                 "attention_mask": np.ones((1, len(prompt)), dtype=np.int64),
+                 "logits_positions": np.array([[len(prompt) - length - 1]], dtype=np.int64),
+                 **dict(zip(self.past_names, past, strict=True))}
+        logits, *present = self.session.run(self.outputs, feeds)
+        return [torch.from_numpy(logits[0])], (present, np.array([len(prompt)], dtype=np.int64))
+
+    @staticmethod
+    def cached_row(rows: Any, index: int) -> tuple[Any, int]:
         present, lengths = rows
+        cached = [layer[index:index + 1, :, :lengths[index]].copy() for layer in present]
+        return cached, sum(layer.nbytes for layer in cached)
+
+    def join(self, prefilled: list[Any]) -> None:
         old = self.lengths
-        self.lengths = np.concatenate([old, lengths])
+        self.lengths = np.concatenate([old, *(lengths for _, lengths in prefilled)])
         capacity = _capacity(int(self.lengths.max()) + 1)
         if self.buffers:
             capacity = max(capacity, self.buffers[0].shape[2])
-        self.buffers = [_placed([*([buffer] if len(old) else []), new], capacity)
-                        for buffer, new in zip(self.buffers or [None] * len(present), present, strict=True)]
+        layers = len(prefilled[0][0])
+        self.buffers = [_placed([*([self.buffers[i]] if len(old) else []), *(present[i] for present, _ in prefilled)],
+                                capacity) for i in range(layers)]
         self._bind()
 
     def step(self, tokens: list[int]) -> torch.Tensor:

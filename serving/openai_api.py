@@ -244,6 +244,7 @@ class _Choice:
         self.offset = 0  # where the next pending token starts in the choice's text (echo included)
         self.finish_reason: str | None = None
         self.generated = 0
+        self.cached = 0  # prompt tokens the server took from its prefix cache
 
     def take(self, kind: str, payload: Any) -> str:
         """Record an event; the text it releases."""
@@ -257,6 +258,7 @@ class _Choice:
         elif kind == "done":
             self.finish_reason = "stop" if payload["finish_reason"] == "stop" else "length"
             self.generated = payload["generated_tokens"]
+            self.cached = payload["cached_tokens"]
         return ""
 
     def flush(self) -> list[TokenLogprob]:
@@ -275,10 +277,12 @@ class _Reply:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
     @staticmethod
-    def _usage(choices: list[_Choice]) -> dict[str, int]:
-        prompt = sum(len(ids) for ids in {id(c.prompt_ids): c.prompt_ids for c in choices}.values())
+    def _usage(choices: list[_Choice]) -> dict[str, Any]:
+        prompts = {id(c.prompt_ids): c for c in choices}  # the n choices of one prompt share it
+        prompt = sum(len(c.prompt_ids) for c in prompts.values())
         completion = sum(c.generated for c in choices)
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                "prompt_tokens_details": {"cached_tokens": sum(c.cached for c in prompts.values())}}
 
     def _piece(self, token: int) -> str:
         return self.tokenizer.decode([token])

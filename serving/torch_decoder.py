@@ -47,16 +47,33 @@ class TorchDecoder:
                   for i, p in enumerate(prompts)]
         return logits, (_layers(out.past_key_values), mask)
 
-    def join(self, rows: Any) -> None:
+    @torch.inference_mode()
+    def resume(self, cached: Any, length: int, prompt: list[int]) -> tuple[list[torch.Tensor], Any]:
+        past = tuple((k[:, :, :length], v[:, :, :length]) for k, v in cached)
+        out = self.model(input_ids=torch.tensor([prompt[length:]]), attention_mask=torch.ones(1, len(prompt),
+                                                                                              dtype=torch.long),
+                         position_ids=torch.arange(length, len(prompt)).unsqueeze(0),
+                         past_key_values=self._model_cache(past), use_cache=True)
+        return [out.logits[0, -1:]], (_layers(out.past_key_values), torch.ones(1, len(prompt), dtype=torch.long))
+
+    @staticmethod
+    def cached_row(rows: Any, index: int) -> tuple[Any, int]:
         cache, mask = rows
-        if self.cache is None:
-            self.cache, self.mask = cache, mask
-            return
-        length = max(self.mask.shape[1], mask.shape[1])
-        self.cache = tuple((torch.cat([_left_pad(k0, length), _left_pad(k1, length)]),
-                            torch.cat([_left_pad(v0, length), _left_pad(v1, length)]))
-                           for (k0, v0), (k1, v1) in zip(self.cache, cache, strict=True))
-        self.mask = torch.cat([_left_pad(self.mask, length, dim=1), _left_pad(mask, length, dim=1)])
+        start = int((mask[index] == 0).sum())  # left padding
+        cached = tuple((k[index:index + 1, :, start:].clone(), v[index:index + 1, :, start:].clone())
+                       for k, v in cache)
+        return cached, sum(k.nbytes + v.nbytes for k, v in cached)
+
+    def join(self, prefilled: list[Any]) -> None:
+        for cache, mask in prefilled:
+            if self.cache is None:
+                self.cache, self.mask = cache, mask
+                continue
+            length = max(self.mask.shape[1], mask.shape[1])
+            self.cache = tuple((torch.cat([_left_pad(k0, length), _left_pad(k1, length)]),
+                                torch.cat([_left_pad(v0, length), _left_pad(v1, length)]))
+                               for (k0, v0), (k1, v1) in zip(self.cache, cache, strict=True))
+            self.mask = torch.cat([_left_pad(self.mask, length, dim=1), _left_pad(mask, length, dim=1)])
 
     @torch.inference_mode()
     def step(self, tokens: list[int]) -> torch.Tensor:

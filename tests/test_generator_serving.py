@@ -10,6 +10,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 import torch
 
@@ -271,6 +272,66 @@ def test_sequences_join_and_leave_one_running_batch_and_decode_as_alone(exported
         tokens = sum(r["generated_tokens"] for r in results.values())
         assert batcher.steps < tokens - len(PROMPTS)  # fewer forward passes than one per token: decoded together
         assert batcher.batched_rows / batcher.steps > 1.2
+
+
+def _generate_all(batcher: ContinuousBatcher, prompts: list[list[int]], new_tokens: int = 12) -> list[dict]:
+    """Each prompt's summary with its tokens' log-probabilities (`logprobs`), submitted one after another (each
+    waits for the one before to finish)."""
+    summaries = []
+    for ids in prompts:
+        done: list[dict] = []
+        logprobs: list[float] = []
+        finished = threading.Event()
+
+        def emit(kind, payload, done=done, logprobs=logprobs, finished=finished):
+            if kind == "token":
+                logprobs.append(payload.logprob)
+            if kind == "done":
+                done.append({**payload, "logprobs": logprobs})
+                finished.set()
+        batcher.submit(Generation(ids, Decoding(max_new_tokens=new_tokens, temperature=0, logprobs=0), emit))
+        assert finished.wait(60)
+        summaries.append(done[0])
+    return summaries
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_prompts_that_start_alike_resume_from_the_prefix_cache_and_decode_as_alone(exported_fp32, runtime):
+    served = TextGenerator(exported_fp32, runtime=runtime)
+    tokenizer = served.tokenizer
+    ids = tokenizer("The governor of the city moved to the river", add_special_tokens=False)["input_ids"]
+    other = tokenizer("In 1900 the band", add_special_tokens=False)["input_ids"]
+    assert other[0] != ids[0]
+    prompts = [ids, ids[:5] + other, ids, other, ids + other]  # shares 5, all but 1, none, all of the first
+    cached = ContinuousBatcher(served.decoder, tokenizer, stop_ids=set(), prefix_cache_bytes=64 << 20)
+    got = _generate_all(cached, prompts)
+    assert [s["cached_tokens"] for s in got] == [0, 5, len(ids) - 1, 0, len(ids)]
+    plain = ContinuousBatcher(served.decoder, tokenizer, stop_ids=set(), prefix_cache_bytes=0)
+    expected = _generate_all(plain, prompts)
+    assert [s["cached_tokens"] for s in expected] == [0] * len(prompts)
+    assert [s["text"] for s in got] == [s["text"] for s in expected]
+    # the test model's greedy text hardly depends on the prompt: the log-probabilities do
+    np.testing.assert_allclose([s["logprobs"] for s in got], [s["logprobs"] for s in expected], atol=1e-4)
+    # the cache holds whole prompts; one that another extends is dropped
+    assert len(cached.prefixes) == 3 and ids not in cached.prefixes
+
+
+def test_the_prefix_cache_is_bounded_in_bytes_and_evicts_the_least_recently_used():
+    from serving.prefix_cache import PrefixCache
+
+    cache = PrefixCache(max_bytes=300)
+    cache.add([1, 2, 3], "a", 100)
+    cache.add([4, 5, 6], "b", 100)
+    cache.add([7, 8], "c", 100)
+    assert cache.longest([1, 2, 3]) == ("a", 2)  # all but the last token; [1, 2, 3] is now the most recent
+    assert cache.longest([1, 2, 9, 9]) == ("a", 2) and cache.longest([4, 9]) == ("b", 1)
+    assert cache.longest([9, 1, 2]) is None and cache.longest([1]) is None
+    cache.add([1, 2, 3, 4], "a+", 100)  # holds [1, 2, 3]'s prefix: that one goes
+    assert [1, 2, 3] not in cache and cache.bytes == 300
+    cache.add([9, 9], "d", 100)  # over the budget: the least recently used ([7, 8]) goes
+    assert [7, 8] not in cache and [4, 5, 6] in cache and cache.bytes == 300
+    cache.add([5], "too big", 301)
+    assert [5] not in cache and len(cache) == 3
 
 
 def test_a_cancelled_generation_leaves_the_batch(generator_ckpt):

@@ -209,6 +209,28 @@ def test_a_client_that_leaves_a_stream_stops_its_generation_and_metrics_count(cl
     assert "modelyard:num_requests_running" in after and "modelyard:num_requests_waiting" in after
 
 
+def test_a_chats_next_turn_resumes_from_the_prefix_cache(client, server):
+    """The second turn's prompt holds the first's: only the rest is prefilled, and OpenAI's usage says how much
+    was cached (prompt_tokens_details.cached_tokens), as /metrics does in vLLM's names."""
+    before = metrics(server)
+    turn = [{"role": "system", "content": "You answer in one word about rivers."},
+            {"role": "user", "content": "Name a river."}]
+    first = client.chat.completions.create(model="generator", messages=turn, max_tokens=8, temperature=0)
+    assert first.usage.prompt_tokens_details.cached_tokens < first.usage.prompt_tokens
+    turn += [{"role": "assistant", "content": first.choices[0].message.content},
+             {"role": "user", "content": "And another?"}]
+    second = client.chat.completions.create(model="generator", messages=turn, max_tokens=8, temperature=0)
+    # all of the first turn's prompt, but its last token ("\n" after the assistant's header) where BPE merges it with
+    # the reply's first characters
+    assert first.usage.prompt_tokens - 1 <= second.usage.prompt_tokens_details.cached_tokens <= \
+        first.usage.prompt_tokens
+    after = metrics(server)
+    hits = after["modelyard:prefix_cache_hits_total"] - before.get("modelyard:prefix_cache_hits_total", 0)
+    queries = after["modelyard:prefix_cache_queries_total"] - before.get("modelyard:prefix_cache_queries_total", 0)
+    assert hits == first.usage.prompt_tokens_details.cached_tokens + second.usage.prompt_tokens_details.cached_tokens
+    assert queries == first.usage.prompt_tokens + second.usage.prompt_tokens
+
+
 def test_all_shapes_share_one_running_batch(client, chat_ckpt, server):
     """A chat, a completion with n=2 and /generate at once: the running gauge sees them together."""
     seen, done = [], threading.Event()
