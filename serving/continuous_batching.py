@@ -32,9 +32,9 @@ class BatchDecoder(Protocol):
         """Logits per prompt ((1, vocab) for its last position, (len, vocab) for each with `every_position`) and
         the new rows' cache, for `join`."""
 
-    def resume(self, cached: Any, length: int, prompt: list[int]) -> tuple[list[torch.Tensor], Any]:
-        """`prefill` of one prompt whose first `length` tokens are those of `cached` (from `cached_row`): only the
-        rest goes through the model."""
+    def resume(self, cached: Any, length: int, prompts: list[list[int]]) -> tuple[list[torch.Tensor], Any]:
+        """`prefill` of prompts of one length whose first `length` tokens are those of `cached` (from
+        `cached_row`): only the rest goes through the model."""
 
     def cached_row(self, rows: Any, index: int) -> tuple[Any, int]:
         """A copy of prefilled row `index`'s cache (its prompt's positions), for `resume`, and its size in bytes."""
@@ -191,7 +191,7 @@ class ContinuousBatcher:
 
     def _admit(self, generations: list[Generation]) -> None:
         """Prefill the prompts that arrived together in one forward pass, which also gives each its first token, and
-        join them to the running batch. A prompt that starts like a cached one resumes from that cache alone; a
+        join them to the running batch. Prompts that start like a cached one resume from that cache instead; a
         prompt whose logprobs are echoed is prefilled alone: its logits at every position are (length x vocabulary)
         large."""
         rows = []
@@ -202,13 +202,16 @@ class ContinuousBatcher:
                 self._done(row)
             else:
                 rows.append(row)
-        fresh, prefilled = [], []
+        fresh, resumed = [], {}
         for row in rows:
             found = None if row.generation.decoding.echo else self.prefixes.longest(row.generation.prompt_ids)
             if found is None:
                 fresh.append(row)
-            else:
-                prefilled.append(self._prefill([row], found))
+            else:  # those resuming the same cache at the same point with as many tokens to go, in one pass
+                cached, length = found
+                key = (id(cached), length, len(row.generation.prompt_ids))
+                resumed.setdefault(key, (found, []))[1].append(row)
+        prefilled = [self._prefill(group, found) for found, group in resumed.values()]
         plain = [r for r in fresh if not r.generation.decoding.echo]
         for group in ([plain] if plain else []) + [[r] for r in fresh if r.generation.decoding.echo]:
             prefilled.append(self._prefill(group))
@@ -220,16 +223,17 @@ class ContinuousBatcher:
     @torch.inference_mode()
     def _prefill(self, rows: list[_Running],
                  cached: tuple[Any, int] | None = None) -> tuple[Any, list[_Running]] | None:
-        """The rows' prompts through the model (after `cached`, a prefix cache hit, for a single row), their first
-        tokens taken; their cache and the rows, or None when the model failed (the rows are told)."""
+        """The rows' prompts through the model (after `cached`, a prefix cache hit, when given), their first tokens
+        taken; their cache and the rows, or None when the model failed (the rows are told)."""
         echo = rows[0].generation.decoding.echo
         prompts = [r.generation.prompt_ids for r in rows]
         try:
             if cached is None:
                 logits, cache = self.decoder.prefill(prompts, every_position=echo)
             else:
-                logits, cache = self.decoder.resume(*cached, prompts[0])
-                rows[0].cached_tokens = cached[1]
+                logits, cache = self.decoder.resume(*cached, prompts)
+                for row in rows:
+                    row.cached_tokens = cached[1]
             for i, (row, row_logits) in enumerate(zip(rows, logits, strict=True)):
                 decoding = row.generation.decoding
                 if echo:

@@ -55,14 +55,19 @@ class OnnxDecoder:
         rows = [torch.from_numpy(logits[i, :n] if every_position else logits[i]) for i, n in enumerate(lengths)]
         return rows, (present, lengths)
 
-    def resume(self, cached: Any, length: int, prompt: list[int]) -> tuple[list[torch.Tensor], Any]:
-        past = [np.ascontiguousarray(layer[:, :, :length]) for layer in cached]
-        feeds = {"input_ids": np.array([prompt[length:]], dtype=np.int64),
-                 "attention_mask": np.ones((1, len(prompt)), dtype=np.int64),
-                 "logits_positions": np.array([[len(prompt) - length - 1]], dtype=np.int64),
+    def resume(self, cached: Any, length: int, prompts: list[list[int]]) -> tuple[list[torch.Tensor], Any]:
+        rows, total = len(prompts), len(prompts[0])
+        if rows > 1 and total - length > 1:  # GroupQueryAttention takes a past and several new tokens in one row only
+            parts = [self.resume(cached, length, [prompt]) for prompt in prompts]
+            present = [np.concatenate(layer) for layer in zip(*(part[1][0] for part in parts), strict=True)]
+            return [part[0][0] for part in parts], (present, np.full(rows, total, dtype=np.int64))
+        past = [np.repeat(layer[:, :, :length], rows, axis=0) for layer in cached]
+        feeds = {"input_ids": np.array([p[length:] for p in prompts], dtype=np.int64),
+                 "attention_mask": np.ones((rows, total), dtype=np.int64),
+                 "logits_positions": np.full((rows, 1), total - length - 1, dtype=np.int64),
                  **dict(zip(self.past_names, past, strict=True))}
         logits, *present = self.session.run(self.outputs, feeds)
-        return [torch.from_numpy(logits[0])], (present, np.array([len(prompt)], dtype=np.int64))
+        return [torch.from_numpy(row) for row in logits], (present, np.full(rows, total, dtype=np.int64))
 
     @staticmethod
     def cached_row(rows: Any, index: int) -> tuple[Any, int]:

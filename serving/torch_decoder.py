@@ -48,13 +48,15 @@ class TorchDecoder:
         return logits, (_layers(out.past_key_values), mask)
 
     @torch.inference_mode()
-    def resume(self, cached: Any, length: int, prompt: list[int]) -> tuple[list[torch.Tensor], Any]:
-        past = tuple((k[:, :, :length], v[:, :, :length]) for k, v in cached)
-        out = self.model(input_ids=torch.tensor([prompt[length:]]), attention_mask=torch.ones(1, len(prompt),
-                                                                                              dtype=torch.long),
-                         position_ids=torch.arange(length, len(prompt)).unsqueeze(0),
+    def resume(self, cached: Any, length: int, prompts: list[list[int]]) -> tuple[list[torch.Tensor], Any]:
+        rows, total = len(prompts), len(prompts[0])
+        past = tuple((k[:, :, :length].expand(rows, -1, -1, -1), v[:, :, :length].expand(rows, -1, -1, -1))
+                     for k, v in cached)
+        mask = torch.ones(rows, total, dtype=torch.long)
+        out = self.model(input_ids=torch.tensor([p[length:] for p in prompts]), attention_mask=mask,
+                         position_ids=torch.arange(length, total).expand(rows, -1),
                          past_key_values=self._model_cache(past), use_cache=True)
-        return [out.logits[0, -1:]], (_layers(out.past_key_values), torch.ones(1, len(prompt), dtype=torch.long))
+        return list(out.logits[:, -1:]), (_layers(out.past_key_values), mask)
 
     @staticmethod
     def cached_row(rows: Any, index: int) -> tuple[Any, int]:

@@ -314,6 +314,15 @@ def test_prompts_that_start_alike_resume_from_the_prefix_cache_and_decode_as_alo
     np.testing.assert_allclose([s["logprobs"] for s in got], [s["logprobs"] for s in expected], atol=1e-4)
     # the cache holds whole prompts; one that another extends is dropped
     assert len(cached.prefixes) == 3 and ids not in cached.prefixes
+    # prompts of one length resuming one cache go through the model together: one token to go, and three
+    prefix = served.decoder.cached_row(served.decoder.prefill([ids])[1], 0)[0]
+    for tail in (1, 3):
+        together = [ids + other[i:i + tail] for i in range(3)]
+        resumed, rows = served.decoder.resume(prefix, len(ids), together)
+        fresh, _ = served.decoder.prefill(together)
+        assert len(rows[1]) == 3 and len(resumed) == 3
+        for a, b in zip(resumed, fresh, strict=True):
+            torch.testing.assert_close(a[-1], b[-1], atol=1e-4, rtol=0)
 
 
 def test_the_prefix_cache_is_bounded_in_bytes_and_evicts_the_least_recently_used():
