@@ -29,6 +29,8 @@ class PrefixCache:
         best, best_length = None, 0
         tokens = np.asarray(prompt[:-1])
         for key in self._entries:
+            if not len(tokens) or key[0] != tokens[0]:  # most entries part at the first token: skip them cheaply
+                continue
             n = min(len(key), len(tokens))
             differ = np.flatnonzero(np.asarray(key[:n]) != tokens[:n])
             length = int(differ[0]) if len(differ) else n
