@@ -95,6 +95,17 @@ def test_any_size_and_format_is_resized_as_in_training(api, image_ckpt, cifar_di
     rgba = np.dstack([image, np.full((32, 32), 128, np.uint8)])
     assert httpx.post(f"{api}/classify", files={"files": ("a.png", encoded(rgba))}).status_code == 200
 
+    def answer(fmt: str) -> np.ndarray:
+        response = httpx.post(f"{api}/classify", files={"files": (f"x.{fmt.lower()}", encoded(image, fmt))},
+                              data={"top_k": "10"})
+        assert response.status_code == 200, (fmt, response.text)
+        return np.array([c["probability"] for c in sorted(response.json()[0]["top"], key=lambda c: c["label"])])
+
+    # BMP is lossless: the PNG's pixels and answer; GIF keeps 256 colours: about the PNG's answer
+    png = answer("PNG")
+    np.testing.assert_allclose(answer("BMP"), png, atol=1e-6)
+    assert np.abs(answer("GIF") - png).sum() / 2 < 0.2
+
 
 def bomb() -> bytes:
     """A tiny PNG whose header declares 30,000 x 30,000 pixels (its pixel data would be 2.7 GB)."""
