@@ -28,9 +28,8 @@ from serving.refusal import Refused
 from training.checkpoint import verify_file
 from training.data.m5_features import ID_FIELDS, IdVocabulary, series_covariates
 from training.metrics import intervals
+from training.tasks.specs.sales import FORECASTS_FILE, HISTORY_FILE, SERIES_FILE, SERVED_FILE
 
-HISTORY_FILE, SERIES_FILE = "history.safetensors", "series.csv"
-SERVED_FILE, FORECASTS_FILE = "served_models.json", "forecasts.safetensors"
 DEFAULT_LEVELS = (80,)  # interval levels (%) when a caller names none
 
 

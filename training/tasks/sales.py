@@ -37,10 +37,8 @@ from training.metrics import intervals
 from training.metrics.wrmsse import WRMSSE
 from training.models import build_model, load_model
 from training.models.sales import window_scale
-from training.tasks.specs.sales import SPEC
+from training.tasks.specs.sales import FORECASTS_FILE, HISTORY_FILE, SERIES_FILE, SERVED_FILE, SPEC
 
-HISTORY_FILE, SERIES_FILE = "history.safetensors", "series.csv"
-SERVED_FILE, FORECASTS_FILE = "served_models.json", "forecasts.safetensors"  # written by evaluate
 DEFAULTS = {"batch_size": 128, "epochs": 20, "lr": 2e-3, "weight_decay": 1e-4, "warmup_steps": 20}
 
 

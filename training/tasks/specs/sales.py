@@ -4,6 +4,11 @@ from training.demo_runs import DemoRun
 from training.options import Option
 from training.tasks.specs import TaskSpec
 
+# the files a sales checkpoint holds beside its weights, named once for the recipe that writes them and the
+# predictor that reads them
+HISTORY_FILE, SERIES_FILE = "history.safetensors", "series.csv"
+SERVED_FILE, FORECASTS_FILE = "served_models.json", "forecasts.safetensors"  # written by evaluate
+
 OPTIONS = (
     Option("model", str, "lstm", "lstm or gru: the recurrent cell of the global network", choices=("lstm", "gru")),
     Option("context", int, 112, "days of history the network reads for each forecast", minimum=28),
