@@ -461,9 +461,7 @@ def stream_monitor(checkpoint: Path, bootstrap_servers: str, group: str, instanc
         fail(str(exc))
     signal.signal(signal.SIGTERM, lambda *_: monitor.stop())
     signal.signal(signal.SIGINT, lambda *_: monitor.stop())
-    rule = monitor.rule
-    console.print(f"monitoring {bootstrap_servers} as group {group}: alarm when score "
-                  f"{'>=' if rule.alarm_when_high else '<='} {rule.threshold:.3f} for {rule.consecutive} cycles"
+    console.print(f"monitoring {bootstrap_servers} as group {group}: alarm when {monitor.rule.describe()}"
                   + (f"; metrics on http://127.0.0.1:{metrics_port}/metrics" if metrics_port else ""))
     monitor.run()
     console.print(f"monitor stopped: {monitor.summary()}")

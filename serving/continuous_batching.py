@@ -28,6 +28,10 @@ class BatchDecoder(Protocol):
 
     runtime: str
 
+    @property
+    def threads(self) -> int:
+        """The threads the decoder's operators run on."""
+
     def prefill(self, prompts: list[list[int]], every_position: bool = False) -> tuple[list[torch.Tensor], Any]:
         """Logits per prompt ((1, vocab) for its last position, (len, vocab) for each with `every_position`) and
         the new rows' cache, for `join`."""

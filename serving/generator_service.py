@@ -178,6 +178,8 @@ class GeneratorService:
                                max_prompt_tokens=SETTINGS["max_prompt_tokens"], threads=SETTINGS["threads"],
                                prefix_cache_mb=SETTINGS["prefix_cache_mb"],
                                on_finished=self.metrics.finished, on_schedule=self.metrics.scheduled)
+        self.metrics.engine.labels(self.runtime.runtime, str(self.runtime.decoder.threads),
+                                   str(self.runtime.batcher.max_batch)).set(1)
         self.openai = oai.OpenAIServer(self.runtime, MODEL_IDS, MAX_NEW,
                                        created=int(Path(checkpoint, "manifest.json").stat().st_mtime))
 
@@ -264,6 +266,8 @@ class _Metrics:
                                   multiprocess_mode="livemax")
         self.waiting = prom.Gauge("modelyard:num_requests_waiting", "generations waiting for a place in the batch",
                                   multiprocess_mode="livemax")
+        self.engine = prom.Gauge("modelyard:engine_config_info", "the engine's runtime, decoding threads and batch "
+                                 "size, as running", ["runtime", "threads", "max_batch"], multiprocess_mode="livemax")
         self.ttft = prom.Histogram("modelyard:time_to_first_token_seconds", "from arrival to the first token",
                                    buckets=seconds)
         self.latency = prom.Histogram("modelyard:e2e_request_latency_seconds", "from arrival to the last token",

@@ -41,6 +41,11 @@ class OnnxDecoder:
         self.lengths = np.zeros(0, dtype=np.int64)  # tokens each row holds
         self.binding: Any = None
 
+    @property
+    def threads(self) -> int:
+        """The threads each of the session's operators runs on."""
+        return self.session.get_session_options().intra_op_num_threads
+
     def prefill(self, prompts: list[list[int]], every_position: bool = False) -> tuple[list[torch.Tensor], Any]:
         lengths = np.array([len(p) for p in prompts], dtype=np.int64)
         width = int(lengths.max())

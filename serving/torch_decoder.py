@@ -30,6 +30,11 @@ class TorchDecoder:
         self._cache_class = bool(getattr(model, "_supports_cache_class", False))
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
 
+    @property
+    def threads(self) -> int:
+        """The threads torch's operators run on (one setting for the whole process)."""
+        return torch.get_num_threads()
+
     @torch.inference_mode()
     def prefill(self, prompts: list[list[int]], every_position: bool = False) -> tuple[list[torch.Tensor], Any]:
         """The prompts through the model together (left-padded to the longest): per prompt its logits, (1, vocab) for

@@ -36,6 +36,13 @@ class AlertRule:
             return score < self.threshold - self.hysteresis
         return score > self.threshold + self.hysteresis
 
+    def describe(self) -> str:
+        """The rule in words, as the monitor states it on start."""
+        t, k, margin = self.threshold, self.consecutive, self.hysteresis
+        if self.alarm_when_high:
+            return f"score >= {t:.3f} for {k} cycles, resolved when < {t - margin:.3f}"
+        return f"score <= {t:.3f} for {k} cycles, resolved when > {t + margin:.3f}"
+
     def severity(self, score: float) -> str:
         far = score >= 2 * self.threshold if self.alarm_when_high else score <= 0.5 * self.threshold
         return "critical" if far else "warning"

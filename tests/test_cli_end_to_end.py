@@ -286,8 +286,8 @@ def test_demo_trains_serves_dies_with_its_children_and_comes_back_reusing_its_mo
 
 
 def test_demo_retrains_what_changed(tmp_path, tiny_encoders):
-    """A checkpoint made by the same code, data and settings is reused; other settings (here --epochs) or other
-    code make it stale."""
+    """A checkpoint made by the same code, data and settings is reused, unless --retrain; other settings (here
+    --epochs) or other code make it stale."""
     from apps.actions import train_config
     from apps.demo import stale_reason
     from training.fingerprint import code_digest
@@ -298,6 +298,10 @@ def test_demo_retrains_what_changed(tmp_path, tiny_encoders):
     assert run_cli_here(*common, "--epochs", "1").returncode == 0
     again = run_cli_here(*common, "--epochs", "1")
     assert again.returncode == 0 and "reusing" in again.stdout and "training:" not in again.stdout, again.stdout
+    made = (out / "news" / "model.safetensors").stat().st_mtime_ns
+    forced = run_cli_here(*common, "--epochs", "1", "--retrain")
+    assert forced.returncode == 0 and "training:" in forced.stdout and "reusing" not in forced.stdout, forced.stdout
+    assert (out / "news" / "model.safetensors").stat().st_mtime_ns != made
     run = task_spec("news").demo_runs()[0]
     options = {**run.options, "model": str(tiny_encoders["bert"])}
     engine = {**run.engine, "out": out / "news", "epochs": 1}

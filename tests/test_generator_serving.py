@@ -2,13 +2,16 @@
 Generator tab in a real headless Chromium."""
 
 import asyncio
+import contextlib
 import http.client
 import json
 import re
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +21,7 @@ from serving.continuous_batching import ContinuousBatcher, Generation
 from serving.decoding import Decoding
 from serving.server import start_server, stop_server, wait_ready
 from serving.text_generator import TextGenerator
-from tests.conftest import LEARNED_BPE, free_port, post, run_cli, running_app
+from tests.conftest import LEARNED_BPE, free_port, post, run_cli, running_app, wait_for
 
 PROMPTS = ["The castle was", "In 1900 the river reached", "The band", "The governor of the city moved to the"]
 
@@ -119,21 +122,31 @@ def test_bad_parameters_are_400_with_the_reason(api, body, field):
 
 
 @pytest.fixture(scope="module")
-def slow_api(wikitext_dir, tmp_path_factory):
-    """A server over GPT-2 `small` after one step: about 5 ms a token here, so 480 tokens outlast the test's holders
-    by seconds (the tiny model writes 200 in a quarter of a second, before a fourth client can arrive)."""
+def slow_ckpt(wikitext_dir, tmp_path_factory) -> Path:
+    """GPT-2 `small` after one step: about 5 ms a token here, so 480 tokens outlast the test's holders by seconds
+    (the tiny model writes 200 in a quarter of a second, before a fourth client can arrive)."""
     out = tmp_path_factory.mktemp("generator-slow") / "ckpt"
     result = run_cli("train", "generator", "--out", out, "--data-dir", wikitext_dir, "--size", "small",
                      "--block-size", "64", "--max-steps", "1", env=LEARNED_BPE)
     assert result.returncode == 0, result.stderr[-3000:]
-    port, log = free_port(), tmp_path_factory.mktemp("logs") / "serve.log"
-    process = start_server("generator", out, port, "torch", log=log,
-                           options={"max_concurrent": 3, "max_new_tokens": 480})
+    return out
+
+
+@contextlib.contextmanager
+def serving(ckpt: Path, options: dict, logs: Path) -> Iterator[str]:
+    port, log = free_port(), logs / "serve.log"
+    process = start_server("generator", ckpt, port, "torch", log=log, options=options)
     try:
         wait_ready(f"http://127.0.0.1:{port}", process, log=log)
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_server(process)
+
+
+@pytest.fixture(scope="module")
+def slow_api(slow_ckpt, tmp_path_factory):
+    with serving(slow_ckpt, {"max_concurrent": 3, "max_new_tokens": 480}, tmp_path_factory.mktemp("logs")) as url:
+        yield url
 
 
 def finished_counts(url: str) -> dict[str, float]:
@@ -169,10 +182,14 @@ def test_too_many_generations_get_429_and_a_client_that_leaves_frees_its_place(s
     assert sum(counted.values()) - sum(after.values()) == 3
 
 
-def running_gauge(url: str) -> float:
+def running_gauge(url: str, name: str = "running") -> float:
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
-        found = re.search(r"^modelyard:num_requests_running (\S+)$", response.read().decode(), re.MULTILINE)
+        found = re.search(rf"^modelyard:num_requests_{name} (\S+)$", response.read().decode(), re.MULTILINE)
     return float(found.group(1)) if found else 0.0
+
+
+def waiting_gauge(url: str) -> float:
+    return running_gauge(url, "waiting")
 
 
 def test_app_users_pressing_generate_together_meet_in_the_servers_batch(slow_api, tmp_path):
@@ -201,6 +218,27 @@ def stream_events_holding(url: str, body: dict) -> http.client.HTTPConnection:
     assert response.status == 200
     assert response.readline().startswith(b"event: ")
     return connection
+
+
+def test_max_batch_and_threads_are_what_the_engine_runs_with(slow_ckpt, tmp_path):
+    """`serve generator --max-batch 2 --threads 2` (torch's default here is 1): /metrics states the engine as it
+    runs (torch's thread count read back), and of three generations at once two decode while the third waits."""
+    options = {"max_concurrent": 4, "max_batch": 2, "threads": 2, "max_new_tokens": 480}
+    with serving(slow_ckpt, options, tmp_path) as url:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        assert 'modelyard:engine_config_info{max_batch="2",runtime="torch",threads="2"} 1.0' in text, text
+        long = {"prompt": "The castle was", "max_new_tokens": 480, "temperature": 0, "stop": ["\u2603"]}
+        held = []
+        try:
+            for _ in range(3):  # sent, never read: the third has no event to read until a place frees
+                host, port = url.removeprefix("http://").split(":")
+                held.append(http.client.HTTPConnection(host, int(port), timeout=60))
+                held[-1].request("POST", "/generate/stream", json.dumps(long), {"Content-Type": "application/json"})
+            wait_for(lambda: (running_gauge(url), waiting_gauge(url)) == (2.0, 1.0), "two running, one waiting", 30)
+        finally:
+            for connection in held:
+                connection.close()
 
 
 def test_openai_chat_on_a_model_without_a_chat_template_is_400(api):

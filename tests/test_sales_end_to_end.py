@@ -14,6 +14,7 @@ from training.checkpoint import load_checkpoint, verify_checkpoint
 from training.models import build_model
 from training.models.sales import SalesSignature
 from training.tasks import sales
+from training.tasks.specs.sales import SERIES_FILE
 
 TINY = ["--hidden", "16", "--origin-stride", "7"]
 
@@ -129,6 +130,26 @@ def test_gru_bf16_and_early_stopping_on_validation_wrmsse(tmp_path, m5_dir):
     scores = [record["val_wrmsse"] for record in history]
     first_worse = next(i for i in range(1, len(scores)) if scores[i] >= min(scores[:i]))
     assert manifest.training["stopped_early"] and len(history) == first_worse + 1 < 12, scores
+
+
+def test_generated_data_a_series_subset_and_stacked_layers(tmp_path):
+    """--synthetic writes M5-format data beside the checkpoint and trains on it (no --data-dir), --series keeps the
+    first N series (the stored history and the served series list), --layers stacks the recurrent cell."""
+    out = tmp_path / "ckpt"
+    result = run_cli("train", "sales", "--out", out, "--synthetic", "--series", "4", "--layers", "2", *TINY,
+                     "--epochs", "1", "--no-evaluate")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "generated sales data" in result.stdout
+    manifest, weights = load_checkpoint(out)
+    assert Path(manifest.training["data_dir"]) == out / "synthetic-data"
+    generated = (out / "synthetic-data" / "sales_train_validation.csv").read_text().splitlines()
+    assert len(generated) - 1 > 4  # more series were generated than were kept
+    assert manifest.training["synthetic"]
+    assert run_cli("export", out).returncode == 0  # the model card says what the model learnt from
+    assert "generated data in the real format" in (out / "README.md").read_text()
+    assert len((out / SERIES_FILE).read_text().splitlines()) - 1 == 4
+    assert manifest.model["layers"] == 2
+    assert {"encoder.weight_ih_l1", "encoder.weight_hh_l1"} <= set(weights) and "encoder.weight_ih_l2" not in weights
 
 
 def test_unknown_baseline_is_refused_before_training(tmp_path, m5_dir):

@@ -4,6 +4,7 @@ monitors sharing one consumer group."""
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -32,15 +33,20 @@ def stream(synthetic_cmapss):
 def expected_alerts(turbofan_ckpt, stream) -> dict[str, int]:
     """Offline: every test cycle scored on its window by the same predictor, through the same alert rule."""
     predictor = TurbofanPredictor(turbofan_ckpt)
+    expected = offline_alerts(predictor, stream, AlertRule.from_detector(predictor.detector))
+    assert len(expected) >= 10, "the engines run to failure: most must raise an alert"
+    return expected
+
+
+def offline_alerts(predictor: TurbofanPredictor, stream, rule: AlertRule) -> dict[str, int]:
+    """Alert key -> triggering cycle of `rule` over every cycle of the stream, scored on its window."""
     frame = stream.sort_values(["unit", "cycle"])
     features = predictor.features(frame[SETTINGS].to_numpy(), frame[SENSORS].to_numpy())
     scores = predictor.score(windows_per_cycle(features, frame["unit"].to_numpy(), predictor.window))
-    machine = AlertStateMachine(AlertRule.from_detector(predictor.detector))
+    machine = AlertStateMachine(rule)
     alerts = [machine.update(int(u), int(c), float(s)) for u, c, s in zip(frame["unit"], frame["cycle"], scores,
                                                                              strict=True)]
-    expected = {a.key: a.cycle for a in alerts if a is not None}
-    assert len(expected) >= 10, "the engines run to failure: most must raise an alert"
-    return expected
+    return {a.key: a.cycle for a in alerts if a is not None}
 
 
 @pytest.fixture
@@ -241,6 +247,28 @@ def test_kill_9_and_restart_neither_misses_nor_refires(broker, turbofan_ckpt, st
     finally:
         second.send_signal(signal.SIGTERM)
         assert second.wait(30) == 0, second.stderr.read()[-2000:]
+
+
+def test_the_monitor_command_alerts_by_its_consecutive_and_hysteresis_options(broker, turbofan_ckpt, stream,
+                                                                             expected_alerts):
+    """`stream monitor --consecutive 6 --hysteresis 2.5` states that rule on start and its alerts are the offline
+    alarms of that rule: later than the default's 3 cycles."""
+    predictor = TurbofanPredictor(turbofan_ckpt)
+    rule = AlertRule.from_detector(predictor.detector, consecutive=6, hysteresis=2.5)
+    expected = offline_alerts(predictor, stream, rule)
+    assert expected != expected_alerts and all(expected[key] > expected_alerts[key] for key in expected)
+    replay(broker.bootstrap_servers, stream, progress=False)
+    process = subprocess.Popen([sys.executable, "-m", "apps.cli", "stream", "monitor", "--checkpoint",
+                                str(turbofan_ckpt), "--bootstrap-servers", broker.bootstrap_servers, "--consecutive",
+                                "6", "--hysteresis", "2.5"], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True, env={**os.environ, "COLUMNS": "200"})
+    try:
+        assert f"alarm when {rule.describe()}" in process.stdout.readline()
+        assert f"for 6 cycles, resolved when > {rule.threshold + 2.5:.3f}" in rule.describe()
+        wait_for(lambda: alerts_by_key(broker.bootstrap_servers, idle_s=0.5) == expected, "the rule's alerts", 90)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
 
 
 def test_broker_restart_mid_stream_loses_nothing(broker, turbofan_ckpt, stream, expected_alerts):
