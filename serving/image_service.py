@@ -88,11 +88,19 @@ class ImageClassifier:
     )
 
     def __init__(self) -> None:
+        import prometheus_client as prom  # after BentoML has set its multiprocess directory
+
         from serving.batching import MicroBatcher
         from serving.image_predictor import ImagePredictor
 
         self.predictor = ImagePredictor.from_env()
-        self.batcher = MicroBatcher(self.predictor.probabilities, max_batch=64)
+        self.batch_images = prom.Histogram("modelyard_image_batch_size", "images scored in one model call (concurrent "
+                                           "requests merged)", buckets=(1, 2, 4, 8, 16, 32, 64))
+        self.batcher = MicroBatcher(self._score, max_batch=64)
+
+    def _score(self, images):
+        self.batch_images.observe(len(images))
+        return self.predictor.probabilities(images)
 
     @app.post(ROUTE, response_model=list[ImagePrediction], openapi_extra={"requestBody": REQUEST_BODY},
               responses={400: {"description": "Bad Request: not an image this service reads", **ERROR},

@@ -79,6 +79,20 @@ def test_evaluate_command_rewrites_report(trained):
     assert (out / "report.json").is_file() and "alert_f1" in result.stdout
 
 
+def test_evaluate_on_another_data_folder(trained, tmp_path):
+    """`evaluate CKPT --data-dir DIR` scores the model on DIR's test engines (here 15 generated ones, not the 40 it
+    was trained beside); without it, on the training run's folder again."""
+    from training.data.cmapss import synthesize_subset
+
+    out, _ = trained
+    synthesize_subset(tmp_path, "FD001", n_test=15, seed=11)
+    result = run_cli("evaluate", out, "--data-dir", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "report.json").read_text())["test_engines"] == 15
+    assert run_cli("evaluate", out).returncode == 0
+    assert json.loads((out / "report.json").read_text())["test_engines"] == 40
+
+
 @pytest.mark.parametrize(("task", "tiny"), [
     ("news", ["--max-length", "32", "--batch-size", "8"]),
     ("image", ["--width", "8", "--batch-size", "32"]),

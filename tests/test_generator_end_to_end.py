@@ -44,6 +44,36 @@ def test_from_scratch_reports_perplexity_samples_and_a_curve(generator_ckpt):
     assert "zero_shot_test_perplexity" not in report  # from scratch: no starting model to compare
 
 
+def test_a_gpt2_tokenizer_folder_raw_wikitext_and_the_perplexity_window(tmp_path, wikitext_dir):
+    """--tokenizer FOLDER (GPT-2's vocab.json + merges.txt) becomes the checkpoint's tokenizer; --no-detokenize
+    scores WikiText as written (` @-@ `, spaces before punctuation): every token of the raw test split but the
+    first, through windows of --eval-context 32 advancing by --stride 8."""
+    from training.checkpoint import load_tokenizer
+    from training.data.lm_blocks import token_ids
+    from training.data.wikitext import detokenize, read_split
+    from training.models.causal_lm import train_byte_bpe
+
+    folder = tmp_path / "bpe"
+    folder.mkdir()
+    articles = read_split(wikitext_dir / "wiki.train.tokens", "train").articles
+    # learnt from upper-cased text: a vocabulary of its own, unlike the one a run learns from the training text
+    train_byte_bpe([a.upper() for a in articles], vocab_size=700).backend_tokenizer.model.save(str(folder))
+    out = tmp_path / "ckpt"
+    result = run_cli("train", "generator", "--out", out, "--data-dir", wikitext_dir, "--size", "tiny",
+                     "--block-size", "32", "--max-steps", "2", "--tokenizer", folder, "--no-detokenize",
+                     "--eval-context", "32", "--stride", "8", env=LEARNED_BPE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = verify_checkpoint(out)
+    tokenizer = load_tokenizer(out, manifest, manifest.preprocessing["tokenizer_dir"])
+    assert json.loads((folder / "vocab.json").read_text()).items() <= tokenizer.get_vocab().items()
+    assert manifest.model["hf_config"]["vocab_size"] == len(tokenizer) < 1000
+    report = json.loads((out / "report.json").read_text())
+    assert (report["context"], report["stride"]) == (32, 8)
+    test = read_split(wikitext_dir / "wiki.test.tokens", "test").articles
+    raw, detokenized = (len(token_ids(tokenizer, texts).ids) for texts in (test, [detokenize(a) for a in test]))
+    assert report["splits"]["test"]["fine_tuned"]["tokens"] == raw - 1 != detokenized - 1
+
+
 def test_compare_shows_each_task_its_headline_metric(generator_ckpt):
     report = json.loads((generator_ckpt / "report.json").read_text())
     result = run_cli("compare", generator_ckpt, generator_ckpt, env={"COLUMNS": "200"})

@@ -64,7 +64,8 @@ def stream_events(url: str, body: dict, stop_after: int | None = None) -> tuple[
 
 
 def test_generate_answers_text_counts_and_finish_reason(api):
-    status, body = post(f"{api}/generate", {"prompt": "The castle was", "max_new_tokens": 12, "temperature": 0})
+    status, body = post(f"{api}/generate", {"prompt": "The castle was", "max_new_tokens": 12, "temperature": 0,
+                                            "repetition_penalty": 1.0})
     assert status == 200, body
     assert set(body) == {"text", "finish_reason", "prompt_tokens", "generated_tokens", "time_to_first_token_ms"}
     assert body["finish_reason"] in ("length", "stop") and 1 <= body["generated_tokens"] <= 12 and body["text"]
@@ -466,6 +467,21 @@ def test_gradio_generator_tab_streams_text_in_a_headless_browser(api, browser, t
         shown = [value for value in browser.execute_script("return window.outputsShown") if value]
         assert len(shown) >= 3 and all(text.startswith(value) for value in shown), shown  # grew piece by piece
         browser.save_screenshot(str(tmp_path / "generator-tab.png"))
+
+
+def test_the_app_generates_in_process_from_a_checkpoint_as_the_api_does(api, generator_ckpt, tmp_path):
+    """`modelyard app --generator-checkpoint CKPT` decodes in its own process (no API): greedy, it answers what the
+    API serving the same checkpoint answers."""
+    from gradio_client import Client
+
+    status, body = post(f"{api}/generate", {"prompt": "The castle was", "max_new_tokens": 12, "temperature": 0,
+                                            "repetition_penalty": 1.0})
+    assert status == 200
+    served = body["text"]
+    with running_app(tmp_path, "--generator-checkpoint", generator_ckpt) as url:
+        text, state = Client(url, verbose=False).predict("The castle was", 12, 0.0, 0, 1.0, 1.0, 0, "",
+                                                         api_name="/generate_text")
+    assert served and served in text and "12 generated" in state, (text, state)
 
 
 def test_bentomls_client_lists_and_calls_whole_and_streamed_generation(api):

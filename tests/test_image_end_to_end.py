@@ -175,6 +175,50 @@ def test_bf16_autocast_and_sgd_adamw_defaults(tmp_path, cifar_dir):
     assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=0.05)
 
 
+def test_resnet20_without_test_time_averaging_label_smoothing_and_weight_decay(tmp_path, cifar_dir):
+    """`--model resnet20` trains He et al.'s 0.27M-parameter ResNet; --label-smoothing changes the one step's loss
+    (same seed, same batch); --weight-decay leaves that loss alone and shrinks the weights; --no-tta exports
+    a graph that answers the plain forward pass (the default's averages the mirror image in)."""
+    import onnxruntime as ort
+
+    def train(name: str, *extra: str) -> Path:
+        out = tmp_path / name
+        result = run_cli("train", "image", "--out", out, "--data-dir", cifar_dir, "--model", "resnet20",
+                         "--augment", "none", "--batch-size", "32", "--max-steps", "1", "--precision", "fp32",
+                         "--no-tta", "--no-evaluate", *extra)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return out
+
+    def first_loss(out: Path) -> float:
+        return json.loads((out / "train_log.jsonl").read_text().splitlines()[0])["train_loss"]
+
+    def conv_norm(out: Path) -> float:
+        weights = load_checkpoint(out)[1]
+        return float(sum(w.float().norm() ** 2 for name, w in weights.items() if w.dim() == 4) ** 0.5)
+
+    plain = train("plain", "--label-smoothing", "0", "--weight-decay", "0")
+    smoothed = train("smoothed", "--label-smoothing", "0.5", "--weight-decay", "0")
+    decayed = train("decayed", "--label-smoothing", "0", "--weight-decay", "2")
+    manifest, weights = load_checkpoint(plain)
+    assert manifest.model["arch"] == "resnet20"
+    assert 0.26e6 < sum(w.numel() for name, w in weights.items() if "running" not in name
+                        and "num_batches" not in name) < 0.28e6
+    assert abs(first_loss(smoothed) - first_loss(plain)) > 1e-4
+    assert first_loss(decayed) == pytest.approx(first_loss(plain), abs=1e-6)
+    assert conv_norm(decayed) < 0.95 * conv_norm(plain)
+
+    assert manifest.preprocessing["tta"] is False
+    assert run_cli("export", plain).returncode == 0
+    model = build_model(manifest.model)
+    model.load_state_dict(weights)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        alone, mirrored = model.eval()(x).numpy(), model(x.flip(3)).numpy()
+    answer = ort.InferenceSession(str(plain / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"image": x.numpy()})[0]
+    assert np.abs(answer - alone).max() < 1e-4 and np.abs(answer - (alone + mirrored) / 2).max() > 1e-3
+
+
 def test_gradient_accumulation_equals_a_larger_batch():
     """Two micro-batches of 32 give the update of one batch of 64: the same weights after one step. BatchNorm
     normalises each micro-batch with its own statistics (as data-parallel ranks without SyncBatchNorm do), so the

@@ -3,7 +3,9 @@ input while it keeps serving, batched concurrent requests, its OpenAPI document,
 
 import base64
 import io
+import re
 import struct
+import urllib.request
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -145,15 +147,27 @@ def test_bad_uploads_get_4xx_with_a_reason_and_the_server_lives_on(api, test_ima
     assert ok.status_code == 200
 
 
-def test_concurrent_requests_are_answered_in_order(api, test_images):
+def batches_scored(api: str) -> tuple[float, float]:
+    """From the service's /metrics: model calls made, and images scored in them."""
+    with urllib.request.urlopen(f"{api}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found = [re.search(rf"^modelyard_image_batch_size_{name} (\S+)$", text, re.MULTILINE) for name in ("count", "sum")]
+    return tuple(float(match.group(1)) if match else 0.0 for match in found)
+
+
+def test_concurrent_requests_are_merged_and_answered_in_order(api, test_images):
     images, _ = test_images
     pngs = [encoded(image) for image in images]
     alone = [httpx.post(f"{api}/classify", files={"files": ("a.png", raw)}).json()[0] for raw in pngs]
+    calls_before, images_before = batches_scored(api)
     with ThreadPoolExecutor(8) as pool:
         together = list(pool.map(lambda raw: httpx.post(f"{api}/classify", files={"files": ("a.png", raw)}), pngs * 3))
     assert all(response.status_code == 200 for response in together)
     for response, expected in zip(together, alone * 3, strict=True):
         assert response.json()[0]["top"][0]["label"] == expected["top"][0]["label"]
+    calls, scored = batches_scored(api)
+    assert scored - images_before == len(together)
+    assert calls - calls_before < len(together), "no two concurrent requests were scored in one model call"
 
 
 def test_batcher_merges_concurrent_requests():

@@ -16,7 +16,7 @@ from streaming.monitor import EngineWindow
 from streaming.replay import RateLimiter, load_replay, replay
 from streaming.schema import MessageError, parse_reading, reading_from_row
 from tests.conftest import REPO, assert_clean_failure, free_port, run_cli_here, sigkill_leaves_no_children
-from training.data.cmapss import windows_per_cycle
+from training.data.cmapss import SENSORS, windows_per_cycle
 
 ROW = [3, 17, -0.0007, -0.0004, 100.0, *([518.67] * 21)]
 
@@ -112,6 +112,38 @@ def test_rate_limiter_is_never_faster_than_its_rate():
     for _ in range(100):
         limiter.wait()
     assert time.perf_counter() - start >= 0.099
+
+
+def test_replay_cli_publishes_the_subset_split_and_engines_asked_for_and_loops_until_stopped(tmp_path):
+    """`stream replay --subset FD003 --split train --engines 2,5 --rate 0 --loop`: the chosen engines' training
+    cycles of FD003, as the files hold them, pass after pass (engine ids + 1000 each), until SIGTERM; the count it
+    prints is what the topic holds."""
+    from training.data.cmapss import synthesize_subset
+
+    synthesize_subset(tmp_path / "data", "FD003", n_train=8, n_test=4, seed=2)
+    rows = load_replay(tmp_path / "data", "FD003", "train", [2, 5])
+    with EmbeddedBroker(tmp_path / "broker", free_port()) as running:
+        ensure_topics(running.bootstrap_servers)
+        process = subprocess.Popen([sys.executable, "-m", "apps.cli", "stream", "replay", "--data-dir",
+                                    str(tmp_path / "data"), "--bootstrap-servers", running.bootstrap_servers,
+                                    "--subset", "FD003", "--split", "train", "--engines", "2,5", "--rate", "0",
+                                    "--loop"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        first_passes = consume_all(running.bootstrap_servers, TOPICS["sensors"], 2 * len(rows), timeout=60)
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=30)
+        sent = int(out.split("replayed ")[1].split()[0])
+        records = consume_all(running.bootstrap_servers, TOPICS["sensors"], sent, timeout=30)
+    assert process.returncode == 0 and len(first_passes) >= 2 * len(rows) and len(records) == sent, out
+    readings = sorted((parse_reading(r.value) for r in records), key=lambda r: (r.engine_id, r.cycle))
+    by_pass = {}
+    for reading in readings:
+        by_pass.setdefault(reading.engine_id // 1000, []).append(reading)
+    assert {r.engine_id % 1000 for r in readings} == {2, 5} and len(by_pass) >= 2
+    first = by_pass[0]
+    expected = rows.sort_values(["unit", "cycle"])
+    assert [(r.engine_id, r.cycle) for r in first] == list(zip(expected["unit"], expected["cycle"], strict=True))
+    assert np.allclose([r.sensors for r in first], expected[SENSORS].to_numpy())
+    assert [(r.engine_id - 1000, r.cycle) for r in by_pass[1]] == [(r.engine_id, r.cycle) for r in first]
 
 
 def test_replay_cli_refuses_bad_input_in_one_line(tmp_path, synthetic_cmapss):
