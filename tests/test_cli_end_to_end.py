@@ -332,6 +332,23 @@ def test_demo_retrains_what_changed(tmp_path, tiny_encoders):
     assert train_config("news", engine, options).task_options["model"] == str(tiny_encoders["bert"])
 
 
+def test_demo_trains_again_when_its_data_changed(tmp_path, tiny_encoders):
+    """On generated data (no MODELYARD_DATA) the demo writes it beside the checkpoint; a row added to that training
+    file makes the checkpoint stale: the next demo names the change and trains again."""
+    out = tmp_path / "demo"
+    common = ["demo", "--out", out, "--tasks", "news", "--no-serve", "--model", f"news={tiny_encoders['bert']}",
+              "--epochs", "1"]
+    first = run_cli(*common, env={"MODELYARD_DATA": None})
+    assert first.returncode == 0 and "training:" in first.stdout, first.stdout + first.stderr[-2000:]
+    train_file = out / "news" / "synthetic-data" / "train.csv"
+    with train_file.open("a") as handle:
+        handle.write('"2","One more row","The team won the final."\n')
+    again = run_cli(*common, env={"MODELYARD_DATA": None})
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"the data changed since {out / 'news'} was made" in " ".join(again.stdout.split()), again.stdout
+    assert "training:" in again.stdout and "reusing" not in again.stdout
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(real_cmapss() is None, reason="needs real C-MAPSS FD001 (MODELYARD_DATA)")
 @pytest.mark.timeout(1300)  # the global 600 s would cut its own longer waits short

@@ -74,6 +74,21 @@ def test_a_gpt2_tokenizer_folder_raw_wikitext_and_the_perplexity_window(tmp_path
     assert report["splits"]["test"]["fine_tuned"]["tokens"] == raw - 1 != detokenized - 1
 
 
+def test_gpt2_size_is_gpt2s_own_shape(tmp_path, wikitext_dir):
+    """--size gpt2 builds GPT-2 small as OpenAI published it (12 layers, 12 heads, 768 wide, 1,024 positions:
+    124,439,808 parameters with GPT-2's 50,257 tokens; here the learned BPE's vocabulary) and trains a step."""
+    out = tmp_path / "ckpt"
+    result = run_cli("train", "generator", "--out", out, "--data-dir", wikitext_dir, "--size", "gpt2",
+                     "--block-size", "32", "--batch-size", "2", "--max-steps", "1", "--no-evaluate", env=LEARNED_BPE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest, weights = load_checkpoint(out)
+    config = manifest.model["hf_config"]
+    assert (config["n_layer"], config["n_head"], config["n_embd"], config["n_positions"]) == (12, 12, 768, 1024)
+    counted = sum(w.numel() for name, w in weights.items() if not name.startswith("lm_head")
+                  and not name.endswith((".attn.bias", ".attn.masked_bias")))
+    assert counted == 124_439_808 - (50_257 - config["vocab_size"]) * 768
+
+
 def test_compare_shows_each_task_its_headline_metric(generator_ckpt):
     report = json.loads((generator_ckpt / "report.json").read_text())
     result = run_cli("compare", generator_ckpt, generator_ckpt, env={"COLUMNS": "200"})
