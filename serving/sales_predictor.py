@@ -158,10 +158,10 @@ class SalesPredictor(CheckpointPredictor):
                           f"(e.g. {example!r})", [field])
         rows = [self.index[sid] for sid in series_ids]
         start = self.first_day - 1  # calendar index of the first sales day
-        inputs = [self._inputs(self.sales[i], self.prices[i], start, self.codes[i:i + 1],
-                               self.series["state_id"].iloc[i]) for i in rows]
         # the chosen row's forecast of the days after the data, made by the evaluation, or the network's now
         point = self.stored[self.model][rows] if self.model != self.network else None
+        inputs = [self._inputs(self.sales[i], self.prices[i], start, self.codes[i:i + 1],
+                               self.series["state_id"].iloc[i], with_covariates=point is None) for i in rows]
         answers = self._forecast(inputs, horizon, levels, self.model, point)
         return [{"series_id": self.series["id"].iloc[i], **answer} for i, answer in zip(rows, answers, strict=True)]
 
@@ -211,12 +211,16 @@ class SalesPredictor(CheckpointPredictor):
         out[:len(prices)] = prices
         return pd.Series(out).ffill().to_numpy(dtype=np.float32)
 
-    def _inputs(self, sales: np.ndarray, prices: np.ndarray, start: int, codes: np.ndarray,
-                state: str | None) -> SeriesInputs:
-        """The model's inputs for forecasting the days after `sales`, whose first day is calendar index `start`."""
+    def _inputs(self, sales: np.ndarray, prices: np.ndarray, start: int, codes: np.ndarray, state: str | None,
+                with_covariates: bool = True) -> SeriesInputs:
+        """The model's inputs for forecasting the days after `sales`, whose first day is calendar index `start`;
+        without covariates (no columns) where a stored forecast needs only the window's sales, for its interval."""
         days = len(sales)
-        calendar = {k: v[start:start + len(prices)] for k, v in self.calendar.items()}
-        covariates = series_covariates(calendar, prices[None, :], [state or ""])[0]
+        if with_covariates:
+            calendar = {k: v[start:start + len(prices)] for k, v in self.calendar.items()}
+            covariates = series_covariates(calendar, prices[None, :], [state or ""])[0]
+        else:
+            covariates = np.zeros((days + self.horizon, 0), dtype=np.float32)
         alive = (np.cumsum(sales > 0) > 0).astype(np.float32)
         past = np.zeros(self.context, dtype=np.float32)
         past_alive = np.zeros(self.context, dtype=np.float32)
