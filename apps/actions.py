@@ -7,6 +7,7 @@ damaged checkpoint), which the command line prints without a traceback.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -64,18 +65,27 @@ def train(task: str, engine: dict[str, Any], options: dict[str, Any]) -> Path:
     return out
 
 
-def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
+def evaluate(ckpt: Path, data_dir: Path | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`options`: the evaluation options of the checkpoint's task that were given (TaskSpec.evaluate_options)."""
     from training.checkpoint import CheckpointError, read_manifest
     from training.data.errors import DataFormatError
+    from training.engine.backends import StrategyUnavailable
+    from training.launch import TrainingFailed
     from training.tasks import get_task
     from training.tasks.specs import task_spec
 
+    options = options or {}
     try:
-        task = get_task(read_manifest(ckpt).task)
-        with console.status("evaluating"):
-            report = task.evaluate(Path(ckpt), data_dir)
-    except (CheckpointError, DataFormatError, FileNotFoundError, ValueError) as exc:
-        raise CommandError(str(exc)) from None
+        name = read_manifest(ckpt).task
+        declared = {option.name for option in task_spec(name).evaluate_options}
+        unknown = sorted(set(options) - declared)
+        if unknown:
+            raise ValueError(f"--{unknown[0].replace('_', '-')}: a {name} checkpoint's evaluation has no such option")
+        with console.status("evaluating") if not options else nullcontext():  # a long one shows its own progress
+            report = get_task(name).evaluate(Path(ckpt), data_dir, **options)
+    except (CheckpointError, DataFormatError, FileNotFoundError, ValueError, StrategyUnavailable,
+            TrainingFailed) as exc:
+        raise CommandError(str(exc).strip().splitlines()[0]) from None
     table = Table(title=f"{report['task']} evaluation ({report.get('subset', '')})")
     table.add_column("metric")
     table.add_column("model", justify="right")
@@ -94,6 +104,15 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
         for row in rows:
             compared.add_row(*(fmt(v) if isinstance(v, float) or v is None else str(v) for v in row.values()))
         console.print(compared)
+    if report.get("rolling"):  # a rolling-origin evaluation: each model over several windows
+        rolling = report["rolling"]
+        windows = Table(title=f"rolling origin: {len(rolling['windows'])} windows ({', '.join(rolling['windows'])})")
+        for column in ("model", "WRMSSE mean", "spread (std)", "per window"):
+            windows.add_column(column, justify="left" if column == "model" else "right")
+        for row in rolling["models"]:
+            windows.add_row(row["model"], fmt(row["wrmsse_mean"]), fmt(row["wrmsse_std"]),
+                            " ".join(fmt(v) for v in row["per_window"]))
+        console.print(windows)
     console.print(f"report: {Path(ckpt) / 'report.json'}")
     for plot in report.get("plots", []):
         console.print(f"plot:   {Path(ckpt) / plot}")

@@ -249,12 +249,22 @@ def app_command() -> click.Command:
 PATH = click.Path(path_type=Path)
 
 
-@app.command()
-@click.argument("ckpt", type=PATH)
-@click.option("--data-dir", type=PATH, help="dataset folder (default: the one used for training)")
-def evaluate(ckpt: Path, data_dir: Path | None) -> None:
-    """Evaluate a checkpoint on its task's test data: writes CKPT/report.json and plots, prints a summary."""
-    _reported(actions.evaluate, ckpt, data_dir)
+EVALUATE_OPTIONS = (Option("data_dir", Path, None, "dataset folder (default: the one used for training)"),)
+
+
+def evaluate_command() -> click.Command:
+    """`evaluate CKPT`, with the options some task's evaluation declares (refused for a checkpoint of another)."""
+    from training.tasks.specs import task_specs
+
+    def run(ckpt: Path, data_dir: Path | None, **options: Any) -> None:
+        _reported(actions.evaluate, ckpt, data_dir, {k: v for k, v in options.items() if v is not None})
+
+    sections = [("Options", EVALUATE_OPTIONS), *((f"{spec.name} checkpoints", spec.evaluate_options)
+                                                 for spec in task_specs() if spec.evaluate_options)]
+    command = build_command("evaluate", "Evaluate a checkpoint on its task's test data: writes CKPT/report.json and "
+                                        "plots, prints a summary.", sections, run)
+    command.params.insert(0, click.Argument(["ckpt"], type=PATH))
+    return command
 
 
 @app.command()
@@ -529,6 +539,7 @@ def cli() -> click.Group:
     root.add_command(_task_group("tune", "Search a task's hyperparameters with Optuna (modelyard tune TASK --help).",
                                  _tunable_tasks, tune_command))
     root.add_command(app_command())
+    root.add_command(evaluate_command())
     return root
 
 

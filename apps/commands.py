@@ -51,7 +51,7 @@ class SectionedCommand(click.Command):
             if rows:
                 with formatter.section(title):
                     formatter.write_dl(rows)
-        rest = [record for name, param in by_name.items() if name not in shown
+        rest = [record for name, param in by_name.items() if name not in shown and isinstance(param, click.Option)
                 if (record := param.get_help_record(ctx)) is not None]
         if rest:
             with formatter.section("Other options"):

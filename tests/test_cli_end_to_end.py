@@ -77,6 +77,9 @@ def test_evaluate_command_rewrites_report(trained):
     result = run_cli("evaluate", out)
     assert result.returncode == 0, result.stderr
     assert (out / "report.json").is_file() and "alert_f1" in result.stdout
+    # an evaluation option another task declares (sales' rolling origin) is refused in one line
+    assert_clean_failure(run_cli_here("evaluate", out, "--cv", "2"),
+                         "--cv: a turbofan checkpoint's evaluation has no such option")
 
 
 def test_evaluate_on_another_data_folder(trained, tmp_path):

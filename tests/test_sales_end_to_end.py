@@ -152,6 +152,41 @@ def test_generated_data_a_series_subset_and_stacked_layers(tmp_path):
     assert {"encoder.weight_ih_l1", "encoder.weight_hh_l1"} <= set(weights) and "encoder.weight_ih_l2" not in weights
 
 
+def test_rolling_origin_evaluation_refits_every_model_before_each_window(tmp_path, m5_dir):
+    """`evaluate --cv 2 --cv-step 14`: the test days, and the 28 days ending 14 days earlier, for which the network
+    is trained again on the sales before them (`--last-day`) and the baselines refitted; the latter window's
+    seasonal naive score is the last week before it repeated, scored here on its own."""
+    from training.metrics.wrmsse import WRMSSE
+
+    out = tmp_path / "ckpt"
+    result = run_cli("train", "sales", "--out", out, "--data-dir", m5_dir, "--epochs", "1", *TINY, "--baselines",
+                     "seasonal_naive,ets", "--no-evaluate")
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli("evaluate", out, "--cv", "2", "--cv-step", "14")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rolling origin: 2 windows" in result.stdout
+    report = json.loads((out / "report.json").read_text())
+    rolling = {row["model"]: row for row in report["rolling"]["models"]}
+    assert set(rolling) == {row["model"] for row in report["models"]} and report["rolling"]["step"] == 14
+    for row in report["models"]:  # the last window is the test days, scored once
+        assert rolling[row["model"]]["per_window"][0] == pytest.approx(row["wrmsse"], abs=1e-4)
+        values = rolling[row["model"]]["per_window"]
+        assert rolling[row["model"]]["wrmsse_mean"] == pytest.approx(np.mean(values), abs=1e-4)
+
+    data = sales.load_data(m5_dir)
+    end = data.m5.days - 14  # the earlier window: days [end - 28, end)
+    last_day = data.m5.first_day + end - 1
+    assert report["rolling"]["windows"][1] == f"d_{last_day - 27}..d_{last_day}"
+    retrained = verify_checkpoint(out / "backtest" / f"d_{last_day}")
+    assert retrained.training["task_options"]["last_day"] == last_day
+    assert retrained.preprocessing["last_sales_day"] == last_day
+    sales_ = data.m5.sales
+    naive = np.tile(sales_[:, end - 35:end - 28], 4)
+    metric = WRMSSE.fit(data.m5.ids, sales_[:, :end - 28], data.m5.prices[:, :end - 28])
+    expected = metric(sales_[:, end - 28:end], naive)
+    assert rolling["seasonal_naive"]["per_window"][1] == pytest.approx(expected, rel=1e-3)
+
+
 def test_unknown_baseline_is_refused_before_training(tmp_path, m5_dir):
     result = run_cli_here("train", "sales", "--out", tmp_path / "ckpt", "--data-dir", m5_dir, "--baselines", "magic")
     assert result.returncode != 0 and "--baselines: unknown magic" in result.stderr + result.stdout

@@ -62,11 +62,18 @@ class SalesData:
         return self.m5.days - 2 * HORIZON
 
 
-def load_data(data_dir: Path, series: int | None = None) -> SalesData:
+def load_data(data_dir: Path, series: int | None = None, last_day: int | None = None) -> SalesData:
+    """The first `series` series, with their sales up to day d_`last_day` (prices and the calendar run on: they are
+    known ahead)."""
     m5 = load_m5(Path(data_dir))
-    if series is not None and series < len(m5.ids):
-        m5 = M5Data(m5.ids.iloc[:series].reset_index(drop=True), m5.sales[:series], m5.first_day, m5.calendar,
-                    m5.prices[:series], m5.source, m5.fingerprint)
+    rows = slice(series)
+    days = m5.days if last_day is None else last_day - m5.first_day + 1
+    if last_day is not None and not 0 < days <= m5.days:
+        raise ValueError(f"--last-day {last_day}: the sales run from d_{m5.first_day} to "
+                         f"d_{m5.first_day + m5.days - 1}")
+    if series is not None or days < m5.days:
+        m5 = M5Data(m5.ids.iloc[rows].reset_index(drop=True), m5.sales[rows, :days], m5.first_day, m5.calendar,
+                    m5.prices[rows], m5.source, m5.fingerprint)
     if m5.days < 2 * HORIZON + 56:
         raise ValueError(f"{m5.source['sales']}: {m5.days} days of sales; at least {2 * HORIZON + 56} are needed "
                          f"(28 to test, 28 to validate, history before them)")
@@ -177,7 +184,7 @@ def build_job(cfg: TrainConfig) -> tuple[TrainingJob, SalesData, dict[str, Any]]
 
     opts = cfg.task_options
     selected(opts["baselines"])  # a typo is refused now, not after training, when evaluation would need it
-    data = load_data(Path(cfg.data_dir), opts["series"])
+    data = load_data(Path(cfg.data_dir), opts["series"], opts["last_day"])
     origins = training_origins(data, opts["context"], opts["origin_stride"])
     if not len(origins):
         raise ValueError(f"no training windows: the series need {opts['context']} days of history before the "
@@ -255,16 +262,19 @@ def calendar_arrays(calendar: pd.DataFrame) -> dict[str, np.ndarray]:
 
 # --- evaluation report --------------------------------------------------------------------------------------------
 
-def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
+def evaluate(ckpt: Path, data_dir: Path | None = None, cv: int | None = None, cv_step: int | None = None
+             ) -> dict[str, Any]:
     """The network and the baselines on the 28 held-out test days, each also forecasting the validation days (which
-    fit the ensembles' weights); WRMSSE (with its 12 levels), RMSE, MAE and training time per model; plots."""
+    fit the ensembles' weights); WRMSSE (with its 12 levels), RMSE, MAE and training time per model; plots. With
+    `cv`, also the rolling-origin evaluation over that many windows (training.tasks.sales_backtest)."""
     from training.baselines.forecasters import run_baselines
     from training.baselines.forecasters import selected as selected_baselines
     from training.metrics.ensembles import ensembles
 
     manifest, model = load_model(ckpt)
     trained, pre = manifest.training, manifest.preprocessing
-    data = load_data(Path(data_dir or trained["data_dir"]), trained["task_options"]["series"])
+    data_dir = Path(data_dir or trained["data_dir"])
+    data = load_data(data_dir, trained["task_options"]["series"], trained["task_options"].get("last_day"))
     context = pre["context"]
     val_metric, test_metric = wrmsse_for(data, data.val_start), wrmsse_for(data, data.test_start)
     val_actual = data.m5.sales[:, data.val_start:data.test_start]
@@ -310,6 +320,11 @@ def evaluate(ckpt: Path, data_dir: Path | None = None) -> dict[str, Any]:
                              "test_coverage": intervals.coverage(test_actual, bounds, REPORTED_LEVELS)},
     }
     report["plots"] = [p.name for p in plot_report(ckpt, data, results, table, name, bounds, test_metric)]
+    if cv:
+        from training.tasks.sales_backtest import STEP, backtest
+
+        tested = {row["model"]: row["wrmsse"] for row in table}
+        report["rolling"] = backtest(ckpt, data_dir, cv, cv_step or STEP, tested)
     return write_report(ckpt, manifest, report, {"best_wrmsse": report["best_wrmsse"],
                                                  "wrmsse": report["network_wrmsse"]},
                         files=[SERVED_FILE, FORECASTS_FILE])

@@ -49,6 +49,7 @@ class TaskSpec:
     tab: str | None = None  # apps.tabs module: TITLE, OPTIONS, wanted, build
     tune_monitor: tuple[str, str] | None = None  # (validation metric, max|min): the recipe has tune_space
     options: tuple[Option, ...] = ()  # its own command-line options (`train TASK --help` shows them)
+    evaluate_options: tuple[Option, ...] = ()  # what its recipe's evaluate takes besides the data folder
     demo_runs: Callable[[], list[DemoRun]] = list  # what `modelyard demo` trains for it (time-boxed)
     limits: str = ""  # the model card's "intended use and limits"
     live: str | None = None  # "module:Class" the demo runs on the checkpoint of a run marked live (its stream part)

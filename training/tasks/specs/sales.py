@@ -17,8 +17,17 @@ OPTIONS = (
     Option("origin_stride", int, 1, "days between two training windows' forecast origins (larger: fewer windows "
                                     "per epoch, for many series)", minimum=1),
     Option("series", int, None, "use only the first N series (quick runs)", minimum=1),
+    Option("last_day", int, None, "use the sales up to day d_N (M5's numbering) as if the data ended there: its last "
+                                  "28 days test, the 28 before validate (a backtest's run)", minimum=1),
     Option("baselines", str, "all", "evaluation: the baselines to fit beside the network, comma-separated from "
                                     "seasonal_naive, ets, arima, lightgbm, xgboost, prophet; all or none"),
+)
+
+EVALUATE_OPTIONS = (
+    Option("cv", int, None, "also a rolling-origin evaluation: N windows of 28 days, the last one the test days, "
+                            "each with every model fitted on the days before it (the network trained again with "
+                            "the checkpoint's settings); each model's WRMSSE mean and spread", minimum=2),
+    Option("cv_step", int, None, "with --cv: days between two windows (default 28)", minimum=1),
 )
 
 # --- what `modelyard demo` trains -------------------------------------------------------------------------------
@@ -55,6 +64,7 @@ SPEC = TaskSpec(
     predictor="serving.sales_predictor:SalesPredictor",
     tab="apps.tabs.sales",
     options=OPTIONS,
+    evaluate_options=EVALUATE_OPTIONS,
     limits=("Forecasting 28 days of daily unit sales for item-store series in the M5 (Walmart) format, with "
             "prediction intervals at the levels asked (80% by default). It knows the calendar (events, SNAP days) "
             "and prices, not promotions or stock-outs; a series it was not trained on needs its history posted."),
