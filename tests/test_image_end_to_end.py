@@ -219,6 +219,31 @@ def test_resnet20_without_test_time_averaging_label_smoothing_and_weight_decay(t
     assert np.abs(answer - alone).max() < 1e-4 and np.abs(answer - (alone + mirrored) / 2).max() > 1e-3
 
 
+@pytest.mark.parametrize(("arch", "low", "high"), [("resnet56", 0.84e6, 0.87e6), ("resnet18", 11.1e6, 11.3e6)])
+def test_the_deeper_resnets_train_from_the_command_line(tmp_path, cifar_dir, arch, low, high):
+    """`--model resnet56` (He et al.'s CIFAR ResNet, 0.85M parameters) and `--model resnet18` (torchvision's as it
+    is, 11.2M) train a step with activation checkpointing and save each weight once; a checkpointed block is one
+    that forward runs."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    from training.engine.backends.base import model_blocks
+
+    out = tmp_path / arch
+    result = run_cli("train", "image", "--out", out, "--data-dir", cifar_dir, "--model", arch, "--batch-size", "16",
+                     "--max-steps", "1", "--checkpointing", "--no-evaluate")
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest, weights = load_checkpoint(out)
+    assert manifest.model["arch"] == arch
+    learned = [w for name, w in weights.items() if "running" not in name and "num_batches" not in name]
+    assert low < sum(w.numel() for w in learned) < high
+    model, ran = build_model(manifest.model), []
+    blocks = model_blocks(model)
+    blocks[0] = checkpoint_wrapper(blocks[0])
+    blocks[0].register_forward_hook(lambda *_: ran.append(True))
+    model(torch.randn(2, 3, 32, 32))
+    assert ran
+
+
 def test_gradient_accumulation_equals_a_larger_batch():
     """Two micro-batches of 32 give the update of one batch of 64: the same weights after one step. BatchNorm
     normalises each micro-batch with its own statistics (as data-parallel ranks without SyncBatchNorm do), so the

@@ -154,6 +154,20 @@ class CifarResNet(nn.Module):
         return {rename(k): v for k, v in state.items()}
 
 
+class _Stages(list):
+    """torchvision's four stages as a model's `blocks` (what the backends shard or checkpoint one by one), without
+    registering them a second time (a ModuleList here saved every stage twice and, checkpointed, wrapped copies that
+    forward never ran): replacing blocks[i] replaces net.layer{i+1}."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__([net.layer1, net.layer2, net.layer3, net.layer4])
+        self.net = net
+
+    def __setitem__(self, index: int, module: nn.Module) -> None:
+        super().__setitem__(index, module)
+        setattr(self.net, f"layer{index + 1}", module)
+
+
 class TorchvisionResNet18(nn.Module):
     """torchvision's ResNet-18 as it is (ImageNet stem), so ImageNet weights load without renaming."""
 
@@ -164,7 +178,7 @@ class TorchvisionResNet18(nn.Module):
         from torchvision.models import resnet18
 
         self.net = resnet18(num_classes=num_classes)
-        self.blocks = nn.ModuleList([self.net.layer1, self.net.layer2, self.net.layer3, self.net.layer4])
+        self.blocks = _Stages(self.net)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
