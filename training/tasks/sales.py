@@ -324,7 +324,8 @@ def evaluate(ckpt: Path, data_dir: Path | None = None, cv: int | None = None, cv
         from training.tasks.sales_backtest import STEP, backtest
 
         tested = {row["model"]: row["wrmsse"] for row in table}
-        report["rolling"] = backtest(ckpt, data_dir, cv, cv_step or STEP, tested)
+        last_day = data.m5.first_day + data.m5.days - 1
+        report["rolling"] = backtest(ckpt, data_dir, last_day, cv, cv_step or STEP, tested)
     return write_report(ckpt, manifest, report, {"best_wrmsse": report["best_wrmsse"],
                                                  "wrmsse": report["network_wrmsse"]},
                         files=[SERVED_FILE, FORECASTS_FILE])

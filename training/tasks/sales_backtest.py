@@ -19,19 +19,19 @@ from training.config import TrainConfig
 STEP = 28  # days between two windows' ends by default: windows that do not overlap
 
 
-def backtest(ckpt: Path, data_dir: Path, windows: int, step: int, last_window: dict[str, float]) -> dict[str, Any]:
-    """`last_window`: each model's WRMSSE on the test days (the evaluation's own window, not computed again)."""
-    from training.tasks.sales import load_data
-
+def backtest(ckpt: Path, data_dir: Path, last_day: int, windows: int, step: int, last_window: dict[str, float]
+             ) -> dict[str, Any]:
+    """Windows ending at d_`last_day` (the data's last day) and every `step` days before; `last_window`: each
+    model's WRMSSE on the test days (the evaluation's own window, not computed again)."""
     cfg = TrainConfig.load(ckpt / "train_config.json")
-    full = load_data(data_dir, cfg.task_options["series"], cfg.task_options.get("last_day"))
-    last_day = full.m5.first_day + full.m5.days - 1
     ends = [last_day - k * step for k in range(windows)]
     scores = [last_window, *(window_scores(cfg, data_dir, ckpt / "backtest" / f"d_{end}", end) for end in ends[1:])]
-    models = [model for model in last_window if all(model in window for window in scores)]
-    rows = [{"model": model, "wrmsse_mean": float(np.mean(values)), "wrmsse_std": float(np.std(values)),
-             "per_window": [round(v, 4) for v in values]}
-            for model in models if (values := [window[model] for window in scores])]
+    rows = []
+    for model in last_window:
+        if all(model in window for window in scores):
+            values = [window[model] for window in scores]
+            rows.append({"model": model, "wrmsse_mean": float(np.mean(values)), "wrmsse_std": float(np.std(values)),
+                         "per_window": [round(v, 4) for v in values]})
     return {"windows": [f"d_{end - 27}..d_{end}" for end in ends], "step": step,
             "models": sorted(rows, key=lambda row: row["wrmsse_mean"])}
 
